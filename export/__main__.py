@@ -1,0 +1,243 @@
+"""Command line: ``python -m export {onnx,ensure,list}``.
+
+- ``onnx --source SRC --name NAME [--pooling mean|cls|last] [--normalize/--no-normalize]
+  [--max-tokens N] [--opset 17] [--revision R]``: export one text encoder and register it.
+  Unset options come from the checkpoint (``onnx_text.resolve_settings``).
+- ``ensure [--profile NAME]``: import every ``ort`` model of the registry profile whose
+  ``store_tag`` the store lacks, with the registry's settings; present ones are skipped.
+- ``list [--json]``: the store's entries with labels and metadata.
+
+Progress lines (``[2/5] loading model ... (3.1 s)``) go to stderr, results to stdout.
+Exit status: 0 done, 1 an export failed (the message says which and why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import bentoml
+
+from export import ExportError, sources, store
+from models.store import sha256_of
+
+STEPS = 5
+
+
+class Steps:
+    """Numbered progress lines on stderr, each finished with its duration."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+
+    @contextmanager
+    def __call__(self, label: str) -> Iterator[None]:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {label} ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        outcome = " failed"
+        try:
+            yield
+            outcome = ""
+        finally:
+            print(f"{outcome} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+
+def export_model(
+    source: str,
+    name: str,
+    *,
+    revision: str | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_tokens: int | None = None,
+    opset: int = 17,
+    dimensions: int | None = None,
+) -> bentoml.Model:
+    """Resolve ``source``, export it to ONNX, check parity and register it as ``name``.
+
+    ``pooling``/``normalize``/``max_tokens`` left None come from the checkpoint's files;
+    ``dimensions``, when given, must equal the model's hidden size. Raises ``ExportError``
+    (nothing is registered then).
+    """
+    store.check_tag(name)
+    steps = Steps(STEPS)
+    with steps(f"resolving {source}"):
+        resolved = sources.resolve(source, revision)
+    with steps(f"loading {resolved.folder}"):
+        from export import onnx_text
+
+        settings = onnx_text.resolve_settings(resolved.folder, pooling, normalize, max_tokens)
+        loaded = onnx_text.load(resolved.folder)
+        onnx_text.check_settings(loaded, settings)
+        if dimensions is not None and loaded.dimensions != dimensions:
+            raise ExportError(f"the model has {loaded.dimensions} dimensions, the registry says {dimensions}")
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        out_dir = Path(tmp)
+        with steps(f"exporting to ONNX (opset {opset})"):
+            onnx_text.export_onnx(loaded, out_dir / "model.onnx", opset)
+            onnx_text.stage_files(loaded, resolved.folder, out_dir)
+            embedding = onnx_text.write_embedding_json(loaded, settings, out_dir)
+        with steps("parity check: ONNX Runtime CPU vs PyTorch"):
+            parity = onnx_text.check_parity(loaded, out_dir / "model.onnx", settings)
+        with steps(f"registering {name}"):
+            labels = {"engine": "ort", "format": "onnx", "task": "embedding", "pooling": settings.pooling}
+            metadata = {
+                "source": source,
+                "revision": resolved.revision or "unknown",
+                "engine": "ort",
+                "pooling": settings.pooling,
+                "normalize": settings.normalize,
+                "dimensions": embedding["dimensions"],
+                "max_tokens": settings.max_tokens,
+                "opset": opset,
+                "onnx_sha256": sha256_of(out_dir / "model.onnx"),
+                "parity_min_cosine": parity.min_cosine,
+                "parity_max_abs_err": parity.max_abs_err,
+                "exported_with": {
+                    dist: importlib.metadata.version(dist)
+                    for dist in ("torch", "transformers", "onnx", "onnxruntime")
+                },
+            }
+            model = store.register(name, out_dir, labels, metadata)
+    print(
+        f"registered {model.tag} ({embedding['dimensions']} dims, {settings.pooling} pooling, "
+        f"normalize={settings.normalize}, max_tokens={settings.max_tokens}; parity min cosine "
+        f"{parity.min_cosine:.6f}, max abs err {parity.max_abs_err:.2e})",
+        flush=True,
+    )
+    return model
+
+
+def ensure(profile: str | None) -> int:
+    """Import the profile's missing ``ort`` models; returns the exit status."""
+    from models.registry import Engine, Pooling, RegistryError, served
+
+    try:
+        selection = served(profile)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = []
+    for spec in selection.models:
+        if spec.engine is not Engine.ORT:
+            print(f"skip {spec.name}: engine {spec.engine.value} is not exported by this command", flush=True)
+            continue
+        existing = store.find(spec.store_tag)
+        if existing is not None:
+            print(f"skip {spec.name}: already in the store as {existing.tag}", flush=True)
+            continue
+        if spec.pooling is Pooling.MULTI:
+            print(
+                f"skip {spec.name}: multi-vector ({spec.pooling.value}) export is not supported yet",
+                flush=True,
+            )
+            continue
+        print(f"import {spec.name} from {spec.source} as {spec.store_tag}", flush=True)
+        try:
+            if not spec.source:
+                raise ExportError("the registry gives no source")
+            export_model(
+                spec.source,
+                spec.store_tag,
+                revision=spec.revision,
+                pooling=spec.pooling.value,
+                normalize=spec.normalize,
+                max_tokens=spec.max_tokens,
+                dimensions=spec.dimensions,
+            )
+        except ExportError as exc:
+            failures.append(f"model {spec.name} (source {spec.source}): {exc}")
+            print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
+    if failures:
+        print(f"{len(failures)} model(s) failed to import", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def list_entries(as_json: bool) -> None:
+    """Print every store entry: tag, labels and metadata (one JSON array with ``as_json``)."""
+    rows = [
+        {
+            "tag": str(model.tag),
+            "path": model.path,
+            "created": model.info.creation_time.isoformat(),
+            "labels": dict(model.info.labels),
+            "metadata": dict(model.info.metadata),
+        }
+        for model in store.entries()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("the model store is empty")
+    for row in rows:
+        labels = " ".join(f"{key}={value}" for key, value in sorted(row["labels"].items()))
+        print(f"{row['tag']}  {row['created'][:19]}  {labels}")
+        for key, value in row["metadata"].items():
+            print(f"    {key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    onnx = commands.add_parser("onnx", help="export one Hugging Face text encoder to ONNX and register it")
+    onnx.add_argument("--source", required=True, help="package:<python package>, hf:<hub id> or a folder")
+    onnx.add_argument("--name", required=True, help="store name (name or name:version)")
+    onnx.add_argument("--pooling", choices=("mean", "cls", "last"), help="default: from the checkpoint")
+    onnx.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, help="default: from the checkpoint"
+    )
+    onnx.add_argument("--max-tokens", type=_positive_int, help="default: from the checkpoint")
+    onnx.add_argument("--opset", type=_positive_int, default=17)
+    onnx.add_argument("--revision", help="hub revision, package version, or a label for a folder")
+
+    ensure_cmd = commands.add_parser("ensure", help="import the profile's ort models missing from the store")
+    ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
+
+    list_cmd = commands.add_parser("list", help="show the store's entries")
+    list_cmd.add_argument("--json", action="store_true", help="one JSON array with paths and metadata")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        list_entries(args.json)
+        return 0
+    if args.command == "ensure":
+        return ensure(args.profile)
+    try:
+        export_model(
+            args.source,
+            args.name,
+            revision=args.revision,
+            pooling=args.pooling,
+            normalize=args.normalize,
+            max_tokens=args.max_tokens,
+            opset=args.opset,
+        )
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

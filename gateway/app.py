@@ -1,0 +1,148 @@
+"""The ``/v1`` ASGI app: routes only dispatch; errors become responses in one place.
+
+Routes: ``POST /embeddings``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
+Every request under ``/v1`` passes the API-key check (when keys are configured). Bodies are read
+with a size limit (413) and parsed with the protocol models (400).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.auth import ApiKeys
+from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+from gateway.metrics import gateway_metrics
+from gateway.openapi import openapi_document
+from gateway.protocol import EmbeddingRequest, ModelCard, ModelList
+from gateway.serving import EmbeddingServing
+from models.registry import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token-id arrays"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or ``PayloadTooLarge`` as soon as it passes ``limit`` bytes."""
+    too_large = PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(body: bytes) -> EmbeddingRequest:
+    """The validated request, or ``InvalidRequest`` naming the first bad field."""
+    try:
+        return EmbeddingRequest.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        kind, loc = error["type"], error["loc"]
+        field = str(loc[0]) if loc else None
+        if kind == "json_invalid" or not loc and kind == "model_type":
+            raise InvalidRequest("The request body is not a valid JSON object.") from None
+        if kind == "missing":
+            raise InvalidRequest(f"'{field}' is a required property.", param=field) from None
+        if kind == "extra_forbidden":
+            raise InvalidRequest(f"Unrecognized request argument supplied: {field}.", param=field) from None
+        if field == "input":
+            raise InvalidRequest(f"'input' must be {INPUT_SHAPES}; token ids are non-negative integers.",
+                                 param="input") from None
+        raise InvalidRequest(f"Invalid value for '{field}': {error['msg']}.", param=field) from None
+
+
+def model_card(spec: ModelSpec) -> ModelCard:
+    return ModelCard(
+        id=spec.name,
+        created=0,
+        owned_by="embedding-platform",
+        aliases=list(spec.aliases),
+        engine=spec.engine.value,
+        dimensions=spec.dimensions,
+        max_tokens=spec.max_tokens,
+        matryoshka_dimensions=(spec.matryoshka.min, spec.matryoshka.max) if spec.matryoshka else None,
+        pooling=spec.pooling.value,
+    )
+
+
+def json_response(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
+
+
+def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
+    limit = serving.served.gateway.max_body_bytes
+    metrics = gateway_metrics()
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                keys.check(request.headers.get("authorization"))
+                return await handler(request)
+            except ApiError as error:
+                return error_response(error)
+            except Exception:
+                logger.exception("unexpected error on %s %s", request.method, request.url.path)
+                return error_response(ApiError("The server had an error while processing your request."))
+
+        return endpoint
+
+    async def embeddings(request: Request) -> Response:
+        started = time.perf_counter()
+        model, status = "unknown", 500
+        try:
+            parsed = parse_request(await read_body(request, limit))
+            spec = serving.model(parsed.model)
+            model = spec.name
+            result = await serving.embed(parsed, spec)
+            status = 200
+            metrics.inputs.labels(model).inc(result.inputs)
+            metrics.input_tokens.labels(model).inc(result.tokens)
+            return json_response(result.body)
+        except ApiError as error:
+            status = error.status
+            raise
+        finally:
+            metrics.requests.labels(model, str(status)).inc()
+            if status == 200:
+                metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
+
+    async def list_models(request: Request) -> Response:
+        cards = ModelList(data=[model_card(spec) for spec in serving.served.models])
+        return json_response(cards.model_dump_json().encode())
+
+    async def retrieve_model(request: Request) -> Response:
+        return json_response(model_card(serving.model(request.path_params["model"])).model_dump_json().encode())
+
+    async def openapi(request: Request) -> Response:
+        return json_response(orjson.dumps(openapi_document()))
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}."))
+        return error_response(NotFound(f"No route {request.method} {request.url.path}."))
+
+    return Starlette(
+        routes=[
+            Route("/embeddings", guarded(embeddings), methods=["POST"]),
+            Route("/models", guarded(list_models), methods=["GET"]),
+            Route("/models/{model:path}", guarded(retrieve_model), methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+    )

@@ -1,0 +1,42 @@
+"""Optional API keys for ``/v1``.
+
+Keys come from ``EMBED_API_KEYS`` (comma-separated) and/or ``EMBED_API_KEYS_FILE`` (one key per
+line; blank lines and ``#`` comments ignored). With no keys configured, the API is open. Keys are
+compared in constant time against every configured key and are never logged. Health and metrics
+endpoints are outside ``/v1`` and stay open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from gateway.errors import Unauthorized
+
+
+def load_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:
+    keys = [k.strip() for k in environ.get("EMBED_API_KEYS", "").split(",")]
+    if path := environ.get("EMBED_API_KEYS_FILE"):
+        for line in Path(path).read_text().splitlines():
+            keys.append(line.split("#", 1)[0].strip())
+    return tuple(k.encode() for k in keys if k)
+
+
+class ApiKeys:
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self.keys = keys
+
+    def check(self, authorization: str | None) -> None:
+        """Raise ``Unauthorized`` unless ``Authorization: Bearer <key>`` names a configured key."""
+        if not self.keys:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+        given = token.strip().encode()
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise Unauthorized("Incorrect API key provided.")

@@ -1,0 +1,41 @@
+"""The gateway's Prometheus metrics, prefixed ``embedding_`` and labelled by ``model``.
+
+Created at service start (``gateway_metrics()``), not at import: BentoML sets
+``PROMETHEUS_MULTIPROC_DIR`` in each worker before start-up and ``prometheus_client`` must see
+it. Runner metrics are in ``runners/metrics.py``; in one ``bentoml serve`` the gateway's
+``/metrics`` shows both.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class GatewayMetrics:
+    requests: Any  # Counter embedding_requests_total{model,status}
+    inputs: Any  # Counter embedding_inputs_total{model}
+    input_tokens: Any  # Counter embedding_input_tokens_total{model}, after truncation
+    request_seconds: Any  # Histogram embedding_request_duration_seconds{model}
+    inflight_inputs: Any  # Gauge embedding_inflight_inputs (summed over live workers)
+
+
+@functools.cache
+def gateway_metrics() -> GatewayMetrics:
+    import prometheus_client as prom
+
+    return GatewayMetrics(
+        requests=prom.Counter("embedding_requests", "Requests to /v1 by model and HTTP status", ["model", "status"]),
+        inputs=prom.Counter("embedding_inputs", "Inputs embedded", ["model"]),
+        input_tokens=prom.Counter("embedding_input_tokens", "Input tokens embedded, after truncation", ["model"]),
+        request_seconds=prom.Histogram(
+            "embedding_request_duration_seconds", "Gateway request latency", ["model"], buckets=LATENCY_BUCKETS
+        ),
+        inflight_inputs=prom.Gauge(
+            "embedding_inflight_inputs", "Inputs admitted and not yet answered", multiprocess_mode="livesum"
+        ),
+    )

@@ -1,0 +1,68 @@
+"""The OpenAPI document of ``/v1``, generated from the protocol models.
+
+Served at ``GET /v1/openapi.json``; ``tests/golden/openapi.json`` pins it so that any change to
+the public contract shows up in review.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from gateway.protocol import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
+
+ERRORS = {
+    "400": "Invalid request: body, input, dimensions or token ids",
+    "401": "Missing or wrong API key (only when keys are configured)",
+    "404": "Unknown model",
+    "413": "Body larger than the configured limit",
+    "429": "Too much work in flight; retry after `Retry-After` seconds",
+    "503": "The model's runner is not ready or unreachable",
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _errors(codes: list[str]) -> dict[str, Any]:
+    return {code: {"description": ERRORS[code], **_ref("ErrorResponse")} for code in codes}
+
+
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation" if m is EmbeddingRequest else "serialization")
+         for m in (EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, ErrorResponse)],
+        ref_template="#/components/schemas/{model}",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Embedding platform (OpenAI-compatible)", "version": "1"},
+        "paths": {
+            "/v1/embeddings": {
+                "post": {
+                    "operationId": "createEmbedding",
+                    "requestBody": {"required": True, **_ref("EmbeddingRequest")},
+                    "responses": {
+                        "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
+                        **_errors(["400", "401", "404", "413", "429", "503"]),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "responses": {"200": {"description": "Served models", **_ref("ModelList")}, **_errors(["401"])},
+                }
+            },
+            "/v1/models/{model}": {
+                "get": {
+                    "operationId": "retrieveModel",
+                    "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "One model", **_ref("ModelCard")}, **_errors(["401", "404"])},
+                }
+            },
+        },
+        "components": {"schemas": schemas["$defs"]},
+    }

@@ -1,0 +1,79 @@
+"""Finding and checking a registry model's entry in the Bento model store at start-up.
+
+``open_entry(spec)`` returns the entry's folder and metadata, or raises ``StoreError`` with a
+message that says what is wrong and which command fixes it. It checks that the entry exists
+(``store_tag`` without a version means the latest), that its files are present, and that the
+ONNX file's sha256 equals the one recorded at export (a corrupt or truncated copy fails here,
+not at the first request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.registry import ModelSpec
+
+
+class StoreError(RuntimeError):
+    """A registry model's store entry is missing, incomplete or corrupt."""
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    tag: str
+    path: Path
+    metadata: dict[str, Any]
+    settings: dict[str, Any]  # embedding.json: pooling, normalize, max_tokens, dimensions, ...
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_entry(
+    spec: ModelSpec, required: tuple[str, ...] = ("tokenizer.json",), verify: bool = True
+) -> StoreEntry:
+    """The checked store entry of ``spec``; ``StoreError`` if missing or corrupt.
+
+    ``required``: files the caller reads; ``verify``: check the ONNX file's sha256 (the runner
+    does; the gateway, which reads only the tokenizer, does not)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    fix = f"run `python -m export ensure` (or `python -m export onnx --source ... --name {spec.store_tag.split(':')[0]}`)"
+    try:
+        model = bentoml.models.get(spec.store_tag)
+    except NotFound:
+        raise StoreError(
+            f"model {spec.name!r}: Bento store entry {spec.store_tag!r} is missing; {fix}"
+        ) from None
+    path = Path(model.path)
+    entry_name = str(model.tag)
+    missing = [name for name in (*required, "embedding.json") if not (path / name).is_file()]
+    if missing:
+        raise StoreError(f"model {spec.name!r}: store entry {entry_name} lacks {', '.join(missing)}; {fix}")
+    metadata = dict(model.info.metadata)
+    expected = metadata.get("onnx_sha256")
+    onnx = path / "model.onnx"
+    if verify and expected is not None:
+        if not onnx.is_file():
+            raise StoreError(f"model {spec.name!r}: store entry {entry_name} lacks model.onnx; {fix}")
+        actual = sha256_of(onnx)
+        if actual != expected:
+            raise StoreError(
+                f"model {spec.name!r}: {onnx} is corrupt (sha256 {actual[:12]}..., "
+                f"recorded {expected[:12]}...); delete it with `bentoml models delete {entry_name}` and {fix}"
+            )
+    settings = json.loads((path / "embedding.json").read_text())
+    return StoreEntry(tag=entry_name, path=path, metadata=metadata, settings=settings)

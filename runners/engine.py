@@ -1,0 +1,52 @@
+"""The contract between the gateway and the runners.
+
+Wire format of a runner's batchable ``embed`` API: a list of ``EmbedJob`` in, a list of strings
+out, one per job and in job order. Each string is ``encode_array`` of the job's result: the
+little-endian float32 bytes, base64-encoded, of a pooled vector ``(dim,)`` or, for multi-vector
+models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``).
+
+An ``Engine`` computes results for one model. It never sees text: inputs are token ids that the
+gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Protocol, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from models.registry import ModelSpec
+
+
+class EmbedJob(BaseModel):
+    """One input of one request: the served model's name, its token ids, and when the gateway
+    sent it (unix seconds; the runner reports queue wait from it)."""
+
+    model: str
+    ids: list[int]
+    sent_at: float
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+
+    def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """int64 token ids ``(tokens,)`` per input -> float32 ``(dim,)`` or ``(tokens, dim)``
+        per input, in input order. Raises only for engine faults (inputs are pre-validated)."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """What is loaded, for logs and ``/v1/models``: engine, provider, store tag."""
+        ...
+
+
+def encode_array(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_array(data: str, dim: int, multi: bool = False) -> np.ndarray:
+    """Inverse of ``encode_array``: ``(dim,)``, or ``(tokens, dim)`` when ``multi``."""
+    flat = np.frombuffer(base64.b64decode(data), dtype="<f4")
+    return flat.reshape(-1, dim) if multi else flat

@@ -1,0 +1,43 @@
+"""Runner-side Prometheus metrics, prefixed ``embedding_`` and labelled by ``model``.
+
+Created at service start (``runner_metrics()``), after BentoML has set
+``PROMETHEUS_MULTIPROC_DIR``. Per engine call: inputs, padded tokens (rows x longest row) and
+engine time; per input: queue wait, from the gateway's send to the start of its batch (so it
+includes the gateway->runner hop; across machines it assumes synchronised clocks).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+@dataclass(frozen=True)
+class RunnerMetrics:
+    batch_size: Any  # Histogram embedding_batch_size{model}
+    batch_tokens: Any  # Histogram embedding_batch_tokens{model}
+    queue_wait_seconds: Any  # Histogram embedding_queue_wait_seconds{model}
+    engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model}
+
+
+@functools.cache
+def runner_metrics() -> RunnerMetrics:
+    import prometheus_client as prom
+
+    return RunnerMetrics(
+        batch_size=prom.Histogram("embedding_batch_size", "Inputs per engine call", ["model"], buckets=SIZE_BUCKETS),
+        batch_tokens=prom.Histogram(
+            "embedding_batch_tokens", "Padded tokens per engine call", ["model"], buckets=TOKEN_BUCKETS
+        ),
+        queue_wait_seconds=prom.Histogram(
+            "embedding_queue_wait_seconds", "Gateway send to batch start, per input", ["model"], buckets=LATENCY_BUCKETS
+        ),
+        engine_seconds=prom.Histogram(
+            "embedding_engine_duration_seconds", "Engine time per engine call", ["model"], buckets=LATENCY_BUCKETS
+        ),
+    )

@@ -1,0 +1,111 @@
+"""ONNX Runtime engine for text encoders exported by ``python -m export onnx``.
+
+The ONNX graph takes ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` if the model
+has them), int64 ``(batch, seq)``, and returns ``last_hidden_state`` float32
+``(batch, seq, hidden)``. This engine pads, runs and pools:
+
+- inputs are sorted by length and cut into sub-batches whose padded size (rows x longest row)
+  stays within the model's ``max_batch_tokens``, so short inputs are not padded to long ones and
+  memory stays bounded;
+- pooling (mean / cls / last) and normalisation follow the registry entry; ``multi`` models
+  return every real token's vector, each row L2-normalised;
+- results go back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from models.registry import ModelSpec, Pooling
+from models.store import StoreEntry
+from runners.metrics import runner_metrics
+from runners.ort import providers
+from runners.pooling import normalize, pool
+
+logger = logging.getLogger(__name__)
+
+
+def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into sub-batches, shortest first; each sub-batch's rows x longest length
+    is at most ``max_batch_tokens`` (a single longer input gets a sub-batch of its own)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[index] > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class OrtEngine:
+    """One ONNX Runtime session serving one registry model."""
+
+    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.entry = entry
+        self.pad_id = int(entry.settings.get("pad_token_id") or 0)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[spec.ort.graph_optimization]
+        options.intra_op_num_threads = spec.ort.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spec.ort.allow_spinning else "0")
+        chosen = providers.choose(spec.ort.providers, ort.get_available_providers())
+        self.session = ort.InferenceSession(
+            str(entry.file("model.onnx")),
+            sess_options=options,
+            providers=[name for name, _ in chosen],
+            provider_options=[opts for _, opts in chosen],
+        )
+        self.provider = self.session.get_providers()[0]
+        self._input_names = {i.name for i in self.session.get_inputs()}
+        logger.info(
+            "model %s: engine ort, store %s, provider %s (configured %s)",
+            spec.name, entry.tag, self.provider, [name for name, _ in chosen],
+        )
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": "ort", "provider": self.provider, "store_tag": self.entry.tag}
+
+    def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        lengths = [len(ids) for ids in inputs]
+        results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
+        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens):
+            for index, result in zip(batch, self._run([inputs[i] for i in batch])):
+                results[index] = result
+        return results
+
+    def _run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        width = max(len(row) for row in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        started = time.perf_counter()
+        hidden = self.session.run(["last_hidden_state"], feed)[0]
+        metrics = runner_metrics()
+        metrics.engine_seconds.labels(self.spec.name).observe(time.perf_counter() - started)
+        metrics.batch_size.labels(self.spec.name).observe(len(rows))
+        metrics.batch_tokens.labels(self.spec.name).observe(ids.size)
+        if self.spec.pooling is Pooling.MULTI:
+            return [normalize(hidden[r, : len(row)]) for r, row in enumerate(rows)]
+        pooled = pool(hidden, mask, self.spec.pooling)
+        if self.spec.normalize:
+            pooled = normalize(pooled)
+        return list(pooled.astype(np.float32, copy=False))

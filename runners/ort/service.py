@@ -1,0 +1,88 @@
+"""The ONNX Runtime runner: a BentoML service serving every ``engine: ort`` model of the profile.
+
+Two APIs take the same payload, a list of ``EmbedJob`` (model name + token ids), and return one
+base64 float32 result per job (see ``runners/engine.py``):
+
+- ``embed``: continuous batching (``runners/batcher.py``), the default;
+- ``embed_adaptive``: BentoML's batchable API with adaptive batching (``batching.mode: adaptive``).
+
+Both group a batch's jobs by model, and each engine cuts them into length-sorted,
+token-budgeted sub-batches.
+
+Connection handling: the gateway reaches this service through ``bentoml.depends``. BentoML's
+dependency client replaces its HTTP session every ``runner_connection.max_requests`` requests or
+``max_age`` seconds and closes the old one while other requests may still use it (BentoML 1.4.40,
+``_bentoml_impl/client/proxy2.py``); those requests then fail with connection errors. This
+service sets both limits out of reach (docs/architecture.md, "Under load").
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import bentoml
+import numpy as np
+
+from models.registry import Engine, served
+from runners.engine import EmbedJob, encode_array
+from runners.metrics import runner_metrics
+
+SERVED = served()
+SETTINGS = SERVED.runner(Engine.ORT)
+NEVER = 10**9  # requests / seconds: "never replace the connection pool"
+
+
+@bentoml.service(
+    name="ort_runner",
+    resources=SETTINGS.resources,
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
+    logging={"access": {"enabled": False}},
+)
+class OrtRunner:
+    def __init__(self) -> None:
+        from models import configure_logging
+        from models.store import open_entry
+        from runners.batcher import ContinuousBatcher
+        from runners.ort.engine import OrtEngine
+
+        configure_logging()
+        self.engines = {
+            spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
+            for spec in SERVED.for_engine(Engine.ORT)
+        }
+        self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
+
+    def _run(self, jobs: list[EmbedJob]) -> list[str]:
+        """One engine pass over ``jobs`` (any mix of models): results in job order."""
+        started = time.time()
+        queue_wait = runner_metrics().queue_wait_seconds
+        by_model: dict[str, list[int]] = defaultdict(list)
+        for index, job in enumerate(jobs):
+            by_model[job.model].append(index)
+            queue_wait.labels(job.model).observe(max(0.0, started - job.sent_at))
+        results: list[str] = [""] * len(jobs)
+        for model, indices in by_model.items():
+            vectors = self.engines[model].embed([np.asarray(jobs[i].ids, dtype=np.int64) for i in indices])
+            for index, vector in zip(indices, vectors):
+                results[index] = encode_array(vector)
+        return results
+
+    @bentoml.api
+    async def embed(self, jobs: list[EmbedJob]) -> list[str]:
+        return await self.batcher.submit(jobs)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.batching.max_batch_size,
+        max_latency_ms=SETTINGS.batching.max_latency_ms,
+    )
+    def embed_adaptive(self, jobs: list[EmbedJob]) -> list[str]:
+        return self._run(jobs)
+
+    @bentoml.api
+    def loaded(self) -> dict[str, dict[str, str]]:
+        """Per served model: engine, provider and store tag."""
+        return {name: engine.describe() for name, engine in self.engines.items()}

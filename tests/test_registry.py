@@ -1,0 +1,82 @@
+"""Registry parsing and validation: the shipped file, profiles, and clear errors on bad files."""
+
+import pytest
+
+from models.registry import Engine, Pooling, RegistryError, load_registry, parse_registry
+
+MINIMAL = """
+models:
+  m:
+    engine: ort
+    store_tag: m
+    pooling: mean
+    max_tokens: 16
+    dimensions: 8
+profiles:
+  p: {models: [m]}
+"""
+
+
+def test_shipped_registry_is_valid_and_cpu_serves_minilm():
+    registry = load_registry()
+    cpu = registry.served("cpu")
+    spec = cpu.find("all-MiniLM-L6-v2")
+    assert spec is not None and spec.engine is Engine.ORT and spec.pooling is Pooling.MEAN
+    assert (spec.dimensions, spec.max_tokens, spec.normalize) == (384, 256, True)
+    assert cpu.find("sentence-transformers/all-MiniLM-L6-v2") is spec
+    assert set(cpu.runners) == {Engine.ORT}
+
+
+def test_rtx4090_profile_lists_the_gpu_stack():
+    rtx = load_registry().served("rtx4090")
+    names = {m.name for m in rtx.models}
+    assert names == {"Qwen3-Embedding-8B", "pubmedbert", "pubmedbert-onnx", "biomedbert", "colqwen2"}
+    qwen = rtx.find("Qwen/Qwen3-Embedding-8B")
+    assert qwen.pooling is Pooling.LAST and qwen.allows_dimensions(32) and not qwen.allows_dimensions(31)
+    assert qwen.instructions.query.startswith("Instruct: ") and qwen.instructions.document == ""
+
+
+def test_minimal_registry_gets_defaults():
+    served = parse_registry(MINIMAL).served("p")
+    spec = served.find("m")
+    assert spec.name == "m" and spec.normalize and spec.truncate and spec.matryoshka is None
+    assert served.gateway.max_inputs_per_request == 2048
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("pooling: mean", "pooling: average"), "models.m.pooling"),
+        (("max_tokens: 16", "max_tokens: -1"), "models.m.max_tokens"),
+        (("engine: ort", "engine: tgi"), "models.m.engine"),
+        (("store_tag: m", "store_tag: Big Name"), "models.m.store_tag"),
+        (("dimensions: 8", "dimensions: 8\n    colour: red"), "models.m.colour"),
+        (("models: [m]", "models: [nope]"), "unknown model 'nope'"),
+    ],
+)
+def test_bad_registry_names_the_field(change, message):
+    with pytest.raises(RegistryError, match=message.replace(".", r"\.")):
+        parse_registry(MINIMAL.replace(*change), "bad.yaml")
+
+
+def test_unknown_profile_and_unreadable_file_are_clear(tmp_path):
+    with pytest.raises(RegistryError, match="profile 'gpu' is not in the registry"):
+        parse_registry(MINIMAL).served("gpu")
+    with pytest.raises(RegistryError, match="cannot read registry"):
+        load_registry(tmp_path / "missing.yaml")
+    with pytest.raises(RegistryError, match="not valid YAML"):
+        parse_registry("models: [", "broken.yaml")
+
+
+def test_gateway_limits_from_environment(monkeypatch):
+    monkeypatch.setenv("EMBED_MAX_BODY_BYTES", "1234")
+    assert parse_registry(MINIMAL).gateway.max_body_bytes == 1234
+    monkeypatch.setenv("EMBED_MAX_INFLIGHT_INPUTS", "10")
+    with pytest.raises(RegistryError, match="max_inflight_inputs"):
+        parse_registry(MINIMAL)
+
+
+def test_matryoshka_range_must_fit_native_dimensions():
+    bad = MINIMAL.replace("dimensions: 8", "dimensions: 8\n    matryoshka: {min: 4, max: 16}")
+    with pytest.raises(RegistryError, match="matryoshka"):
+        parse_registry(bad)

@@ -1,0 +1,127 @@
+"""Unit tests of the small pieces: request parsing, pooling, sub-batching, wire format,
+provider choice, API keys and admission."""
+
+import base64
+
+import numpy as np
+import pytest
+
+from gateway.admission import Admission
+from gateway.app import parse_request
+from gateway.auth import ApiKeys, load_keys
+from gateway.errors import InvalidRequest, Overloaded, Unauthorized
+from models.registry import Pooling, ProviderSpec
+from runners.engine import decode_array, encode_array
+from runners.ort.engine import token_budget_batches
+from runners.ort.providers import choose
+from runners.pooling import normalize, pool
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b'{"model":"m","input":"hi"}', "hi"),
+        (b'{"model":"m","input":["a","b"]}', ["a", "b"]),
+        (b'{"model":"m","input":[1,2,3]}', [1, 2, 3]),
+        (b'{"model":"m","input":[[1],[2,3]]}', [[1], [2, 3]]),
+    ],
+)
+def test_input_shapes_of_the_openai_spec(body, expected):
+    assert parse_request(body).input == expected
+
+
+@pytest.mark.parametrize(
+    "body, param, fragment",
+    [
+        (b"{not json", None, "not a valid JSON object"),
+        (b"[1,2]", None, "not a valid JSON object"),
+        (b'{"input":"hi"}', "model", "'model' is a required property"),
+        (b'{"model":"m"}', "input", "'input' is a required property"),
+        (b'{"model":"m","input":[1,"a"]}', "input", "'input' must be"),
+        (b'{"model":"m","input":[1.5]}', "input", "'input' must be"),
+        (b'{"model":"m","input":[true]}', "input", "'input' must be"),
+        (b'{"model":"m","input":[-3]}', "input", "non-negative"),
+        (b'{"model":"m","input":{"text":"x"}}', "input", "'input' must be"),
+        (b'{"model":"m","input":"x","encoding_format":"int8"}', "encoding_format", "Invalid value"),
+        (b'{"model":"m","input":"x","dimensions":0}', "dimensions", "Invalid value"),
+        (b'{"model":"m","input":"x","temperature":1}', "temperature", "Unrecognized request argument"),
+        (b'{"model":7,"input":"x"}', "model", "Invalid value"),
+    ],
+)
+def test_bad_bodies_name_the_field(body, param, fragment):
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(body)
+    assert info.value.param == param and fragment in info.value.message
+    assert info.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_pooling_modes_respect_the_mask():
+    hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    right = np.array([[1, 1, 0], [1, 1, 1]])
+    left = np.array([[0, 1, 1], [1, 1, 1]])
+    np.testing.assert_allclose(pool(hidden, right, Pooling.MEAN), [[1, 2], [8, 9]])
+    np.testing.assert_allclose(pool(hidden, right, Pooling.CLS), [[0, 1], [6, 7]])
+    np.testing.assert_allclose(pool(hidden, right, Pooling.LAST), [[2, 3], [10, 11]])
+    np.testing.assert_allclose(pool(hidden, left, Pooling.LAST), [[4, 5], [10, 11]])
+    unit = normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(unit, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_token_budget_batches_sort_and_bound_padding():
+    lengths = [5, 1, 100, 3, 5, 2]
+    batches = token_budget_batches(lengths, max_batch_tokens=12)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) * longest <= 12 or len(batch) == 1
+    assert batches[-1] == [2]  # the over-long input runs alone
+    assert [lengths[i] for i in batches[0]] == [1, 2, 3]
+
+
+def test_wire_format_round_trips_float32_little_endian():
+    vector = np.array([0.5, -1.25, 3.0], dtype=np.float32)
+    payload = encode_array(vector)
+    assert base64.b64decode(payload) == vector.astype("<f4").tobytes()
+    np.testing.assert_array_equal(decode_array(payload, 3), vector)
+    matrix = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(decode_array(encode_array(matrix), 3, multi=True), matrix)
+
+
+def test_providers_keep_priority_and_fall_back_to_cpu():
+    specs = (
+        ProviderSpec(name="tensorrt", options={"trt_fp16_enable": True, "trt_max_workspace_size": 1 << 30}),
+        ProviderSpec(name="cuda", options={"device_id": 0}),
+        ProviderSpec(name="cpu"),
+    )
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose(specs, everything) == [
+        ("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "trt_max_workspace_size": str(1 << 30)}),
+        ("CUDAExecutionProvider", {"device_id": "0"}),
+        ("CPUExecutionProvider", {}),
+    ]
+    assert choose(specs, ["CPUExecutionProvider"]) == [("CPUExecutionProvider", {})]
+    assert choose(specs[:1], ["CPUExecutionProvider"]) == [("CPUExecutionProvider", {})]
+
+
+def test_api_keys(tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# team keys\nfile-key\n\n")
+    keys = ApiKeys(load_keys({"EMBED_API_KEYS": "env-key, other", "EMBED_API_KEYS_FILE": str(keyfile)}))
+    for good in ("Bearer env-key", "bearer other", "Bearer file-key"):
+        keys.check(good)
+    for bad in (None, "", "Bearer", "Bearer wrong", "Basic env-key", "env-key"):
+        with pytest.raises(Unauthorized):
+            keys.check(bad)
+    ApiKeys(()).check(None)  # no keys configured: open
+
+
+def test_admission_bounds_inflight_inputs():
+    admission = Admission(max_inflight_inputs=10, retry_after_s=2)
+    with admission.admit(6):
+        with admission.admit(4):
+            assert admission.inflight == 10
+            with pytest.raises(Overloaded) as info:
+                with admission.admit(1):
+                    pass
+            assert info.value.status == 429 and info.value.headers == {"Retry-After": "2"}
+    assert admission.inflight == 0
