@@ -13,6 +13,7 @@ import logging
 import bentoml
 
 from models.registry import Engine, served
+from models.store import declare_store_models
 from runners.ort.service import OrtRunner
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ V1 = DeferredApp()
     traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
     logging={"access": {"enabled": False}},
 )
+@declare_store_models(SERVED.models)
 class Gateway:
     if Engine.ORT in SERVED.runners:
         ort = bentoml.depends(OrtRunner)

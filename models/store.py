@@ -77,3 +77,17 @@ def open_entry(
             )
     settings = json.loads((path / "embedding.json").read_text())
     return StoreEntry(tag=entry_name, path=path, metadata=metadata, settings=settings)
+
+
+def declare_store_models(specs: tuple[ModelSpec, ...]):
+    """Class decorator for a BentoML service: one ``BentoModel`` attribute per spec's store entry,
+    so that ``bentoml build`` packs those entries into the bento. Nothing is resolved at import."""
+    from bentoml.models import BentoModel
+
+    def decorate(cls: type) -> type:
+        for spec in specs:
+            setattr(cls, f"store_model_{spec.store_tag.split(':')[0].replace('-', '_').replace('.', '_')}",
+                    BentoModel(spec.store_tag))
+        return cls
+
+    return decorate

@@ -1,0 +1,126 @@
+"""Server throughput and latency at 1, 32 and 128 clients next to the bare ONNX Runtime session,
+on the same texts, in one run.
+
+    python bench/load_check.py [--seconds 10] [--clients 1 32 128]
+
+Starts ``bentoml serve service:Gateway`` (profile cpu), drives it with ``wrk`` (a native load
+generator: a Python client would take the server's CPU on a small machine) and
+``bench/wrk/embeddings.lua``, then measures the bare session in-process on the same 1024 texts at
+batch 1 and 32. Prints a markdown table. Needs ``wrk`` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TEXTS = [f"sentence number {i} about topic {i % 17} and more words {i * 7}" for i in range(1, 1025)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(port: int):
+    log = open(ROOT / ".cache" / "load_check_serve.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=ROOT, env={**os.environ, "EMBED_PROFILE": "cpu"}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("server did not become ready; see .cache/load_check_serve.log")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def wrk(url: str, clients: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s",
+         str(ROOT / "bench" / "wrk" / "embeddings.lua"), f"{url}/v1/embeddings"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+
+
+def bare_session(seconds: float) -> dict[int, tuple[float, float]]:
+    """texts/s and median ms per call of the bare session at batch 1 and 32 (same texts, same
+    session options as the runner)."""
+    from models.registry import served
+    from models.store import open_entry
+    from runners.ort.engine import OrtEngine
+    from gateway.preprocess import TextPreprocessor
+
+    spec = served("cpu").find("all-MiniLM-L6-v2")
+    entry = open_entry(spec, required=("model.onnx", "tokenizer.json"))
+    ids = TextPreprocessor(spec, entry).texts(TEXTS, None, True)
+    session = OrtEngine(spec, entry).session
+    results = {}
+    for batch in (1, 32):
+        times, done, started = [], 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            rows = [ids[(done + j) % len(ids)] for j in range(batch)]
+            width = max(map(len, rows))
+            feed = {name: np.zeros((batch, width), np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
+            for r, row in enumerate(rows):
+                feed["input_ids"][r, : len(row)] = row
+                feed["attention_mask"][r, : len(row)] = 1
+            t0 = time.perf_counter()
+            session.run(["last_hidden_state"], feed)
+            times.append(time.perf_counter() - t0)
+            done += batch
+        results[batch] = (done / (time.perf_counter() - started), float(np.median(times)) * 1000)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 128])
+    args = parser.parse_args()
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    rows = []
+    with server(free_port()) as url:
+        wrk(url, 8, 3)  # warm-up
+        for clients in args.clients:
+            rows.append((clients, wrk(url, clients, args.seconds)))
+    bare = bare_session(args.seconds)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+    print("| setup | clients | req/s | p50 ms | p99 ms | errors | non-2xx |\n|---|---|---|---|---|---|---|")
+    for clients, r in rows:
+        print(f"| gateway + ORT runner (wrk) | {clients} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+              f"| {r['errors']:.0f} | {r['non2xx']:.0f} |")
+    for batch, (rate, median_ms) in bare.items():
+        print(f"| bare ORT session, batch {batch} | - | {rate:.0f} texts/s | {median_ms:.1f} per call | | | |")
+
+
+if __name__ == "__main__":
+    main()
