@@ -6,10 +6,10 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PORT    ?= 3000
-PROFILE ?= cpu
+PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup models build clean lock
+.PHONY: serve test setup models build clean lock openapi
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
@@ -36,4 +36,7 @@ clean:
 
 lock: setup  ## after changing requirements*.txt: pin the whole environment again
 	(echo "# Exact versions of everything installed (pip freeze); regenerate with 'make lock' after changing requirements*.txt."; \
-	 $(PY) -m pip freeze --exclude-editable) > constraints.txt
+	 $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//') > constraints.txt
+
+openapi: setup  ## after a deliberate change of the public contract
+	$(PY) -m gateway.openapi > tests/golden/openapi.json

@@ -19,6 +19,12 @@ from runners.ort.service import OrtRunner
 logger = logging.getLogger(__name__)
 
 SERVED = served()
+RUNNER_SERVICES = {Engine.ORT: OrtRunner}
+if missing := [e.value for e in SERVED.runners if e not in RUNNER_SERVICES]:
+    raise RuntimeError(
+        f"profile {SERVED.profile!r} needs the {', '.join(missing)} runner, which this version does not "
+        f"provide yet; serve another profile (EMBED_PROFILE=cpu)"
+    )
 
 
 class DeferredApp:
@@ -45,7 +51,7 @@ V1 = DeferredApp()
 @declare_store_models(SERVED.models)
 class Gateway:
     if Engine.ORT in SERVED.runners:
-        ort = bentoml.depends(OrtRunner)
+        ort = bentoml.depends(RUNNER_SERVICES[Engine.ORT])
 
     def __init__(self) -> None:
         from gateway.admission import Admission

@@ -62,7 +62,7 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         if kind == "extra_forbidden":
             raise InvalidRequest(f"Unrecognized request argument supplied: {field}.", param=field) from None
         if field == "input":
-            raise InvalidRequest(f"'input' must be {INPUT_SHAPES}; token ids are non-negative integers.",
+            raise InvalidRequest(f"'input' must be {INPUT_SHAPES}; token ids are integers from 0 to 2^31-1.",
                                  param="input") from None
         raise InvalidRequest(f"Invalid value for '{field}': {error['msg']}.", param=field) from None
 
@@ -89,10 +89,15 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     limit = serving.served.gateway.max_body_bytes
     metrics = gateway_metrics()
 
-    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]], check_key: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """The handler behind the API-key check, with every error turned into its response."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                keys.check(request.headers.get("authorization"))
+                if check_key:
+                    keys.check(request.headers.get("authorization"))
                 return await handler(request)
             except ApiError as error:
                 return error_response(error)
@@ -103,9 +108,11 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
         return endpoint
 
     async def embeddings(request: Request) -> Response:
+        """Counted under every status, 401 included: the key check is repeated inside."""
         started = time.perf_counter()
         model, status = "unknown", 500
         try:
+            keys.check(request.headers.get("authorization"))
             parsed = parse_request(await read_body(request, limit))
             spec = serving.model(parsed.model)
             model = spec.name
@@ -134,12 +141,14 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}."))
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+            error.headers = dict(exc.headers or {})  # Starlette sets Allow
+            return error_response(error)
         return error_response(NotFound(f"No route {request.method} {request.url.path}."))
 
     return Starlette(
         routes=[
-            Route("/embeddings", guarded(embeddings), methods=["POST"]),
+            Route("/embeddings", guarded(embeddings, check_key=False), methods=["POST"]),
             Route("/models", guarded(list_models), methods=["GET"]),
             Route("/models/{model:path}", guarded(retrieve_model), methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -18,6 +18,7 @@ ERRORS = {
     "404": "Unknown model",
     "413": "Body larger than the configured limit",
     "429": "Too much work in flight; retry after `Retry-After` seconds",
+    "500": "The engine failed on valid input (a fault; see the server logs)",
     "503": "The model's runner is not ready or unreachable",
 }
 
@@ -46,7 +47,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("EmbeddingRequest")},
                     "responses": {
                         "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
-                        **_errors(["400", "401", "404", "413", "429", "503"]),
+                        **_errors(["400", "401", "404", "413", "429", "500", "503"]),
                     },
                 }
             },
@@ -66,3 +67,9 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": schemas["$defs"]},
     }
+
+
+if __name__ == "__main__":  # `make openapi` refreshes tests/golden/openapi.json from this
+    import json
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
+TokenIds = list[Annotated[StrictInt, Field(ge=0, lt=2**31)]]
 EmbeddingInput = Union[StrictStr, list[StrictStr], TokenIds, list[TokenIds]]
 
 
@@ -42,7 +42,7 @@ class EmbeddingRequest(BaseModel):
     input_type: Literal["query", "document"] | None = Field(
         default=None, description="Extension: prepend the model's query or document instruction."
     )
-    truncate: bool | None = Field(
+    truncate: StrictBool | None = Field(
         default=None,
         description="Extension: cut inputs at the model's token limit (default from the registry); "
         "false refuses over-long inputs with 400.",

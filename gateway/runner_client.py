@@ -1,4 +1,4 @@
-"""Calls from the gateway to one runner service's batchable ``embed`` API.
+"""Calls from the gateway to one runner service's ``embed`` (or ``embed_adaptive``) API.
 
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
@@ -40,7 +40,8 @@ class RunnerClient:
         call = getattr(self.handle.to_async, self.endpoint)
         for attempt in (1, 2):
             try:
-                return await call(jobs)
+                answer = await call(jobs)
+                return answer if isinstance(answer, list) else answer.results  # embed_adaptive: bare list
             except CONNECTION_ERRORS as exc:
                 if attempt == 2:
                     raise EngineUnavailable(

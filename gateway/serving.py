@@ -1,7 +1,7 @@
 """The embeddings pipeline behind ``POST /v1/embeddings``.
 
 ``EmbeddingServing.embed`` is a fixed sequence: find the model (404), check the request against
-it (400), prepare inputs into validated token ids (400), admit the work (429), run it on the
+it (400), admit the work (429), prepare inputs into validated token ids (400), run it on the
 model's runner (503/500), then shape the OpenAI response. Everything that can be refused is
 refused before the request reaches a batch, so one bad request never fails its batch-mates.
 """
@@ -61,10 +61,10 @@ class EmbeddingServing:
         items = self._items(request)
         if request.dimensions is not None:
             self._check_dimensions(spec, request.dimensions)
-        ids = await self._prepare(spec, request, items)
-        tokens = sum(len(x) for x in ids)
         inflight = gateway_metrics().inflight_inputs
-        with self.admission.admit(len(ids)):
+        with self.admission.admit(len(items)):  # before tokenizing: a refused request costs nothing
+            ids = await self._prepare(spec, request, items)
+            tokens = sum(len(x) for x in ids)
             inflight.inc(len(ids))
             try:
                 payloads = await self.runners[spec.engine].embed(spec.name, ids)

@@ -76,6 +76,11 @@ def open_entry(
                 f"recorded {expected[:12]}...); delete it with `bentoml models delete {entry_name}` and {fix}"
             )
     settings = json.loads((path / "embedding.json").read_text())
+    if settings.get("dimensions") != spec.dimensions:
+        raise StoreError(
+            f"model {spec.name!r}: the registry says {spec.dimensions} dimensions, store entry "
+            f"{entry_name} has {settings.get('dimensions')}; fix the registry or re-export the model"
+        )
     return StoreEntry(tag=entry_name, path=path, metadata=metadata, settings=settings)
 
 

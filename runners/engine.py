@@ -1,7 +1,8 @@
 """The contract between the gateway and the runners.
 
-Wire format of a runner's batchable ``embed`` API: a list of ``EmbedJob`` in, a list of strings
-out, one per job and in job order. Each string is ``encode_array`` of the job's result: the
+Wire format of a runner's ``embed`` API: a list of ``EmbedJob`` in, ``EmbedResults`` out (its
+batchable ``embed_adaptive`` API returns the bare list), one string per job and in job order.
+Each string is ``encode_array`` of the job's result: the
 little-endian float32 bytes, base64-encoded, of a pooled vector ``(dim,)`` or, for multi-vector
 models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``).
 
@@ -27,6 +28,14 @@ class EmbedJob(BaseModel):
     model: str
     ids: list[int]
     sent_at: float
+
+
+class EmbedResults(BaseModel):
+    """A runner's answer. (A model, not a bare list: BentoML 1.4.40 derives the media type of a
+    bare-list return value from its JSON schema on every response, which cost 8% of the
+    runner's CPU under load.)"""
+
+    results: list[str]
 
 
 class Engine(Protocol):

@@ -1,5 +1,8 @@
 """Shared fixtures: a real ``bentoml serve`` of the gateway, started once per test session.
 
+Run one server at a time: every ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir``
+when it starts (BentoML 1.4.40), so a second server would wipe the first one's metrics.
+
 The server runs the ``cpu`` profile from the Bento store that ``make test`` prepared
 (``python -m export ensure``), with an API key and an admission limit small enough that a
 burst of large requests meets a 429.

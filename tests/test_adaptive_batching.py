@@ -25,10 +25,10 @@ def adaptive_server(tmp_path_factory):
         yield url
 
 
-def test_adaptive_batching_keeps_requests_apart(adaptive_server, server):
+def test_adaptive_batching_keeps_requests_apart(adaptive_server):
     texts = distinct_texts(256)
     results = asyncio.run(concurrent_run(f"{adaptive_server}/v1/embeddings", texts))
-    reference = asyncio.run(alone(f"{server}/v1/embeddings", texts))  # continuous batching, one at a time
+    reference = asyncio.run(alone(f"{adaptive_server}/v1/embeddings", texts))
     assert {status for status, _, _ in results.values()} == {200}
     for _, group, body in results.values():
         for item, j in zip(body["data"], group):

@@ -139,10 +139,13 @@ def test_models_endpoint(client):
 
 def test_metrics_have_model_labels(http):
     http.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": ["metrics", "please"]})
+    http.post("/v1/embeddings", json={"model": "no-such-model", "input": "x"})
+    httpx.post(f"{http.base_url}/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "x"})  # no key
     text = httpx.get(f"{http.base_url}/metrics").text
     for line in (
         'embedding_requests_total{model="all-MiniLM-L6-v2",status="200"}',
         'embedding_requests_total{model="unknown",status="404"}',
+        'embedding_requests_total{model="unknown",status="401"}',
         'embedding_input_tokens_total{model="all-MiniLM-L6-v2"}',
         'embedding_batch_size_bucket{le="1.0",model="all-MiniLM-L6-v2"}',
         'embedding_batch_tokens_count{model="all-MiniLM-L6-v2"}',
@@ -157,4 +160,4 @@ def test_metrics_have_model_labels(http):
 
 def test_openapi_matches_the_golden_file(http):
     live = http.get("/v1/openapi.json").json()
-    assert live == json.loads(GOLDEN.read_text()), "public contract changed: review, then update tests/golden/openapi.json"
+    assert live == json.loads(GOLDEN.read_text()), "public contract changed: review it, then run make openapi"

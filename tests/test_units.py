@@ -40,12 +40,14 @@ def test_input_shapes_of_the_openai_spec(body, expected):
         (b'{"model":"m","input":[1,"a"]}', "input", "'input' must be"),
         (b'{"model":"m","input":[1.5]}', "input", "'input' must be"),
         (b'{"model":"m","input":[true]}', "input", "'input' must be"),
-        (b'{"model":"m","input":[-3]}', "input", "non-negative"),
+        (b'{"model":"m","input":[-3]}', "input", "from 0 to"),
         (b'{"model":"m","input":{"text":"x"}}', "input", "'input' must be"),
         (b'{"model":"m","input":"x","encoding_format":"int8"}', "encoding_format", "Invalid value"),
         (b'{"model":"m","input":"x","dimensions":0}', "dimensions", "Invalid value"),
         (b'{"model":"m","input":"x","temperature":1}', "temperature", "Unrecognized request argument"),
         (b'{"model":7,"input":"x"}', "model", "Invalid value"),
+        (b'{"model":"m","input":[99999999999999999999]}', "input", "from 0 to"),
+        (b'{"model":"m","input":"x","truncate":"yes"}', "truncate", "Invalid value"),
     ],
 )
 def test_bad_bodies_name_the_field(body, param, fragment):

@@ -25,7 +25,7 @@ import bentoml
 import numpy as np
 
 from models.registry import Engine, served
-from runners.engine import EmbedJob, encode_array
+from runners.engine import EmbedJob, EmbedResults, encode_array
 from runners.metrics import runner_metrics
 
 SERVED = served()
@@ -71,8 +71,8 @@ class OrtRunner:
         return results
 
     @bentoml.api
-    async def embed(self, jobs: list[EmbedJob]) -> list[str]:
-        return await self.batcher.submit(jobs)
+    async def embed(self, jobs: list[EmbedJob]) -> EmbedResults:
+        return EmbedResults(results=await self.batcher.submit(jobs))
 
     @bentoml.api(
         batchable=True,
