@@ -74,6 +74,8 @@ class Gateway:
                 getattr(self, engine.value),
                 "embed" if settings.batching.mode == "continuous" else "embed_adaptive",
                 limits.retry_after_s,
+                settings.max_calls_in_flight,
+                settings.batching.max_batch_size,
             )
             for engine, settings in SERVED.runners.items()
         }

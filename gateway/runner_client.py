@@ -1,15 +1,23 @@
 """Calls from the gateway to one runner service's ``embed`` (or ``embed_adaptive``) API.
 
+The gateway coalesces: inputs of concurrent requests for the same runner wait in one queue, and
+at most ``max_calls_in_flight`` calls (each of at most ``max_inputs_per_call`` inputs, any mix of
+requests and models) are out to the runner at once. A lone request is sent at once; under load,
+what queued while the calls were out goes in the next call. So the runner handles a few large
+calls instead of one HTTP call per request (its per-call cost is the HTTP stack, not the model),
+and two calls in flight keep its engine busy: one computing, the next one waiting there.
+
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
 runner closed a kept-alive connection just as it was reused, or restarted) is retried once;
-then the model's requests get 503 with ``Retry-After``, never a 500. Runner-side failures on
-valid input are engine faults (500, logged).
+then its requests get 503 with ``Retry-After``, never a 500. Runner-side failures on valid input
+are engine faults (500, logged). Either way only the requests in that call fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any, Sequence
@@ -18,43 +26,101 @@ import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from gateway.errors import EngineError, EngineUnavailable
+from gateway.errors import ApiError, EngineError, EngineUnavailable
 
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
 
 
+def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """After a gather: cancel what is pending (its inputs are then skipped) and mark failures
+    as retrieved (gather re-raises only the first)."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
 class RunnerClient:
-    def __init__(self, engine: str, handle: Any, endpoint: str = "embed", retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        engine: str,
+        handle: Any,
+        endpoint: str = "embed",
+        retry_after_s: int = 1,
+        max_calls_in_flight: int = 2,
+        max_inputs_per_call: int = 128,
+    ) -> None:
         """``endpoint``: ``embed`` (continuous batching) or ``embed_adaptive`` (BentoML's)."""
         self.engine = engine
         self.handle = handle
         self.endpoint = endpoint
         self.retry_after_s = retry_after_s
+        self.max_calls_in_flight = max_calls_in_flight
+        self.max_inputs_per_call = max_inputs_per_call
+        self._queue: collections.deque[tuple[dict[str, Any], asyncio.Future[str]]] = collections.deque()
+        self._calls_in_flight = 0
 
     async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
         """One base64 float32 result per input, in order (see ``runners/engine.py``)."""
+        loop = asyncio.get_running_loop()
         now = time.time()
-        jobs = [{"model": model, "ids": ids.tolist(), "sent_at": now} for ids in inputs]
+        futures = [loop.create_future() for _ in inputs]
+        self._queue.extend(
+            ({"model": model, "ids": ids.tolist(), "sent_at": now}, future) for ids, future in zip(inputs, futures)
+        )
+        self._dispatch()
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            settle(futures)
+
+    def _dispatch(self) -> None:
+        while self._queue and self._calls_in_flight < self.max_calls_in_flight:
+            batch = []
+            while self._queue and len(batch) < self.max_inputs_per_call:
+                job, future = self._queue.popleft()
+                if not future.done():
+                    batch.append((job, future))
+            if batch:
+                self._calls_in_flight += 1
+                asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
+        try:
+            results = await self._call([job for job, _ in batch])
+        except Exception as exc:
+            if not isinstance(exc, ApiError):
+                logger.exception("%s runner call failed", self.engine)
+                exc = EngineError(f"The {self.engine} engine failed on this request.")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._calls_in_flight -= 1
+            self._dispatch()
+
+    async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
         call = getattr(self.handle.to_async, self.endpoint)
-        for attempt in (1, 2):
+        try:
             try:
                 answer = await call(jobs)
-                return answer if isinstance(answer, list) else answer.results  # embed_adaptive: bare list
             except CONNECTION_ERRORS as exc:
-                if attempt == 2:
-                    raise EngineUnavailable(
-                        f"The {self.engine} runner serving {model} is unreachable ({type(exc).__name__}).",
-                        self.retry_after_s,
-                    ) from exc
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
-            except (asyncio.TimeoutError, ServiceUnavailable) as exc:
-                raise EngineUnavailable(
-                    f"The {self.engine} runner serving {model} is not ready or overloaded.",
-                    self.retry_after_s,
-                ) from exc
-            except BentoMLException as exc:
-                logger.error("%s runner failed on %s: %s", self.engine, model, exc)
-                raise EngineError(f"The {self.engine} engine failed on this request.") from exc
-        raise AssertionError("unreachable")
+                answer = await call(jobs)
+        except CONNECTION_ERRORS as exc:
+            raise EngineUnavailable(
+                f"The {self.engine} runner is unreachable ({type(exc).__name__}).", self.retry_after_s
+            ) from exc
+        except (asyncio.TimeoutError, ServiceUnavailable) as exc:
+            raise EngineUnavailable(f"The {self.engine} runner is not ready or overloaded.", self.retry_after_s) from exc
+        except BentoMLException as exc:
+            logger.error("%s runner failed: %s", self.engine, exc)
+            raise EngineError(f"The {self.engine} engine failed on this request.") from exc
+        return answer if isinstance(answer, list) else answer.results  # embed_adaptive: a bare list

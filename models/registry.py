@@ -156,6 +156,10 @@ class RunnerSpec(_Frozen):
     workers: int = Field(default=1, ge=1)
     batching: BatchingSpec = BatchingSpec()
     timeout_s: float = Field(default=60.0, gt=0)
+    max_calls_in_flight: int = Field(
+        default=2, ge=1, description="gateway calls out to this runner at once; inputs that arrive "
+        "meanwhile wait in the gateway and go together in the next call (max_batch_size inputs each)"
+    )
 
 
 class ProfileSpec(_Frozen):

@@ -44,7 +44,10 @@ class ContinuousBatcher(Generic[Item, Result]):
             return list(await asyncio.gather(*futures))
         finally:
             for future in futures:
-                future.cancel()  # no-op when done; marks abandoned inputs to skip
+                if not future.done():
+                    future.cancel()  # its input is skipped when its turn comes
+                elif not future.cancelled():
+                    future.exception()  # gather re-raises only the first failure
 
     async def _drain(self) -> None:
         while self._queue:

@@ -1,0 +1,96 @@
+"""The gateway's runner client: coalescing of concurrent requests into few runner calls, results
+back to their own requests, retries and failures that stay inside one call."""
+
+import asyncio
+from types import SimpleNamespace
+
+import aiohttp
+import numpy as np
+import pytest
+
+from gateway.errors import EngineError, EngineUnavailable
+from gateway.runner_client import RunnerClient
+from runners.engine import EmbedResults
+
+
+class FakeRunner:
+    """Answers each job with a string naming its model and ids; records every call."""
+
+    def __init__(self, delay=0.01, fail_with=None):
+        self.calls, self.delay, self.fail_with, self.active, self.most_active = [], delay, list(fail_with or []), 0, 0
+        self.to_async = SimpleNamespace(embed=self.embed)
+
+    async def embed(self, jobs):
+        self.calls.append(jobs)
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            if self.fail_with:
+                raise self.fail_with.pop(0)
+            return EmbedResults(results=[f"{j['model']}:{j['ids']}" for j in jobs])
+        finally:
+            self.active -= 1
+
+
+def ids(*values):
+    return np.array(values, dtype=np.int64)
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_results():
+    runner = FakeRunner()
+    client = RunnerClient("ort", runner, max_calls_in_flight=2, max_inputs_per_call=16)
+
+    async def scenario():
+        requests = [[ids(i, k) for k in range(1 + i % 3)] for i in range(40)]
+        answers = await asyncio.gather(*(client.embed(f"m{i % 2}", r) for i, r in enumerate(requests)))
+        return requests, answers
+
+    requests, answers = asyncio.run(scenario())
+    for i, (request, answer) in enumerate(zip(requests, answers)):
+        assert answer == [f"m{i % 2}:{row.tolist()}" for row in request]
+    assert runner.most_active <= 2
+    assert len(runner.calls) < 40 and all(len(call) <= 16 for call in runner.calls)
+    assert sum(len(call) for call in runner.calls) == sum(len(r) for r in requests)
+
+
+def test_a_lone_request_is_sent_at_once():
+    runner = FakeRunner(delay=0)
+    client = RunnerClient("ort", runner)
+    assert asyncio.run(client.embed("m", [ids(1, 2)])) == ["m:[1, 2]"]
+    assert len(runner.calls) == 1
+
+
+def test_connection_error_is_retried_once_then_503():
+    runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError()])
+    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)])) == ["m:[3]"]
+    runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError()])
+    with pytest.raises(EngineUnavailable):
+        asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)]))
+
+
+def test_unexpected_failure_fails_that_call_only_and_never_hangs():
+    runner = FakeRunner(fail_with=[KeyError("bug")])
+    client = RunnerClient("ort", runner, max_calls_in_flight=1, max_inputs_per_call=1)
+
+    async def scenario():
+        return await asyncio.gather(client.embed("m", [ids(1)]), client.embed("m", [ids(2)]), return_exceptions=True)
+
+    first, second = asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert isinstance(first, EngineError) and second == ["m:[2]"]
+
+
+def test_inputs_of_a_cancelled_request_are_not_sent():
+    runner = FakeRunner(delay=0.05)
+    client = RunnerClient("ort", runner, max_calls_in_flight=1)
+
+    async def scenario():
+        first = asyncio.create_task(client.embed("m", [ids(1)]))
+        await asyncio.sleep(0.01)  # the first call is out; the next request waits in the gateway
+        second = asyncio.create_task(client.embed("m", [ids(2)]))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        return await first
+
+    assert asyncio.run(scenario()) == ["m:[1]"]
+    assert [job["ids"] for call in runner.calls for job in call] == [[1]]
