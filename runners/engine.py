@@ -46,10 +46,6 @@ class Engine(Protocol):
         per input, in input order. Raises only for engine faults (inputs are pre-validated)."""
         ...
 
-    def describe(self) -> dict[str, str]:
-        """What is loaded, for logs and ``/v1/models``: engine, provider, store tag."""
-        ...
-
 
 def encode_array(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")

@@ -76,9 +76,6 @@ class OrtEngine:
             spec.name, entry.tag, self.provider, [name for name, _ in chosen],
         )
 
-    def describe(self) -> dict[str, str]:
-        return {"engine": "ort", "provider": self.provider, "store_tag": self.entry.tag}
-
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         lengths = [len(ids) for ids in inputs]
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)

@@ -81,8 +81,3 @@ class OrtRunner:
     )
     def embed_adaptive(self, jobs: list[EmbedJob]) -> list[str]:
         return self._run(jobs)
-
-    @bentoml.api
-    def loaded(self) -> dict[str, dict[str, str]]:
-        """Per served model: engine, provider and store tag."""
-        return {name: engine.describe() for name, engine in self.engines.items()}
