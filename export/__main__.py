@@ -4,7 +4,8 @@
   [--max-tokens N] [--opset 17] [--revision R]``: export one text encoder and register it.
   Unset options come from the checkpoint (``onnx_text.resolve_settings``).
 - ``ensure [--profile NAME]``: import every ``ort`` model of the registry profile whose
-  ``store_tag`` the store lacks, with the registry's settings; present ones are skipped.
+  ``store_tag`` the store lacks, with the registry's settings; present ones are checked as the
+  runner will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
 - ``list [--json]``: the store's entries with labels and metadata.
 
 Progress lines (``[2/5] loading model ... (3.1 s)``) go to stderr, results to stdout.
@@ -26,7 +27,7 @@ from pathlib import Path
 import bentoml
 
 from export import ExportError, sources, store
-from models.store import sha256_of
+from models.store import StoreError, open_entry, sha256_of
 
 STEPS = 5
 
@@ -133,7 +134,13 @@ def ensure(profile: str | None) -> int:
             continue
         existing = store.find(spec.store_tag)
         if existing is not None:
-            print(f"skip {spec.name}: already in the store as {existing.tag}", flush=True)
+            try:  # the checks the runner makes at start-up, so `make serve` stops here instead
+                open_entry(spec, required=("model.onnx", "tokenizer.json"))
+            except StoreError as exc:
+                failures.append(str(exc))
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                continue
+            print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
             continue
         if spec.pooling is Pooling.MULTI:
             print(
@@ -158,7 +165,7 @@ def ensure(profile: str | None) -> int:
             failures.append(f"model {spec.name} (source {spec.source}): {exc}")
             print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
     if failures:
-        print(f"{len(failures)} model(s) failed to import", file=sys.stderr)
+        print(f"{len(failures)} model(s) not ready to serve", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -39,8 +39,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:Gateway") -> Iterator[str]:
-    """Run ``bentoml serve`` until the block ends; yields its base URL once /readyz is 200."""
+def serve_process(
+    env: dict[str, str], log_path: Path, target: str = "service:Gateway", stop_timeout: float = 30
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run ``bentoml serve`` in its own process group until the block ends (SIGTERM, then
+    SIGKILL after ``stop_timeout`` s); yields the process and its base URL at once."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -51,27 +54,33 @@ def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:G
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        url = f"http://127.0.0.1:{port}"
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:Gateway") -> Iterator[str]:
+    """Run ``bentoml serve`` until the block ends; yields its base URL once /readyz is 200."""
+    with serve_process(env, log_path, target) as (process, url):
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
 
 
 @pytest.fixture(scope="session")

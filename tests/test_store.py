@@ -1,0 +1,70 @@
+"""Start-up checks of store entries: pinned and latest tags, and clear failures for a missing,
+corrupt or mismatched model, from `python -m export ensure` and from a starting server."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+
+from models.registry import served
+from models.store import StoreError, open_entry
+from tests.conftest import ROOT, serve_process
+
+SPEC = served("cpu").find("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def corrupt_home(tmp_path_factory) -> Path:
+    """A BENTOML_HOME holding a copy of the MiniLM entry whose model.onnx is cut short."""
+    home = tmp_path_factory.mktemp("corrupt-home")
+    source = Path(bentoml.models.get(SPEC.store_tag).path).parent
+    shutil.copytree(source, home / "models" / source.name)
+    version = (source / "latest").read_text().strip()
+    onnx = home / "models" / source.name / version / "model.onnx"
+    with onnx.open("r+b") as f:
+        f.truncate(onnx.stat().st_size // 2)
+    return home
+
+
+def test_latest_and_pinned_tags_open_the_same_entry():
+    latest = open_entry(SPEC)
+    pinned = open_entry(SPEC.model_copy(update={"store_tag": latest.tag}))
+    assert pinned.path == latest.path and ":" in latest.tag
+    assert latest.settings["dimensions"] == 384 and latest.metadata["onnx_sha256"]
+
+
+def test_missing_and_mismatched_entries_are_refused_with_the_fix():
+    with pytest.raises(StoreError, match=r"'no-such-model' is missing; run `python -m export ensure`"):
+        open_entry(SPEC.model_copy(update={"store_tag": "no-such-model"}))
+    with pytest.raises(StoreError, match="the registry says 512 dimensions"):
+        open_entry(SPEC.model_copy(update={"dimensions": 512}))
+
+
+def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
+        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(corrupt_home)}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert "model.onnx is corrupt" in done.stderr and "bentoml models delete all-minilm-l6-v2:" in done.stderr
+
+
+@pytest.mark.slow
+def test_server_with_a_corrupt_entry_never_gets_ready_and_says_why(corrupt_home, tmp_path):
+    log_path = tmp_path / "serve.log"
+    with serve_process({"BENTOML_HOME": str(corrupt_home)}, log_path, stop_timeout=5) as (_, url):
+        deadline = time.monotonic() + 60
+        while "is corrupt" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "model.onnx is corrupt" in log_path.read_text()
+        try:  # the gateway may be up, but /readyz must not say ready (it answers 503 or hangs)
+            status = httpx.get(f"{url}/readyz", timeout=10).status_code
+        except httpx.HTTPError:
+            status = None
+        assert status != 200
