@@ -108,7 +108,7 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
         return endpoint
 
     async def embeddings(request: Request) -> Response:
-        """Counted under every status, 401 included: the key check is repeated inside."""
+        """Checks the API key itself (not through ``guarded``) so that 401s are counted too."""
         started = time.perf_counter()
         model, status = "unknown", 500
         try:
