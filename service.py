@@ -9,10 +9,10 @@ only when every runner has loaded its models) and ``/metrics``.
 from __future__ import annotations
 
 import logging
-import os
 
 import bentoml
 
+from models import tracing_config
 from models.registry import Engine, served
 from models.store import declare_store_models
 from runners.ort.service import OrtRunner
@@ -48,9 +48,7 @@ V1 = DeferredApp()
     workers=1,
     traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
     logging={"access": {"enabled": False}},
-    # BentoML's OpenTelemetry middleware builds a span per request even when nothing samples
-    # it: 23% of the gateway's CPU under load. EMBED_TRACING=1 traces /v1/embeddings again.
-    tracing={} if os.environ.get("EMBED_TRACING", "").lower() in ("1", "true") else {"excluded_urls": "/v1/embeddings"},
+    tracing=tracing_config("/v1/embeddings"),
 )
 @declare_store_models(SERVED.models)
 class Gateway:

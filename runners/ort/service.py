@@ -24,6 +24,7 @@ from collections import defaultdict
 import bentoml
 import numpy as np
 
+from models import tracing_config
 from models.registry import Engine, served
 from runners.engine import EmbedJob, EmbedResults, encode_array
 from runners.metrics import runner_metrics
@@ -40,6 +41,7 @@ NEVER = 10**9  # requests / seconds: "never replace the connection pool"
     traffic={"timeout": SETTINGS.timeout_s},
     runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
     logging={"access": {"enabled": False}},
+    tracing=tracing_config("/embed", "/embed_adaptive"),
 )
 class OrtRunner:
     def __init__(self) -> None:
