@@ -6,8 +6,15 @@ into int64 token ids ``(tokens,)`` that are inside the model's vocabulary and at
 only ever holds valid inputs, and ``usage`` counts the tokens the engine really sees.
 
 Text is tokenized with the model's fast tokenizer (``tokenizer.json`` from its store entry)
-without padding (the runner pads per sub-batch) and with special tokens. Token-id inputs are used
-as given (no special tokens added), as OpenAI and vLLM do.
+without padding (the runner pads per sub-batch) and with special tokens.
+
+Token-id inputs must be what the model's own tokenizer makes: ids inside its vocabulary, framed
+by the special tokens it adds (``[CLS] ... [SEP]`` for BERT; nothing for a tokenizer that adds
+none), unless the registry entry sets ``token_ids_need_special_tokens: false``. That frame is
+how ids from another tokenizer are caught: LangChain's ``OpenAIEmbeddings`` sends tiktoken ids by
+default, and most of them lie inside a 30k BERT vocabulary, so a range check alone would embed
+them as garbage. A token-id input cut at ``max_tokens`` keeps its closing special tokens, as
+truncated text does.
 """
 
 from __future__ import annotations
@@ -22,6 +29,20 @@ from models.registry import ModelSpec
 from models.store import StoreEntry
 
 
+OTHER_TOKENIZER_HINT = (
+    "Token ids must come from this model's own tokenizer (LangChain's OpenAIEmbeddings sends "
+    "tiktoken ids unless check_embedding_ctx_length=False); or send text."
+)
+
+
+def special_token_frame(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text's own ids, e.g. ([101], [102])."""
+    inner = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a").ids
+    start = next(i for i in range(len(full) - len(inner) + 1) if full[i : i + len(inner)] == inner)
+    return full[:start], full[start + len(inner) :]
+
+
 class TextPreprocessor:
     """Turns one model's request inputs into validated token ids."""
 
@@ -34,6 +55,7 @@ class TextPreprocessor:
         self._truncating = Tokenizer.from_str(tokenizer.to_str())
         self._truncating.enable_truncation(max_length=spec.max_tokens)
         self.vocab_size = int(entry.settings.get("vocab_size") or tokenizer.get_vocab_size(True))
+        self.prefix, self.suffix = special_token_frame(tokenizer)
 
     def instruction(self, input_type: str | None) -> str:
         if input_type is None:
@@ -69,15 +91,37 @@ class TextPreprocessor:
             if int(array.max()) >= self.vocab_size:
                 raise InvalidRequest(
                     f"input[{i}] holds token id {int(array.max())}, outside {self.spec.name}'s "
-                    f"vocabulary of {self.vocab_size} (ids from another tokenizer, such as tiktoken's, "
-                    "are not accepted; send text instead).",
+                    f"vocabulary of {self.vocab_size}. {OTHER_TOKENIZER_HINT}",
+                    param="input",
+                )
+            if self.spec.token_ids_need_special_tokens and not self._framed(values):
+                raise InvalidRequest(
+                    f"input[{i}] does not start with {self.prefix} and end with {self.suffix}, the special "
+                    f"tokens {self.spec.name}'s tokenizer adds. {OTHER_TOKENIZER_HINT}",
                     param="input",
                 )
             ids.append(array)
         if truncate:
-            return [array[: self.spec.max_tokens] for array in ids]
+            return [self._cut(array) for array in ids]
         self._check_lengths(ids)
         return ids
+
+    def _framed(self, values: Sequence[int]) -> bool:
+        head, tail = len(self.prefix), len(self.suffix)
+        return (
+            len(values) >= head + tail
+            and list(values[:head]) == self.prefix
+            and (not tail or list(values[-tail:]) == self.suffix)
+        )
+
+    def _cut(self, array: np.ndarray) -> np.ndarray:
+        """At most ``max_tokens`` ids; a framed input keeps its closing special tokens."""
+        limit = self.spec.max_tokens
+        if len(array) <= limit:
+            return array
+        if self.spec.token_ids_need_special_tokens and self.suffix:
+            return np.concatenate([array[: limit - len(self.suffix)], np.asarray(self.suffix, dtype=np.int64)])
+        return array[:limit]
 
     def _check_lengths(self, ids: list[np.ndarray]) -> None:
         for i, array in enumerate(ids):

@@ -114,6 +114,11 @@ class ModelSpec(_Frozen):
     matryoshka: MatryoshkaSpec | None = None
     instructions: Instructions = Instructions()
     truncate: bool = Field(default=True, description="default of the request's `truncate`")
+    token_ids_need_special_tokens: bool = Field(
+        default=True,
+        description="token-id inputs must carry the special tokens the model's tokenizer adds "
+        "(catches ids from another tokenizer, such as LangChain's tiktoken ids)",
+    )
     max_batch_tokens: int = Field(default=16384, gt=0, description="padded tokens per engine call")
     ort: OrtOptions = OrtOptions()
 

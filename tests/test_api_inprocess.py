@@ -121,8 +121,23 @@ def test_base64_is_little_endian_float32_of_the_same_vector(api):
 def test_token_id_inputs_are_used_as_given(api):
     api.post("/embeddings", json={"model": "small", "input": [101, 7592, 102]})
     assert api.runner.calls[-1] == ("small", [[101, 7592, 102]])
-    body = api.post("/embeddings", json={"model": "small", "input": [[101, 102], [7592]]}).json()
-    assert body["usage"]["prompt_tokens"] == 3 and len(body["data"]) == 2
+    body = api.post("/embeddings", json={"model": "small", "input": [[101, 102], [101, 7592, 2088, 102]]}).json()
+    assert body["usage"]["prompt_tokens"] == 6 and len(body["data"]) == 2
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [9906, 1917],  # "Hello world" in tiktoken's cl100k: inside BERT's 30522 ids, but no [CLS]/[SEP]
+        [101, 9906, 1917],
+        [9906, 1917, 102],
+        [102, 7592, 101],
+    ],
+)
+def test_ids_from_another_tokenizer_are_refused_not_embedded(api, ids):
+    error = error_of(api.post("/embeddings", json={"model": "small", "input": ids}), 400, param="input")
+    assert "[101]" in error["message"] and "check_embedding_ctx_length=False" in error["message"]
+    assert not api.runner.calls
 
 
 def test_dimensions_truncate_and_renormalise(api):
@@ -154,8 +169,9 @@ def test_truncation_follows_the_request(api):
     error = error_of(api.post("/embeddings", json={"model": "small", "input": long_text, "truncate": False}), 400,
                      code="context_length_exceeded", param="input")
     assert "at most 16 tokens" in error["message"]
-    ids = list(range(1000, 1040))
+    ids = [101, *range(1000, 1040), 102]
     assert api.post("/embeddings", json={"model": "small", "input": ids}).json()["usage"]["prompt_tokens"] == 16
+    assert api.runner.calls[-1][1][0] == [101, *range(1000, 1014), 102]  # [SEP] kept at the cut
     error_of(api.post("/embeddings", json={"model": "small", "input": ids, "truncate": False}), 400, param="input")
 
 
@@ -168,8 +184,8 @@ def test_truncation_follows_the_request(api):
         ({"model": "small", "input": ["ok", ""]}, 400, "invalid_request", "input"),
         ({"model": "small", "input": [[]]}, 400, "invalid_request", "input"),
         ({"model": "small", "input": ["x"] * 9}, 400, "invalid_request", "input"),
-        ({"model": "small", "input": [30522]}, 400, "invalid_request", "input"),
-        ({"model": "small", "input": [[5], [100277]]}, 400, "invalid_request", "input"),
+        ({"model": "small", "input": [101, 30522, 102]}, 400, "invalid_request", "input"),
+        ({"model": "small", "input": [[101, 5, 102], [101, 100277, 102]]}, 400, "invalid_request", "input"),
         ({"model": "small", "input": "x", "encoding_format": "hex"}, 400, "invalid_request", "encoding_format"),
         ({"model": "small", "input": "x", "unknown": 1}, 400, "invalid_request", "unknown"),
     ],

@@ -100,6 +100,7 @@ def error(response, status, code=None):
         ({"model": "all-MiniLM-L6-v2", "input": ["a", ""]}, 400, None),
         ({"model": "all-MiniLM-L6-v2", "input": ["x"] * 2049}, 400, None),
         ({"model": "all-MiniLM-L6-v2", "input": [100257, 3]}, 400, None),  # tiktoken ids
+        ({"model": "all-MiniLM-L6-v2", "input": [[9906, 1917]]}, 400, None),  # tiktoken ids inside the vocabulary
         ({"model": "all-MiniLM-L6-v2", "input": [[1], "a"]}, 400, None),
         ({"model": "all-MiniLM-L6-v2", "input": 42}, 400, None),
         ({"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 128}, 400, None),
