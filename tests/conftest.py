@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,10 @@ def free_port() -> int:
 def serve_process(
     env: dict[str, str], log_path: Path, target: str = "service:Gateway", stop_timeout: float = 30
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run ``bentoml serve`` in its own process group until the block ends (SIGTERM, then
-    SIGKILL after ``stop_timeout`` s); yields the process and its base URL at once."""
+    """Run ``bentoml serve`` until the block ends (SIGTERM, then SIGKILL after ``stop_timeout``
+    s); yields the process and its base URL at once. BentoML's workers run in sessions of their
+    own, so the whole process tree is collected and stopped, not only the process group: a
+    killed supervisor would leave its workers behind."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -57,13 +60,15 @@ def serve_process(
     try:
         yield process, f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        tree = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        process.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=stop_timeout)
+        for leftover in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
