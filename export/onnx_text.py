@@ -31,6 +31,8 @@ import torch
 import transformers
 
 from export import ExportError
+from models.registry import Pooling
+from runners.pooling import pool
 
 POOLINGS = ("mean", "cls", "last")
 PARITY_MIN_COSINE = 0.999
@@ -249,7 +251,7 @@ def check_parity(loaded: Loaded, onnx_path: Path, settings: Settings) -> Parity:
         (actual,) = session.run(["last_hidden_state"], feeds)
         mask = feeds["attention_mask"]
         errors.append(float(np.abs(actual - expected)[mask.astype(bool)].max()))
-        a, b = pool(actual, mask, settings.pooling), pool(expected, mask, settings.pooling)
+        a, b = (pool(states, mask, Pooling(settings.pooling)) for states in (actual, expected))
         cosines.extend(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
     parity = Parity(min_cosine=float(min(cosines)), max_abs_err=max(errors))
     if parity.min_cosine < PARITY_MIN_COSINE:
@@ -279,20 +281,6 @@ def _encode(loaded: Loaded, texts: tuple[str, ...], max_tokens: int) -> dict[str
     if "token_type_ids" in loaded.input_names:
         arrays.setdefault("token_type_ids", np.zeros_like(arrays["input_ids"]))
     return arrays
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
-    """Pool float [batch, sequence, hidden] states with an int [batch, sequence] right-padded
-    attention mask into [batch, hidden]: ``mean`` over real tokens, ``cls`` the first token,
-    ``last`` the last real token."""
-    if pooling == "mean":
-        weights = mask[..., None].astype(hidden.dtype)
-        return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
-    if pooling == "cls":
-        return hidden[:, 0]
-    if pooling == "last":
-        return hidden[np.arange(hidden.shape[0]), mask.sum(axis=1) - 1]
-    raise ValueError(f"unknown pooling {pooling!r}")
 
 
 def stage_files(loaded: Loaded, folder: Path, out_dir: Path) -> None:

@@ -22,7 +22,7 @@ from gateway.metrics import gateway_metrics
 from gateway.preprocess import TextPreprocessor
 from gateway.protocol import EmbeddingRequest
 from gateway.runner_client import RunnerClient
-from models.registry import Engine, ModelSpec, Served
+from models.registry import Engine, ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
 
@@ -114,7 +114,7 @@ class EmbeddingServing:
 
     @staticmethod
     def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], tokens: int) -> bytes:
-        multi = spec.pooling.value == "multi"
+        multi = spec.pooling is Pooling.MULTI
         passthrough = request.encoding_format == "base64" and request.dimensions is None
         data = []
         for index, payload in enumerate(payloads):

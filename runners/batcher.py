@@ -29,10 +29,6 @@ class ContinuousBatcher(Generic[Item, Result]):
         self._queue: collections.deque[tuple[Item, asyncio.Future[Result]]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """Results for ``items`` in order; raises what the engine raised for their batch."""
         loop = asyncio.get_running_loop()

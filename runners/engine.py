@@ -6,7 +6,7 @@ Each string is ``encode_array`` of the job's result: the
 little-endian float32 bytes, base64-encoded, of a pooled vector ``(dim,)`` or, for multi-vector
 models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``).
 
-An ``Engine`` computes results for one model. It never sees text: inputs are token ids that the
+An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that the
 gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them).
 """
 
@@ -38,7 +38,7 @@ class EmbedResults(BaseModel):
     results: list[str]
 
 
-class Engine(Protocol):
+class EmbeddingEngine(Protocol):
     spec: ModelSpec
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -127,7 +127,8 @@ def minilm(home: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
 def onnx_embed(entry_path: Path, texts: list[str]) -> np.ndarray:
     """Embed like the runner: entry tokenizer without its fixed padding, ONNX, pooling from
     embedding.json; returns float32 [len(texts), dimensions], L2-normalised."""
-    from export.onnx_text import pool
+    from models.registry import Pooling
+    from runners.pooling import pool
 
     settings = json.loads((entry_path / "embedding.json").read_text())
     tokenizer = tokenizers.Tokenizer.from_file(str(entry_path / "tokenizer.json"))
@@ -144,7 +145,7 @@ def onnx_embed(entry_path: Path, texts: list[str]) -> np.ndarray:
         feeds["token_type_ids"] = np.array([e.type_ids for e in encoded], dtype=np.int64)
     session = ort.InferenceSession(str(entry_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (hidden,) = session.run(["last_hidden_state"], feeds)
-    pooled = pool(hidden, feeds["attention_mask"], settings["pooling"])
+    pooled = pool(hidden, feeds["attention_mask"], Pooling(settings["pooling"]))
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 

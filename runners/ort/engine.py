@@ -51,7 +51,6 @@ class OrtEngine:
         import onnxruntime as ort
 
         self.spec = spec
-        self.entry = entry
         self.pad_id = int(entry.settings.get("pad_token_id") or 0)
         options = ort.SessionOptions()
         options.graph_optimization_level = {

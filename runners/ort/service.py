@@ -26,7 +26,7 @@ import numpy as np
 
 from models import tracing_config
 from models.registry import Engine, served
-from runners.engine import EmbedJob, EmbedResults, encode_array
+from runners.engine import EmbedJob, EmbedResults, EmbeddingEngine, encode_array
 from runners.metrics import runner_metrics
 
 SERVED = served()
@@ -51,7 +51,7 @@ class OrtRunner:
         from runners.ort.engine import OrtEngine
 
         configure_logging()
-        self.engines = {
+        self.engines: dict[str, EmbeddingEngine] = {
             spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
             for spec in SERVED.for_engine(Engine.ORT)
         }
