@@ -53,10 +53,10 @@ def main() -> None:
     from gateway.preprocess import VisionPreprocessor
     from models.registry import load_registry
     from models.store import open_entry
-    from runners.ort.colqwen2 import ColQwen2Engine
+    from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
 
     spec = load_registry().models[args.model]
-    entry = open_entry(spec, required=("query.onnx",))
+    entry = open_entry(spec, required=(QUERY_GRAPH,))
     engine = ColQwen2Engine(spec, entry)
     preprocessor = VisionPreprocessor(spec, entry)
     height, width = preprocessor.buckets[0]

@@ -149,7 +149,7 @@ def export_colqwen2(
         with steps("parity check: ONNX Runtime CPU vs PyTorch (queries and pages)"):
             parity = colqwen2.check_parity(loaded, out_dir, graphs["buckets"])
         with steps(f"registering {name}"):
-            onnx_files = ["query.onnx", *(b["graph"] for b in graphs["buckets"])]
+            onnx_files = [colqwen2.QUERY_GRAPH, *(b["graph"] for b in graphs["buckets"])]
             labels = {"engine": "ort", "format": "onnx", "task": "multi-vector", "pooling": "multi",
                       "weights": "random" if loaded.random_weights else "checkpoint"}
             metadata = {

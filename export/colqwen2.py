@@ -11,10 +11,10 @@ queries; the graphs reproduce exactly that.
 
 Graphs (the runner depends on them exactly):
 
-- ``query.onnx``: ``input_ids`` int64 [batch, sequence], ``attention_mask`` int64 [batch,
+- ``query/model.onnx``: ``input_ids`` int64 [batch, sequence], ``attention_mask`` int64 [batch,
   sequence] (right padding) -> ``embeddings`` float32 [batch, sequence, 128], each row
   L2-normalised, padding rows zero.
-- ``page_<H>x<W>.onnx`` per bucket: ``pixel_values`` uint8 [batch, H, W, 3] (RGB, already
+- ``page_<H>x<W>/model.onnx`` per bucket: ``pixel_values`` uint8 [batch, H, W, 3] (RGB, already
   resized to the bucket) -> ``embeddings`` float32 [batch, tokens, 128]. Rescaling, CLIP
   normalisation and Qwen2-VL's patch layout run inside the graph; the vision encoder attends
   within each image (batched), and its rotary positions are constants of the bucket (the legacy
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import ExportError
+from runners.ort.colqwen2 import QUERY_GRAPH, page_graph
 
 RANDOM_PREFIX = "random:"
 TINY_RANDOM = "colqwen2-tiny"
@@ -277,8 +278,9 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
 
 
 def export_graphs(loaded: Loaded, buckets: list[tuple[int, int]], out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write ``query.onnx`` and one ``page_<H>x<W>.onnx`` per bucket into ``out_dir``; returns the
-    bucket table for ``embedding.json``."""
+    """Write the query graph and one page graph per bucket under ``out_dir``, each in a folder of
+    its own (external weight files of >2 GB graphs must not collide); returns the bucket table
+    and query frame for ``embedding.json``."""
     prefix, suffix = query_frame(loaded.processor)
     sample = loaded.processor.tokenizer([prefix + q for q in SAMPLE_QUERIES[:2]], add_special_tokens=False)["input_ids"]
     width = max(len(s) for s in sample) + len(suffix)
@@ -289,12 +291,14 @@ def export_graphs(loaded: Loaded, buckets: list[tuple[int, int]], out_dir: Path,
         mask[row, : len(s) + len(suffix)] = 1
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "embeddings": {0: "batch", 1: "sequence"}}
-    _onnx_export(QueryGraph(loaded.model), (ids, mask), out_dir / "query.onnx", ["input_ids", "attention_mask"], axes, opset)
+    (out_dir / QUERY_GRAPH).parent.mkdir(parents=True)
+    _onnx_export(QueryGraph(loaded.model), (ids, mask), out_dir / QUERY_GRAPH, ["input_ids", "attention_mask"], axes, opset)
     table = []
     for height, width in buckets:
         prompt = page_prompt_ids(loaded.processor, height, width)
         graph = PageGraph(loaded.model, loaded.processor, height, width, prompt)
-        name = f"page_{height}x{width}.onnx"
+        name = page_graph(height, width)
+        (out_dir / name).parent.mkdir(parents=True)
         pixels = torch.zeros((2, height, width, 3), dtype=torch.uint8)
         _onnx_export(graph, (pixels,), out_dir / name, ["pixel_values"],
                      {"pixel_values": {0: "batch"}, "embeddings": {0: "batch"}}, opset)
@@ -317,7 +321,7 @@ def check_parity(loaded: Loaded, out_dir: Path, buckets: list[dict[str, Any]], s
     from PIL import Image
 
     processor, model = loaded.processor, loaded.model
-    query = ort.InferenceSession(str(out_dir / "query.onnx"), providers=["CPUExecutionProvider"])
+    query = ort.InferenceSession(str(out_dir / QUERY_GRAPH), providers=["CPUExecutionProvider"])
     prefix, suffix = query_frame(processor)
     rows = [processor.tokenizer(prefix + q, add_special_tokens=False)["input_ids"] + suffix for q in SAMPLE_QUERIES]
     width = max(len(r) for r in rows)

@@ -37,13 +37,13 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def test_entry_files_metadata_and_progress(exported):
     result, entry = exported
     path = Path(entry["path"])
-    assert {"query.onnx", "page_224x168.onnx", "page_168x224.onnx", "tokenizer.json", "embedding.json"} <= {
-        p.name for p in path.iterdir()}
+    graphs = {"query/model.onnx", "page_224x168/model.onnx", "page_168x224/model.onnx"}
+    assert graphs | {"tokenizer.json", "embedding.json"} <= {str(p.relative_to(path)) for p in path.rglob("*")}
     metadata = entry["metadata"]
     assert metadata["parity_query_max_rel_err"] < 1e-3 and metadata["parity_page_max_rel_err"] < 1e-3
     assert metadata["random_weights"] is True and entry["labels"]["weights"] == "random"
     assert metadata["buckets"] == list(BUCKETS)
-    assert set(metadata["onnx_files_sha256"]) == {"query.onnx", "page_224x168.onnx", "page_168x224.onnx"}
+    assert set(metadata["onnx_files_sha256"]) == graphs
     settings = json.loads((path / "embedding.json").read_text())
     assert settings["query_prefix"] == "Query: " and len(settings["query_suffix_ids"]) == 11
     assert [(b["height"], b["width"], b["tokens"]) for b in settings["buckets"]] == [(224, 168, 60), (168, 224, 60)]

@@ -190,7 +190,7 @@ def tiny(tmp_path_factory):
     prefix, suffix = colqwen2.query_frame(processor)
     processor.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
     settings = {"query_prefix": prefix, "query_suffix_ids": suffix, "vocab_size": 400,
-                "buckets": [{"height": 224, "width": 168, "tokens": 60, "graph": "page_224x168.onnx"}]}
+                "buckets": [{"height": 224, "width": 168, "tokens": 60, "graph": "page_224x168/model.onnx"}]}
     spec = load_registry().models["colqwen2-tiny-random"]
     entry = StoreEntry(tag="t", path=folder, metadata={}, settings=settings)
     return model, processor, VisionPreprocessor(spec, entry)
@@ -251,7 +251,7 @@ class RecordingOrt:
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
     def InferenceSession(self, path, sess_options=None, providers=None, provider_options=None):  # noqa: N802
-        self.sessions.append({"path": Path(path).name, "providers": providers, "options": provider_options,
+        self.sessions.append({"path": path, "providers": providers, "options": provider_options,
                               "sess_options": sess_options})
         return type("Session", (), {"get_providers": lambda _: providers})()
 
@@ -266,11 +266,11 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     monkeypatch.setitem(sys.modules, "onnxruntime", recorder)
     spec = load_registry().models["colqwen2"]
     settings = {"pad_token_id": 151643, "buckets": [
-        {"height": 924, "width": 644, "tokens": 776, "graph": "page_924x644.onnx"},
-        {"height": 644, "width": 924, "tokens": 776, "graph": "page_644x924.onnx"}]}
+        {"height": 924, "width": 644, "tokens": 776, "graph": "page_924x644/model.onnx"},
+        {"height": 644, "width": 924, "tokens": 776, "graph": "page_644x924/model.onnx"}]}
     engine_module.ColQwen2Engine(spec, StoreEntry(tag="t", path=tmp_path, metadata={}, settings=settings))
 
-    assert [s["path"] for s in recorder.sessions] == ["query.onnx", "page_924x644.onnx", "page_644x924.onnx"]
+    assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == ["query/model.onnx", "page_924x644/model.onnx", "page_644x924/model.onnx"]
     for session in recorder.sessions:
         assert session["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         trt, cuda, cpu = session["options"]

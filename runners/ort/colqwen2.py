@@ -1,8 +1,9 @@
 """ONNX Runtime engine for ColQwen2 entries exported by ``python -m export colqwen2``.
 
-One session for queries (``query.onnx``: dynamic batch and length) and one per page bucket
-(``page_<H>x<W>.onnx``: dynamic batch, fixed image size); see ``export/colqwen2.py`` for the
-graphs. Inputs are either int64 query ids ``(tokens,)`` (formatted and validated by the gateway)
+One session for queries (``query/model.onnx``: dynamic batch and length) and one per page
+bucket (``page_<H>x<W>/model.onnx``: dynamic batch, fixed image size); see ``export/colqwen2.py``
+for the graphs. Each graph has a folder of its own because a real checkpoint's graphs exceed
+protobuf's 2 GB and keep their weights in external data files next to them. Inputs are either int64 query ids ``(tokens,)`` (formatted and validated by the gateway)
 or uint8 RGB pages ``(H, W, 3)`` already resized to a bucket. Each result is float32
 ``(tokens, 128)`` with L2-normalised rows: a query's own tokens, or every token of the page
 prompt. Queries are right-padded into length-sorted sub-batches (at most ``max_batch_tokens``
@@ -31,7 +32,13 @@ from runners.ort.engine import token_budget_batches
 
 logger = logging.getLogger(__name__)
 
+QUERY_GRAPH = "query/model.onnx"
 QUERY_OPT_TOKENS = 32  # typical formatted query length (the processor adds 11 tokens of suffix)
+
+
+def page_graph(height: int, width: int) -> str:
+    """The entry-relative path of one bucket's page graph."""
+    return f"page_{height}x{width}/model.onnx"
 
 
 def query_profile(spec: ModelSpec) -> tuple[providers.Shapes, providers.Shapes, providers.Shapes]:
@@ -57,7 +64,7 @@ class ColQwen2Engine:
             raise ValueError(f"model {spec.name}: a ColQwen2 engine needs the registry's `vision` section")
         self.spec = spec
         self.pad_id = int(entry.settings["pad_token_id"])
-        self.query = providers.create_session(str(entry.file("query.onnx")), spec, query_profile(spec))
+        self.query = providers.create_session(str(entry.file(QUERY_GRAPH)), spec, query_profile(spec))
         self.pages = {
             (b["height"], b["width"]): providers.create_session(
                 str(entry.file(b["graph"])), spec, page_profile(spec, b["height"], b["width"])

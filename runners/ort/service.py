@@ -47,12 +47,12 @@ class OrtRunner:
         from models import configure_logging
         from models.store import open_entry
         from runners.batcher import ContinuousBatcher
-        from runners.ort.colqwen2 import ColQwen2Engine
+        from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
         from runners.ort.engine import OrtEngine
 
         configure_logging()
         self.engines: dict[str, EmbeddingEngine] = {
-            spec.name: ColQwen2Engine(spec, open_entry(spec, required=("query.onnx",)))
+            spec.name: ColQwen2Engine(spec, open_entry(spec, required=(QUERY_GRAPH,)))
             if spec.vision is not None
             else OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
             for spec in SERVED.for_engine(Engine.ORT)
