@@ -100,3 +100,22 @@ def test_engine_matches_pytorch_for_queries_and_pages(exported):
         assert ours.shape == reference.shape and ours.shape[1] == 128
         assert relative_error(ours, reference) < 1e-3
         np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_ensure_refuses_an_entry_with_a_corrupt_page_graph(home: Path, exported, tmp_path: Path):
+    """Runs last in this module: it damages the entry."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
+    registry["models"]["colqwen2-tiny-random"]["store_tag"] = "cq-tiny"
+    registry["profiles"] = {"only-colqwen": {"models": ["colqwen2-tiny-random"]}}
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
+    env = {"EMBED_REGISTRY": str(tmp_path / "registry.yaml")}
+    ok = cli(home, "ensure", "--profile", "only-colqwen", env=env)
+    assert ok.returncode == 0 and "already in the store" in ok.stdout, ok.stderr
+    graph = Path(exported[1]["path"]) / "page_168x224" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:-10])
+    broken = cli(home, "ensure", "--profile", "only-colqwen", env=env)
+    assert broken.returncode == 1 and "page_168x224/model.onnx is corrupt" in broken.stderr
