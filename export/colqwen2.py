@@ -357,7 +357,7 @@ def check_parity(loaded: Loaded, out_dir: Path, buckets: list[dict[str, Any]], s
     return result
 
 
-def stage_files(loaded: Loaded, out_dir: Path, graphs: dict[str, Any], max_tokens: int, pdf_note: str = "") -> dict[str, Any]:
+def stage_files(loaded: Loaded, out_dir: Path, graphs: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     """Write ``tokenizer.json`` and ``embedding.json`` (the settings the gateway and runner read)."""
     tokenizer = loaded.processor.tokenizer
     tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
