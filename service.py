@@ -48,7 +48,7 @@ V1 = DeferredApp()
     workers=1,
     traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
     logging={"access": {"enabled": False}},
-    tracing=tracing_config("/v1/embeddings"),
+    tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
 )
 @declare_store_models(SERVED.models)
 class Gateway:
