@@ -48,7 +48,7 @@ V1 = DeferredApp()
     workers=1,
     traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
     logging={"access": {"enabled": False}},
-    tracing=tracing_config("/v1/embeddings"),
+    tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
 )
 @declare_store_models(SERVED.models)
 class Gateway:
@@ -59,7 +59,7 @@ class Gateway:
         from gateway.admission import Admission
         from gateway.app import create_app
         from gateway.auth import ApiKeys, load_keys
-        from gateway.preprocess import TextPreprocessor
+        from gateway.preprocess import TextPreprocessor, VisionPreprocessor
         from gateway.runner_client import RunnerClient
         from gateway.serving import EmbeddingServing
         from models import configure_logging
@@ -68,7 +68,8 @@ class Gateway:
         configure_logging()
         limits = SERVED.gateway
         preprocessors = {
-            spec.name: TextPreprocessor(spec, open_entry(spec, verify=False)) for spec in SERVED.models
+            spec.name: (VisionPreprocessor if spec.vision else TextPreprocessor)(spec, open_entry(spec, verify=False))
+            for spec in SERVED.models
         }
         runners = {
             engine: RunnerClient(

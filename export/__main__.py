@@ -6,6 +6,9 @@
 - ``ensure [--profile NAME]``: import every ``ort`` model of the registry profile whose
   ``store_tag`` the store lacks, with the registry's settings; present ones are checked as the
   runner will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
+- ``colqwen2 --source SRC --name NAME --bucket HxW [--bucket HxW ...] [--max-tokens N]``:
+  export a ColQwen2 checkpoint (``hf:vidore/colqwen2-v1.0-hf``, a folder, or
+  ``random:colqwen2-tiny``) as a query graph plus one page graph per bucket (``export/colqwen2.py``).
 - ``list [--json]``: the store's entries with labels and metadata.
 
 Progress lines (``[2/5] loading model ... (3.1 s)``) go to stderr, results to stdout.
@@ -118,6 +121,65 @@ def export_model(
     return model
 
 
+def export_colqwen2(
+    source: str,
+    name: str,
+    buckets: list[tuple[int, int]],
+    *,
+    max_tokens: int,
+    revision: str | None = None,
+    opset: int = 17,
+) -> bentoml.Model:
+    """Export a ColQwen2 checkpoint (query graph + one page graph per bucket), check parity with
+    PyTorch and register it as ``name``. Raises ``ExportError`` (nothing is registered then)."""
+    store.check_tag(name)
+    steps = Steps(STEPS)
+    with steps(f"resolving and loading {source}"):
+        from export import colqwen2
+
+        loaded = colqwen2.load(source, revision)
+    with steps(f"loading the processor's prompts for {len(buckets)} bucket(s)"):
+        for height, width in buckets:
+            colqwen2.page_prompt_ids(loaded.processor, height, width)
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        out_dir = Path(tmp)
+        with steps(f"exporting the query graph and {len(buckets)} page graph(s) to ONNX (opset {opset})"):
+            graphs = colqwen2.export_graphs(loaded, buckets, out_dir, opset)
+            embedding = colqwen2.stage_files(loaded, out_dir, graphs, max_tokens)
+        with steps("parity check: ONNX Runtime CPU vs PyTorch (queries and pages)"):
+            parity = colqwen2.check_parity(loaded, out_dir, graphs["buckets"])
+        with steps(f"registering {name}"):
+            onnx_files = [colqwen2.QUERY_GRAPH, *(b["graph"] for b in graphs["buckets"])]
+            labels = {"engine": "ort", "format": "onnx", "task": "multi-vector", "pooling": "multi",
+                      "weights": "random" if loaded.random_weights else "checkpoint"}
+            metadata = {
+                "source": source,
+                "revision": loaded.revision,
+                "reference": "transformers ColQwen2ForRetrieval + ColQwen2Processor",
+                "random_weights": loaded.random_weights,
+                "engine": "ort",
+                "pooling": "multi",
+                "dimensions": embedding["dimensions"],
+                "max_tokens": max_tokens,
+                "buckets": [f"{b['height']}x{b['width']}" for b in graphs["buckets"]],
+                "opset": opset,
+                "onnx_files_sha256": {f: sha256_of(out_dir / f) for f in onnx_files},
+                **parity,
+                "exported_with": {
+                    dist: importlib.metadata.version(dist)
+                    for dist in ("torch", "transformers", "onnx", "onnxruntime")
+                },
+            }
+            model = store.register(name, out_dir, labels, metadata)
+    print(
+        f"registered {model.tag} (multi-vector x {embedding['dimensions']}, buckets "
+        f"{', '.join(metadata['buckets'])}{', RANDOM WEIGHTS' if loaded.random_weights else ''}; parity max "
+        f"relative error queries {parity['parity_query_max_rel_err']:.2e}, pages {parity['parity_page_max_rel_err']:.2e})",
+        flush=True,
+    )
+    return model
+
+
 def ensure(profile: str | None) -> int:
     """Import the profile's missing ``ort`` models; returns the exit status."""
     from models.registry import Engine, Pooling, RegistryError, served
@@ -135,23 +197,26 @@ def ensure(profile: str | None) -> int:
         existing = store.find(spec.store_tag)
         if existing is not None:
             try:  # the checks the runner makes at start-up, so `make serve` stops here instead
-                open_entry(spec, required=("model.onnx", "tokenizer.json"))
+                open_entry(spec, required=("tokenizer.json",))
             except StoreError as exc:
                 failures.append(str(exc))
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 continue
             print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
             continue
-        if spec.pooling is Pooling.MULTI:
-            print(
-                f"skip {spec.name}: multi-vector ({spec.pooling.value}) export is not supported yet",
-                flush=True,
-            )
+        if spec.pooling is Pooling.MULTI and spec.vision is None:
+            print(f"skip {spec.name}: multi-vector export needs a `vision` section (ColQwen2)", flush=True)
             continue
         print(f"import {spec.name} from {spec.source} as {spec.store_tag}", flush=True)
         try:
             if not spec.source:
                 raise ExportError("the registry gives no source")
+            if spec.vision is not None:
+                export_colqwen2(
+                    spec.source, spec.store_tag, list(spec.vision.buckets),
+                    max_tokens=spec.max_tokens, revision=spec.revision,
+                )
+                continue
             export_model(
                 spec.source,
                 spec.store_tag,
@@ -211,6 +276,14 @@ def _parser() -> argparse.ArgumentParser:
     ensure_cmd = commands.add_parser("ensure", help="import the profile's ort models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
 
+    col = commands.add_parser("colqwen2", help="export a ColQwen2 checkpoint (queries + page buckets)")
+    col.add_argument("--source", required=True, help="hf:vidore/colqwen2-v1.0-hf, a folder, or random:colqwen2-tiny")
+    col.add_argument("--name", required=True, help="store name (name or name:version)")
+    col.add_argument("--bucket", action="append", required=True, type=_bucket, help="page size HxW (multiples of 28); repeat")
+    col.add_argument("--max-tokens", type=_positive_int, default=768, help="query token limit")
+    col.add_argument("--opset", type=_positive_int, default=17)
+    col.add_argument("--revision", help="hub revision, or a label for a folder")
+
     list_cmd = commands.add_parser("list", help="show the store's entries")
     list_cmd.add_argument("--json", action="store_true", help="one JSON array with paths and metadata")
     return parser
@@ -223,6 +296,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bucket(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW") from None
+    if height <= 0 or width <= 0 or height % 28 or width % 28:
+        raise argparse.ArgumentTypeError(f"{text}: height and width are positive multiples of 28")
+    return height, width
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
@@ -231,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ensure":
         return ensure(args.profile)
     try:
+        if args.command == "colqwen2":
+            export_colqwen2(args.source, args.name, args.bucket, max_tokens=args.max_tokens,
+                            revision=args.revision, opset=args.opset)
+            return 0
         export_model(
             args.source,
             args.name,

@@ -1,6 +1,6 @@
 """The ``/v1`` ASGI app: routes only dispatch; errors become responses in one place.
 
-Routes: ``POST /embeddings``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
+Routes: ``POST /embeddings``, ``POST /rerank``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
 Every request under ``/v1`` passes the API-key check (when keys are configured). Bodies are read
 with a size limit (413) and parsed with the protocol models (400).
 """
@@ -12,7 +12,7 @@ import time
 from typing import Awaitable, Callable
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,13 +23,17 @@ from gateway.auth import ApiKeys
 from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, error_response
 from gateway.metrics import gateway_metrics
 from gateway.openapi import openapi_document
-from gateway.protocol import EmbeddingRequest, ModelCard, ModelList
+from gateway.protocol import EmbeddingRequest, ModelCard, ModelList, RerankRequest
 from gateway.serving import EmbeddingServing
 from models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token-id arrays"
+INPUT_SHAPES = (
+    "a string, an array of strings, an array of token ids, an array of token-id arrays, or (vision models) "
+    "image_url/file content parts, alone or in an array with strings"
+)
+DOCUMENT_SHAPES = "strings or image_url/file content parts"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -47,10 +51,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_request(body: bytes) -> EmbeddingRequest:
+def parse_request(body: bytes, model: type[BaseModel] = EmbeddingRequest) -> BaseModel:
     """The validated request, or ``InvalidRequest`` naming the first bad field."""
     try:
-        return EmbeddingRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         error = exc.errors()[0]
         kind, loc = error["type"], error["loc"]
@@ -64,6 +68,9 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         if field == "input":
             raise InvalidRequest(f"'input' must be {INPUT_SHAPES}; token ids are integers from 0 to 2^31-1.",
                                  param="input") from None
+        if field == "documents":
+            raise InvalidRequest(f"'documents' must be a non-empty array of {DOCUMENT_SHAPES}.",
+                                 param="documents") from None
         raise InvalidRequest(f"Invalid value for '{field}': {error['msg']}.", param=field) from None
 
 
@@ -129,6 +136,10 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
             if status == 200:
                 metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
 
+    async def rerank(request: Request) -> Response:
+        parsed = parse_request(await read_body(request, limit), RerankRequest)
+        return json_response((await serving.rerank(parsed, serving.model(parsed.model))).body)
+
     async def list_models(request: Request) -> Response:
         cards = ModelList(data=[model_card(spec) for spec in serving.served.models])
         return json_response(cards.model_dump_json().encode())
@@ -149,6 +160,7 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     return Starlette(
         routes=[
             Route("/embeddings", guarded(embeddings, check_key=False), methods=["POST"]),
+            Route("/rerank", guarded(rerank), methods=["POST"]),
             Route("/models", guarded(list_models), methods=["GET"]),
             Route("/models/{model:path}", guarded(retrieve_model), methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),

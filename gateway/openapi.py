@@ -10,10 +10,18 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.protocol import EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelCard, ModelList
+from gateway.protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+)
 
 ERRORS = {
-    "400": "Invalid request: body, input, dimensions or token ids",
+    "400": "Invalid request: body, input, dimensions, token ids, or an image/PDF (format, corrupt data, size, pixels, pages)",
     "401": "Missing or wrong API key (only when keys are configured)",
     "404": "Unknown model",
     "413": "Body larger than the configured limit",
@@ -33,8 +41,8 @@ def _errors(codes: list[str]) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(m, "validation" if m is EmbeddingRequest else "serialization")
-         for m in (EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList, ErrorResponse)],
+        [(m, "validation" if m in (EmbeddingRequest, RerankRequest) else "serialization")
+         for m in (EmbeddingRequest, EmbeddingResponse, RerankRequest, RerankResponse, ModelCard, ModelList, ErrorResponse)],
         ref_template="#/components/schemas/{model}",
     )
     return {
@@ -47,6 +55,18 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("EmbeddingRequest")},
                     "responses": {
                         "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
+                        **_errors(["400", "401", "404", "413", "429", "500", "503"]),
+                    },
+                }
+            },
+            "/v1/rerank": {
+                "post": {
+                    "operationId": "rerank",
+                    "description": "Score documents against a query, best first: MaxSim for multi-vector models "
+                    "(ColQwen2; documents may be images or single PDF pages), cosine for pooled models.",
+                    "requestBody": {"required": True, **_ref("RerankRequest")},
+                    "responses": {
+                        "200": {"description": "Results sorted by relevance_score", **_ref("RerankResponse")},
                         **_errors(["400", "401", "404", "413", "429", "500", "503"]),
                     },
                 }

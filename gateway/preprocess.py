@@ -132,3 +132,53 @@ class TextPreprocessor:
                     param="input",
                     code="context_length_exceeded",
                 )
+
+
+class VisionPreprocessor(TextPreprocessor):
+    """Queries and pages of a ColQwen2 entry (``embedding.json`` from ``python -m export colqwen2``).
+
+    Text inputs are queries, formatted as ``ColQwen2Processor.process_queries`` does:
+    ``tokenize(query_prefix + text)`` (no special tokens added) followed by the processor's suffix
+    (its pad token 10 times, then "\\n"); truncation cuts the text, never the suffix. Token-id
+    inputs are refused (they would skip that formatting). Image and file parts become uint8 pages
+    at the entry's buckets (``gateway/images.py``); each costs its bucket's prompt length in
+    ``usage``.
+    """
+
+    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+        super().__init__(spec, entry)
+        settings = entry.settings
+        self.query_prefix = settings["query_prefix"]
+        self.query_suffix = np.asarray(settings["query_suffix_ids"], dtype=np.int64)
+        self.buckets = [(b["height"], b["width"]) for b in settings["buckets"]]
+        self.bucket_tokens = {(b["height"], b["width"]): int(b["tokens"]) for b in settings["buckets"]}
+        if self.spec.max_tokens <= len(self.query_suffix):
+            raise ValueError(f"model {spec.name}: max_tokens must exceed the query suffix ({len(self.query_suffix)})")
+
+    def texts(self, texts: Sequence[str], input_type: str | None, truncate: bool) -> list[np.ndarray]:
+        for i, text in enumerate(texts):
+            if not text:
+                raise InvalidRequest(f"input[{i}] is an empty string; every input must have text.", param="input")
+        if input_type == "document":
+            raise InvalidRequest(
+                f"{self.spec.name} embeds text as queries; send documents as image or file parts.", param="input_type"
+            )
+        formatted = [self.query_prefix + text for text in texts]
+        encodings = self._full.encode_batch(formatted, add_special_tokens=False)
+        room = self.spec.max_tokens - len(self.query_suffix)
+        ids = []
+        for i, encoding in enumerate(encodings):
+            body = np.asarray(encoding.ids, dtype=np.int64)
+            if len(body) > room and not truncate:
+                raise InvalidRequest(
+                    f"input[{i}] is {len(body) + len(self.query_suffix)} tokens long as a query; {self.spec.name} "
+                    f"takes at most {self.spec.max_tokens} tokens. Shorten it or set truncate=true.",
+                    param="input", code="context_length_exceeded",
+                )
+            ids.append(np.concatenate([body[:room], self.query_suffix]))
+        return ids
+
+    def token_ids(self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool) -> list[np.ndarray]:
+        raise InvalidRequest(
+            f"{self.spec.name} takes text queries, images and PDF files, not token ids.", param="input"
+        )

@@ -9,8 +9,14 @@ Request (``POST /v1/embeddings``), in OpenAI's field order:
 - ``dimensions``: only for models whose registry entry allows it (truncate, then re-normalise);
 - ``user``: accepted and ignored.
 
-Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction) and
-``truncate`` (default from the registry; ``false`` refuses over-long input with 400).
+Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction),
+``truncate`` (default from the registry; ``false`` refuses over-long input with 400), and, for
+vision models (ColQwen2), content parts in ``input``: ``{"type": "image_url", "image_url":
+{"url": "data:image/png;base64,..."}}`` and ``{"type": "file", "file": {"file_data":
+"data:application/pdf;base64,...", "pages": [1, 3]}}`` (one output item per page). Multi-vector
+outputs carry ``shape`` [tokens, dim].
+
+``POST /v1/rerank`` (Jina/Cohere shape): ``RerankRequest`` -> ``RerankResponse``.
 Unknown fields are refused with 400, as OpenAI does.
 """
 
@@ -21,7 +27,37 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 TokenIds = list[Annotated[StrictInt, Field(ge=0, lt=2**31)]]
-EmbeddingInput = Union[StrictStr, list[StrictStr], TokenIds, list[TokenIds]]
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: StrictStr = Field(description="A base64 data URL: data:image/png|jpeg|webp;base64,...")
+    detail: Literal["auto", "low", "high"] | None = Field(default=None, description="Accepted; unused.")
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class FileData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file_data: StrictStr = Field(description="A base64 data URL: data:application/pdf;base64,...")
+    filename: StrictStr | None = None
+    pages: list[Annotated[StrictInt, Field(ge=1)]] | None = Field(
+        default=None, description="Extension: 1-based pages to embed, in this order (default: all)."
+    )
+
+
+class FilePart(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["file"]
+    file: FileData
+
+
+ContentPart = Annotated[Union[ImagePart, FilePart], Field(discriminator="type")]
+EmbeddingInput = Union[StrictStr, list[StrictStr], TokenIds, list[TokenIds], ContentPart, list[Union[StrictStr, ContentPart]]]
 
 
 class EmbeddingRequest(BaseModel):
@@ -52,7 +88,12 @@ class EmbeddingRequest(BaseModel):
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[list[float]] | str = Field(
+        description="A vector; for multi-vector models a list of rows (float) or the rows' float32 "
+        "bytes concatenated (base64), with `shape`."
+    )
+    shape: tuple[int, int] | None = Field(default=None, description="Multi-vector models only: [tokens, dim].")
+    page: int | None = Field(default=None, description="For items from a PDF file part: its 1-based page.")
 
 
 class Usage(BaseModel):
@@ -96,3 +137,41 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class RerankRequest(BaseModel):
+    """Jina/Cohere rerank: score each document against the query, best first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: StrictStr
+    query: StrictStr
+    documents: list[Union[StrictStr, ContentPart]] = Field(
+        min_length=1, description="Texts, or image/file parts (one page each) for vision models."
+    )
+    top_n: StrictInt | None = Field(default=None, ge=1, description="Return only the best n (default: all).")
+    return_documents: StrictBool = Field(default=True, description="Echo each document in its result.")
+
+
+class RerankDocument(BaseModel):
+    text: str | None = None
+    image_url: ImageUrl | None = None
+    file: FileData | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    object: Literal["rerank"] = "rerank"
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage

@@ -27,6 +27,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from gateway.errors import ApiError, EngineError, EngineUnavailable
+from runners.engine import job_payload
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,12 @@ class RunnerClient:
         self._calls_in_flight = 0
 
     async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
-        """One base64 float32 result per input, in order (see ``runners/engine.py``)."""
+        """One base64 float32 result per input (token ids, or a uint8 image for vision models),
+        in order (see ``runners/engine.py``)."""
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
-        self._queue.extend(
-            ({"model": model, "ids": ids.tolist(), "sent_at": now}, future) for ids, future in zip(inputs, futures)
-        )
+        self._queue.extend((job_payload(model, value, now), future) for value, future in zip(inputs, futures))
         self._dispatch()
         try:
             return list(await asyncio.gather(*futures))

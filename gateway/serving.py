@@ -1,9 +1,12 @@
-"""The embeddings pipeline behind ``POST /v1/embeddings``.
+"""The pipelines behind ``POST /v1/embeddings`` and ``POST /v1/rerank``.
 
 ``EmbeddingServing.embed`` is a fixed sequence: find the model (404), check the request against
-it (400), admit the work (429), prepare inputs into validated token ids (400), run it on the
-model's runner (503/500), then shape the OpenAI response. Everything that can be refused is
-refused before the request reaches a batch, so one bad request never fails its batch-mates.
+it (400), admit the work (429), prepare inputs into validated token ids or resized pages (400),
+run it on the model's runner (503/500), then shape the OpenAI response. Everything that can be
+refused is refused before the request reaches a batch, so one bad request never fails its
+batch-mates. ``rerank`` prepares the query and documents the same way, then scores: MaxSim
+(sum over query tokens of the best dot product with a document token) for multi-vector models,
+cosine for pooled ones.
 """
 
 from __future__ import annotations
@@ -19,12 +22,22 @@ import orjson
 from gateway.admission import Admission
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.metrics import gateway_metrics
-from gateway.preprocess import TextPreprocessor
-from gateway.protocol import EmbeddingRequest
+from gateway import images
+from gateway.preprocess import TextPreprocessor, VisionPreprocessor
+from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
 from gateway.runner_client import RunnerClient
 from models.registry import Engine, ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Engine inputs in output order, with each one's PDF page (or None) and token count."""
+
+    arrays: list[np.ndarray]
+    pages: list[int | None]
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -58,24 +71,65 @@ class EmbeddingServing:
         return spec
 
     async def embed(self, request: EmbeddingRequest, spec: ModelSpec) -> EmbeddingResult:
-        items = self._items(request)
+        items = self._items(request.input)
         if request.dimensions is not None:
             self._check_dimensions(spec, request.dimensions)
-        inflight = gateway_metrics().inflight_inputs
         with self.admission.admit(len(items)):  # before tokenizing: a refused request costs nothing
-            ids = await self._prepare(spec, request, items)
-            tokens = sum(len(x) for x in ids)
-            inflight.inc(len(ids))
-            try:
-                payloads = await self.runners[spec.engine].embed(spec.name, ids)
-            finally:
-                inflight.dec(len(ids))
-        body = self._response(spec, request, payloads, tokens)
-        return EmbeddingResult(body=body, model=spec.name, inputs=len(ids), tokens=tokens)
+            prepared = await self._prepare(spec, items, request.input_type, request.truncate)
+            payloads = await self._run(spec, prepared.arrays)
+        body = self._response(spec, request, payloads, prepared)
+        return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens)
 
-    def _items(self, request: EmbeddingRequest) -> list[str] | list[list[int]]:
-        value = request.input
-        if isinstance(value, str):
+    async def rerank(self, request: RerankRequest, spec: ModelSpec) -> EmbeddingResult:
+        """Scores of ``request.documents`` against ``request.query``, best first (JSON body)."""
+        limit = self.served.gateway.max_inputs_per_request
+        if len(request.documents) + 1 > limit:
+            raise InvalidRequest(f"'documents' has {len(request.documents)} items; at most {limit - 1} are allowed.",
+                                 param="documents")
+        if not request.query:
+            raise InvalidRequest("'query' must not be empty.", param="query")
+        items = [request.query, *request.documents]
+        with self.admission.admit(len(items)):
+            query = await self._prepare(spec, items[:1], "query", None)
+            documents = await self._prepare(spec, items[1:], None, None, param="documents")
+            if len(documents.arrays) != len(request.documents):
+                raise InvalidRequest("Each rerank document must be one text, image or PDF page; select one page with "
+                                     "'pages'.", param="documents")
+            payloads = await self._run(spec, query.arrays + documents.arrays)
+        multi = spec.pooling is Pooling.MULTI
+        vectors = [decode_array(payload, spec.dimensions, multi) for payload in payloads]
+        scores = [self._score(vectors[0], document, multi) for document in vectors[1:]]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_n]
+        results = []
+        for index in order:
+            result: dict = {"index": index, "relevance_score": scores[index]}
+            if request.return_documents:
+                document = request.documents[index]
+                result["document"] = {"text": document} if isinstance(document, str) else document.model_dump(
+                    exclude={"type"}, exclude_none=True)
+            results.append(result)
+        tokens = query.tokens + documents.tokens
+        body = orjson.dumps({"object": "rerank", "model": spec.name, "results": results,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return EmbeddingResult(body=body, model=spec.name, inputs=len(items), tokens=tokens)
+
+    @staticmethod
+    def _score(query: np.ndarray, document: np.ndarray, multi: bool) -> float:
+        q, d = query.astype(np.float64), document.astype(np.float64)
+        if multi:  # MaxSim: for each query token its best document token, summed
+            return float((q @ d.T).max(axis=1).sum())
+        return float(q @ d / max(np.linalg.norm(q) * np.linalg.norm(d), 1e-12))
+
+    async def _run(self, spec: ModelSpec, arrays: list[np.ndarray]) -> list[str]:
+        inflight = gateway_metrics().inflight_inputs
+        inflight.inc(len(arrays))
+        try:
+            return await self.runners[spec.engine].embed(spec.name, arrays)
+        finally:
+            inflight.dec(len(arrays))
+
+    def _items(self, value: object) -> list:
+        if isinstance(value, (str, ImagePart, FilePart)):
             return [value]
         if not value:
             raise InvalidRequest("'input' must not be empty.", param="input")
@@ -102,22 +156,77 @@ class EmbeddingServing:
             )
 
     async def _prepare(
-        self, spec: ModelSpec, request: EmbeddingRequest, items: Sequence[str] | Sequence[list[int]]
-    ) -> list[np.ndarray]:
+        self, spec: ModelSpec, items: Sequence, input_type: str | None, truncate: bool | None, param: str = "input"
+    ) -> Prepared:
+        """Engine inputs for ``items`` (texts, token-id lists, or image/file parts), or a 400."""
         preprocessor = self.preprocessors[spec.name]
-        truncate = spec.truncate if request.truncate is None else request.truncate
-        if isinstance(items[0], str):
-            if len(items) == 1:  # one text tokenizes in microseconds: no thread hop
-                return preprocessor.texts(items, request.input_type, truncate)
-            return await asyncio.to_thread(preprocessor.texts, items, request.input_type, truncate)
-        return preprocessor.token_ids(items, request.input_type, truncate)
+        truncate = spec.truncate if truncate is None else truncate
+        parts = [i for i, item in enumerate(items) if isinstance(item, (ImagePart, FilePart))]
+        if not parts:
+            if isinstance(items[0], str):
+                if len(items) == 1:  # one text tokenizes in microseconds: no thread hop
+                    ids = preprocessor.texts(items, input_type, truncate)
+                else:
+                    ids = await asyncio.to_thread(preprocessor.texts, items, input_type, truncate)
+            else:
+                ids = preprocessor.token_ids(items, input_type, truncate)
+            return Prepared(ids, [None] * len(ids), sum(len(x) for x in ids))
+        if not isinstance(preprocessor, VisionPreprocessor):
+            raise InvalidRequest(f"{spec.name} takes text only; image and file parts need a vision model.",
+                                 param=f"{param}[{parts[0]}]")
+        texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+        if len(texts) + len(parts) != len(items):
+            raise InvalidRequest(f"'{param}' mixes token ids with other items.", param=param)
+        query_ids = preprocessor.texts([items[i] for i in texts], input_type, truncate) if texts else []
+        pages = await asyncio.to_thread(self._pages, preprocessor, spec, items, parts, param)
+        by_index: dict[int, list[tuple[np.ndarray, int | None]]] = {i: [(ids, None)] for i, ids in zip(texts, query_ids)}
+        by_index.update(pages)
+        arrays, numbers = [], []
+        for index in range(len(items)):
+            for array, number in by_index[index]:
+                arrays.append(array)
+                numbers.append(number)
+        tokens = sum(len(a) if a.ndim == 1 else preprocessor.bucket_tokens[a.shape[:2]] for a in arrays)
+        return Prepared(arrays, numbers, tokens)
+
+    def _pages(
+        self, preprocessor: VisionPreprocessor, spec: ModelSpec, items: Sequence, parts: list[int], param: str
+    ) -> dict[int, list[tuple[np.ndarray, int | None]]]:
+        """Decoded, resized pages per part index (blocking: runs in a worker thread)."""
+        gateway = self.served.gateway
+        limits = images.ImageLimits(gateway.max_image_bytes, gateway.max_image_pixels)
+        limit = gateway.max_images_per_request
+        declared = sum(1 if isinstance(items[i], ImagePart) or items[i].file.pages is None else len(items[i].file.pages)
+                       for i in parts)
+        result: dict[int, list[tuple[np.ndarray, int | None]]] = {}
+        produced = 0
+        for i in parts:
+            if declared > limit or produced > limit:
+                raise InvalidRequest(f"'{param}' holds more than {limit} images and pages; at most {limit} are "
+                                     "allowed per request.", param=param, code="too_many_images")
+            part, where = items[i], f"{param}[{i}]"
+            if isinstance(part, ImagePart):
+                media_type, data = images.decode_data_url(part.image_url.url, list(images.IMAGE_TYPES), where, limits)
+                image = images.open_image(data, media_type, where, limits)
+                result[i] = [(images.to_bucket(image, preprocessor.buckets), None)]
+            else:
+                _, data = images.decode_data_url(part.file.file_data, [images.PDF_TYPE], where, limits)
+                rendered = images.render_pdf(data, part.file.pages, spec.vision.pdf_dpi, limit - produced, where, limits)
+                result[i] = [(images.to_bucket(page, preprocessor.buckets), number) for number, page in rendered]
+            produced += len(result[i])
+        return result
 
     @staticmethod
-    def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], tokens: int) -> bytes:
+    def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], prepared: Prepared) -> bytes:
         multi = spec.pooling is Pooling.MULTI
         passthrough = request.encoding_format == "base64" and request.dimensions is None
         data = []
         for index, payload in enumerate(payloads):
+            item: dict = {"object": "embedding", "index": index}
+            if multi:
+                item["shape"] = (len(payload) * 3 // 4 - payload.count("=", -2)) // (4 * spec.dimensions), spec.dimensions
+            if prepared.pages[index] is not None:
+                item["page"] = prepared.pages[index]
             if passthrough:
                 embedding: object = payload
             else:
@@ -131,13 +240,14 @@ class EmbeddingServing:
                     if request.encoding_format == "base64"
                     else vector
                 )
-            data.append({"object": "embedding", "index": index, "embedding": embedding})
+            item["embedding"] = embedding
+            data.append(item)
         return orjson.dumps(
             {
                 "object": "list",
                 "data": data,
                 "model": spec.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "usage": {"prompt_tokens": prepared.tokens, "total_tokens": prepared.tokens},
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )

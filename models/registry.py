@@ -91,6 +91,28 @@ class OrtOptions(_Frozen):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
 
+class VisionSpec(_Frozen):
+    """Image and PDF inputs of a vision model (ColQwen2).
+
+    ``buckets``: the page resolutions (height, width; multiples of 28) exported as fixed-shape
+    page graphs; each image is resized to the bucket closest to its aspect ratio (the store
+    entry's ``embedding.json`` lists what was exported). ``pdf_dpi``: resolution at which PDF
+    pages are rendered before that resize. ``max_batch_pages``: pages per engine call (also the
+    TensorRT profile's max batch); ``max_batch_queries``: the same for queries."""
+
+    buckets: tuple[tuple[int, int], ...] = Field(min_length=1)
+    pdf_dpi: int = Field(default=144, ge=36, le=600)
+    max_batch_pages: int = Field(default=8, ge=1)
+    max_batch_queries: int = Field(default=32, ge=1)
+
+    @field_validator("buckets")
+    @classmethod
+    def _multiples_of_28(cls, value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        if any(h % 28 or w % 28 or h <= 0 or w <= 0 for h, w in value):
+            raise ValueError("bucket sides are positive multiples of 28 (patch 14 x merge 2)")
+        return value
+
+
 class ModelSpec(_Frozen):
     """One served model.
 
@@ -121,6 +143,9 @@ class ModelSpec(_Frozen):
     )
     max_batch_tokens: int = Field(default=16384, gt=0, description="padded tokens per engine call")
     ort: OrtOptions = OrtOptions()
+    vision: VisionSpec | None = Field(
+        default=None, description="image/PDF inputs (multi-vector vision models such as ColQwen2)"
+    )
 
     @field_validator("store_tag")
     @classmethod
@@ -134,6 +159,8 @@ class ModelSpec(_Frozen):
     def _check_dimensions(self) -> ModelSpec:
         if self.matryoshka and not (self.matryoshka.min <= self.matryoshka.max <= self.dimensions):
             raise ValueError("matryoshka needs min <= max <= dimensions")
+        if self.vision is not None and (self.pooling is not Pooling.MULTI or self.engine is not Engine.ORT):
+            raise ValueError("vision models are multi-vector (pooling: multi) on the ort engine")
         return self
 
     def allows_dimensions(self, dimensions: int) -> bool:
@@ -182,6 +209,13 @@ class GatewaySpec(_Frozen):
         default=4096, gt=0, description="inputs admitted at once; more get 429 + Retry-After"
     )
     retry_after_s: int = Field(default=1, ge=1)
+    max_images_per_request: int = Field(
+        default=32, gt=0, description="images plus PDF pages in one request (embeddings or rerank)"
+    )
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="decoded bytes of one image or PDF")
+    max_image_pixels: int = Field(
+        default=40_000_000, gt=0, description="width x height of a decoded image or rendered page (decompression bombs)"
+    )
 
     @model_validator(mode="after")
     def _admits_largest_request(self) -> GatewaySpec:

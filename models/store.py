@@ -3,7 +3,8 @@
 ``open_entry(spec)`` returns the entry's folder and metadata, or raises ``StoreError`` with a
 message that says what is wrong and which command fixes it. It checks that the entry exists
 (``store_tag`` without a version means the latest), that its files are present, and that the
-ONNX file's sha256 equals the one recorded at export (a corrupt or truncated copy fails here,
+ONNX files' sha256 equal the ones recorded at export (``onnx_sha256`` for a text encoder's
+``model.onnx``, ``onnx_files_sha256`` for the graphs of a ColQwen2 entry) (a corrupt or truncated copy fails here,
 not at the first request).
 """
 
@@ -74,6 +75,15 @@ def open_entry(
             raise StoreError(
                 f"model {spec.name!r}: {onnx} is corrupt (sha256 {actual[:12]}..., "
                 f"recorded {expected[:12]}...); delete it with `bentoml models delete {entry_name}` and {fix}"
+            )
+    for name, recorded in (metadata.get("onnx_files_sha256") or {}).items() if verify else ():
+        if not (path / name).is_file():
+            raise StoreError(f"model {spec.name!r}: store entry {entry_name} lacks {name}; {fix}")
+        actual = sha256_of(path / name)
+        if actual != recorded:
+            raise StoreError(
+                f"model {spec.name!r}: {path / name} is corrupt (sha256 {actual[:12]}..., recorded "
+                f"{recorded[:12]}...); delete it with `bentoml models delete {entry_name}` and {fix}"
             )
     settings = json.loads((path / "embedding.json").read_text())
     if settings.get("dimensions") != spec.dimensions:

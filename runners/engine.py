@@ -7,7 +7,8 @@ little-endian float32 bytes, base64-encoded, of a pooled vector ``(dim,)`` or, f
 models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``).
 
 An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that the
-gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them).
+gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them), or, for
+vision models, images the gateway has already decoded and resized to one of the model's buckets.
 """
 
 from __future__ import annotations
@@ -21,13 +22,40 @@ from pydantic import BaseModel
 from models.registry import ModelSpec
 
 
+class ImagePayload(BaseModel):
+    """An RGB image resized to a bucket of its model: uint8 ``(height, width, 3)`` row-major
+    bytes, base64-encoded."""
+
+    height: int
+    width: int
+    data: str
+
+
 class EmbedJob(BaseModel):
-    """One input of one request: the served model's name, its token ids, and when the gateway
-    sent it (unix seconds; the runner reports queue wait from it)."""
+    """One input of one request: the served model's name, its token ids (or, for a page of a
+    vision model, ``image`` and no ids), and when the gateway sent it (unix seconds; the runner
+    reports queue wait from it)."""
 
     model: str
-    ids: list[int]
+    ids: list[int] = []
+    image: ImagePayload | None = None
     sent_at: float
+
+    def array(self) -> np.ndarray:
+        """The engine input: int64 ids ``(tokens,)``, or uint8 ``(height, width, 3)`` for an image."""
+        if self.image is None:
+            return np.asarray(self.ids, dtype=np.int64)
+        pixels = np.frombuffer(base64.b64decode(self.image.data), dtype=np.uint8)
+        return pixels.reshape(self.image.height, self.image.width, 3)
+
+
+def job_payload(model: str, value: np.ndarray, sent_at: float) -> dict:
+    """The JSON form of an ``EmbedJob`` for an engine input (1-D ids or a uint8 HxWx3 image)."""
+    if value.ndim == 3:
+        height, width, _ = value.shape
+        data = base64.b64encode(np.ascontiguousarray(value, dtype=np.uint8).tobytes()).decode("ascii")
+        return {"model": model, "image": {"height": height, "width": width, "data": data}, "sent_at": sent_at}
+    return {"model": model, "ids": value.tolist(), "sent_at": sent_at}
 
 
 class EmbedResults(BaseModel):
@@ -42,8 +70,9 @@ class EmbeddingEngine(Protocol):
     spec: ModelSpec
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """int64 token ids ``(tokens,)`` per input -> float32 ``(dim,)`` or ``(tokens, dim)``
-        per input, in input order. Raises only for engine faults (inputs are pre-validated)."""
+        """int64 token ids ``(tokens,)`` (or, for vision models, uint8 ``(height, width, 3)``
+        images at a bucket size) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
+        in input order. Raises only for engine faults (inputs are pre-validated)."""
         ...
 
 

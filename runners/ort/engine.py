@@ -29,13 +29,18 @@ from runners.pooling import normalize, pool
 logger = logging.getLogger(__name__)
 
 
-def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+def token_budget_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_rows: int | None = None
+) -> list[list[int]]:
     """Indices grouped into sub-batches, shortest first; each sub-batch's rows x longest length
-    is at most ``max_batch_tokens`` (a single longer input gets a sub-batch of its own)."""
+    is at most ``max_batch_tokens`` (a single longer input gets a sub-batch of its own), and it
+    has at most ``max_rows`` rows when given."""
     batches: list[list[int]] = []
     current: list[int] = []
     for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if current and (len(current) + 1) * lengths[index] > max_batch_tokens:
+        if current and (
+            (len(current) + 1) * lengths[index] > max_batch_tokens or (max_rows is not None and len(current) >= max_rows)
+        ):
             batches.append(current)
             current = []
         current.append(index)
@@ -48,31 +53,14 @@ class OrtEngine:
     """One ONNX Runtime session serving one registry model."""
 
     def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
-        import onnxruntime as ort
-
         self.spec = spec
         self.pad_id = int(entry.settings.get("pad_token_id") or 0)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[spec.ort.graph_optimization]
-        options.intra_op_num_threads = spec.ort.intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spec.ort.allow_spinning else "0")
-        chosen = providers.choose(spec.ort.providers, ort.get_available_providers())
-        self.session = ort.InferenceSession(
-            str(entry.file("model.onnx")),
-            sess_options=options,
-            providers=[name for name, _ in chosen],
-            provider_options=[opts for _, opts in chosen],
-        )
+        self.session = providers.create_session(str(entry.file("model.onnx")), spec)
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(
             "model %s: engine ort, store %s, provider %s (configured %s)",
-            spec.name, entry.tag, self.provider, [name for name, _ in chosen],
+            spec.name, entry.tag, self.provider, [p.name for p in spec.ort.providers],
         )
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -22,7 +22,6 @@ import time
 from collections import defaultdict
 
 import bentoml
-import numpy as np
 
 from models import tracing_config
 from models.registry import Engine, served
@@ -48,11 +47,14 @@ class OrtRunner:
         from models import configure_logging
         from models.store import open_entry
         from runners.batcher import ContinuousBatcher
+        from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
         from runners.ort.engine import OrtEngine
 
         configure_logging()
         self.engines: dict[str, EmbeddingEngine] = {
-            spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
+            spec.name: ColQwen2Engine(spec, open_entry(spec, required=(QUERY_GRAPH,)))
+            if spec.vision is not None
+            else OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
             for spec in SERVED.for_engine(Engine.ORT)
         }
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
@@ -67,7 +69,7 @@ class OrtRunner:
             queue_wait.labels(job.model).observe(max(0.0, started - job.sent_at))
         results: list[str] = [""] * len(jobs)
         for model, indices in by_model.items():
-            vectors = self.engines[model].embed([np.asarray(jobs[i].ids, dtype=np.int64) for i in indices])
+            vectors = self.engines[model].embed([jobs[i].array() for i in indices])
             for index, vector in zip(indices, vectors):
                 results[index] = encode_array(vector)
         return results

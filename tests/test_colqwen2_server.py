@@ -1,0 +1,251 @@
+"""A real ``bentoml serve`` with all-MiniLM-L6-v2 and the tiny random ColQwen2 (ONNX Runtime
+runner only): queries, images and PDF pages on /v1/embeddings (float and base64), /v1/rerank
+(MaxSim and cosine) against references computed from returned vectors and from PyTorch, every
+limit and bad input as its 400, and concurrent mixed requests coming back unmixed.
+
+The server reads a test registry (the shipped models, a profile of these two, small image
+limits) through ``EMBED_REGISTRY``, so it needs neither vLLM nor the ``cpu-all`` profile's
+other models; the fixture imports missing models with ``python -m export ensure`` first.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import yaml
+from PIL import Image, ImageDraw
+
+from tests.conftest import ROOT, bentoml_server
+
+pytestmark = pytest.mark.slow
+
+MODEL = "colqwen2-tiny-random"
+LIMITS = {"EMBED_MAX_IMAGES_PER_REQUEST": "6", "EMBED_MAX_IMAGE_BYTES": "300000", "EMBED_MAX_IMAGE_PIXELS": "4000000"}
+
+
+def page(color: tuple[int, int, int], size=(168, 224), label: str = "") -> Image.Image:
+    image = Image.new("RGB", size, color)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((8, 30, size[0] - 20, 70), fill=(255 - color[0], 30, 200))
+    draw.text((10, 90), label or f"{color}", fill=(0, 0, 0))
+    return image
+
+
+def data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def image_part(image: Image.Image, fmt: str = "PNG") -> dict:
+    return {"type": "image_url", "image_url": {"url": data_url(image, fmt)}}
+
+
+def pdf_part(pages: list[Image.Image], selected: list[int] | None = None) -> dict:
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=72)
+    file = {"file_data": "data:application/pdf;base64," + base64.b64encode(buffer.getvalue()).decode()}
+    if selected is not None:
+        file["pages"] = selected
+    return {"type": "file", "file": file}
+
+
+def rows(item: dict) -> np.ndarray:
+    return np.asarray(item["embedding"], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
+    registry["profiles"] = {"vision-test": {"models": ["all-MiniLM-L6-v2", MODEL], "runners": registry["profiles"]["cpu"]["runners"]}}
+    path = tmp_path_factory.mktemp("registry") / "registry.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    env = {"EMBED_REGISTRY": str(path), "EMBED_PROFILE": "vision-test", **LIMITS}
+    ensure = subprocess.run([sys.executable, "-m", "export", "ensure"], cwd=ROOT, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=600)
+    assert ensure.returncode == 0, ensure.stderr
+    with bentoml_server(env, path.parent / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The tiny model in PyTorch (same seed as the export) and its ColQwen2Processor."""
+    from export.colqwen2 import tiny_random
+
+    return tiny_random()
+
+
+def embed(http, inputs, **extra) -> dict:
+    response = http.post("/v1/embeddings", json={"model": MODEL, "input": inputs, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def test_queries_images_and_pdf_pages_give_unit_rows_matching_pytorch(http, reference):
+    import torch
+
+    model, processor = reference
+    portrait = page((250, 240, 230), label="quarterly revenue")
+    landscape = page((20, 90, 160), size=(224, 168), label="diagram")
+    body = embed(http, ["Which page shows revenue?", image_part(portrait), image_part(landscape, "WEBP"),
+                        pdf_part([page((200, 0, 0)), page((0, 200, 0)), page((0, 0, 200))], [3, 1])])
+    data = body["data"]
+    assert [d["index"] for d in data] == [0, 1, 2, 3, 4]
+    assert [d.get("page") for d in data] == [None, None, None, 3, 1]
+    for item in data:
+        matrix = rows(item)
+        assert matrix.shape == tuple(item["shape"]) and matrix.shape[1] == 128
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        query = model(**processor.process_queries(["Which page shows revenue?"])).embeddings[0].numpy()
+        image = model(**processor.process_images([portrait])).embeddings[0].numpy()
+    assert relative_error(rows(data[0]), query) < 1e-3  # the query as ColQwen2Processor formats it
+    assert relative_error(rows(data[1]), image) < 1e-3  # a PNG already at a bucket size: lossless
+    tokens = sum(d["shape"][0] for d in data)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_a_pdf_page_equals_the_same_page_sent_as_png(http):
+    import pypdfium2 as pdfium
+
+    part = pdf_part([page((10, 10, 10)), page((120, 200, 40), size=(300, 200))], [2])
+    document = pdfium.PdfDocument(base64.b64decode(part["file"]["file_data"].split(",", 1)[1]))
+    rendered = document[1].render(scale=72 / 72).to_pil().convert("RGB")  # the registry's pdf_dpi: 72
+    by_pdf, by_png = embed(http, [part, image_part(rendered)])["data"]
+    np.testing.assert_allclose(rows(by_pdf), rows(by_png), atol=1e-6)
+
+
+def test_openai_sdk_base64_and_float_carry_the_same_rows_with_shape(server, http):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    texts = ["short", "a much longer query about the tables on page three of the report"]
+    packed = client.embeddings.create(model=MODEL, input=texts)  # the SDK asks for base64 and decodes it
+    floats = embed(http, texts)["data"]
+    for sdk_item, float_item in zip(packed.data, floats):
+        tokens, dim = sdk_item.model_extra["shape"]
+        assert (tokens, dim) == tuple(float_item["shape"]) and dim == 128
+        np.testing.assert_allclose(np.reshape(sdk_item.embedding, (tokens, dim)), rows(float_item), atol=1e-6)
+    raw = embed(http, [image_part(page((1, 2, 3)))], encoding_format="base64")["data"][0]
+    matrix = np.frombuffer(base64.b64decode(raw["embedding"]), dtype="<f4").reshape(raw["shape"])
+    assert matrix.shape == (60, 128)
+
+
+def test_rerank_maxsim_equals_the_reference_from_returned_vectors(http):
+    documents = [image_part(page((200, 30, 30))), "revenue table", pdf_part([page((30, 30, 200)), page((5, 5, 5))], [1]),
+                 image_part(page((30, 200, 30), size=(224, 168)))]
+    query = "where is the revenue table?"
+    vectors = [rows(d) for d in embed(http, [query, *documents])["data"]]
+    expected = [float((vectors[0].astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) for d in vectors[1:]]
+    response = http.post("/v1/rerank", json={"model": MODEL, "query": query, "documents": documents, "top_n": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    order = sorted(range(len(expected)), key=lambda i: -expected[i])[:3]
+    assert [r["index"] for r in body["results"]] == order
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], [expected[i] for i in order], rtol=1e-5)
+    for result in body["results"]:  # each document echoed as sent (a text as {"text": ...})
+        sent = documents[result["index"]]
+        assert result["document"] == ({"text": sent} if isinstance(sent, str) else {k: v for k, v in sent.items() if k != "type"})
+    assert body["model"] == MODEL and body["usage"]["total_tokens"] == sum(len(v) for v in vectors)
+    bare = http.post("/v1/rerank", json={"model": MODEL, "query": query, "documents": documents[:2],
+                                         "return_documents": False}).json()
+    assert all("document" not in r for r in bare["results"]) and len(bare["results"]) == 2
+
+
+def test_rerank_of_a_dense_model_is_cosine(http):
+    documents = ["A man is eating food.", "A man is riding a horse.", "Stock markets fell sharply."]
+    query = "Someone is having a meal."
+    vectors = http.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": [query, *documents]}).json()["data"]
+    v = [np.asarray(d["embedding"], dtype=np.float64) for d in vectors]
+    expected = [float(v[0] @ d / np.linalg.norm(v[0]) / np.linalg.norm(d)) for d in v[1:]]
+    body = http.post("/v1/rerank", json={"model": "all-MiniLM-L6-v2", "query": query, "documents": documents}).json()
+    assert [r["index"] for r in body["results"]] == sorted(range(3), key=lambda i: -expected[i])
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]],
+                               sorted(expected, reverse=True), rtol=1e-5)
+    assert body["results"][0]["document"] == {"text": documents[body["results"][0]["index"]]}
+
+
+def _corrupt_png() -> str:
+    return "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+
+
+def _bomb() -> str:  # 5000 x 5000 pixels in a few KB: over EMBED_MAX_IMAGE_PIXELS
+    return data_url(Image.new("L", (5000, 5000)))
+
+
+@pytest.mark.parametrize(
+    "path, body, param, code",
+    [
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]}, "input[0]", "invalid_request"),
+        ("/v1/embeddings", {"input": ["q", {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}]}, "input[1]", "unsupported_media_type"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,***"}}]}, "input[0]", "invalid_request"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _corrupt_png()}}]}, "input[0]", "invalid_image"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _bomb()}}]}, "input[0]", "image_too_large"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 420_000}}]}, "input[0]", "image_too_large"),
+        ("/v1/embeddings", {"input": [image_part(page((1, 1, 1)))] * 7}, "input", "too_many_images"),
+        ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 7)]}, "input[0]", "too_many_images"),
+        ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 2, [3])]}, "input[0]", "invalid_request"),
+        ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjcKbm9wZQ=="}}]}, "input[0]", "invalid_file"),
+        ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": data_url(page((1, 1, 1)))}}]}, "input[0]", "unsupported_media_type"),
+        ("/v1/embeddings", {"input": [[1, 2, 3]]}, "input", "invalid_request"),
+        ("/v1/embeddings", {"input": ["q"], "input_type": "document"}, "input_type", "invalid_request"),
+        ("/v1/embeddings", {"input": ["q"], "dimensions": 64}, "dimensions", "invalid_request"),
+        ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": [image_part(page((1, 1, 1)))]}, "input[0]", "invalid_request"),
+        ("/v1/rerank", {"query": "q", "documents": [pdf_part([page((1, 1, 1))] * 2)]}, "documents", "invalid_request"),
+        ("/v1/rerank", {"query": "q", "documents": [{"type": "video"}]}, "documents", "invalid_request"),
+        ("/v1/rerank", {"query": "", "documents": ["a"]}, "query", "invalid_request"),
+    ],
+    ids=["remote-url", "gif", "bad-base64", "corrupt-png", "pixel-bomb", "too-many-bytes", "too-many-images",
+         "too-many-pages", "missing-page", "corrupt-pdf", "file-not-pdf", "token-ids", "document-text",
+         "dimensions", "image-to-text-model", "rerank-two-pages", "rerank-bad-part", "rerank-empty-query"],
+)
+def test_limits_and_bad_inputs_are_openai_shaped_400s(http, path, body, param, code):
+    response = http.post(path, json={"model": MODEL, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["code"] == code
+    assert error["message"]
+
+
+def test_concurrent_mixed_requests_come_back_unmixed(http):
+    """24 requests at once (queries, images of both buckets, PDF pages, one corrupt image): each
+    answer equals the same request sent alone; the corrupt one alone fails."""
+    requests = []
+    for i in range(24):
+        if i % 4 == 0:
+            requests.append([f"query number {i} about page {i % 5}"])
+        elif i % 4 == 1:
+            requests.append([image_part(page((10 * i, 255 - 10 * i, 40), size=(168, 224) if i % 8 == 1 else (224, 168)))])
+        elif i % 4 == 2:
+            requests.append([f"mixed {i}", pdf_part([page((i, 2 * i, 3 * i)), page((9 * i, 0, 0))], [2])])
+        else:
+            requests.append([image_part(page((5 * i, 5 * i, 250)), "JPEG"), f"after image {i}"])
+    requests[13] = [{"type": "image_url", "image_url": {"url": _corrupt_png()}}]
+    alone = [http.post("/v1/embeddings", json={"model": MODEL, "input": r}) for r in requests]
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(lambda r: http.post("/v1/embeddings", json={"model": MODEL, "input": r}), requests))
+    for i, (a, b) in enumerate(zip(alone, together)):
+        if i == 13:
+            assert a.status_code == b.status_code == 400
+            continue
+        assert a.status_code == b.status_code == 200, (i, b.text)
+        for x, y in zip(a.json()["data"], b.json()["data"]):
+            np.testing.assert_allclose(rows(x), rows(y), atol=1e-5)
