@@ -22,7 +22,7 @@ from gateway.metrics import gateway_metrics
 from gateway.preprocess import TextPreprocessor
 from gateway.protocol import EmbeddingRequest
 from gateway.runner_client import RunnerClient
-from models.registry import Engine, ModelSpec, Pooling, Served
+from models.registry import ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
 
@@ -40,7 +40,7 @@ class EmbeddingServing:
         self,
         served: Served,
         preprocessors: dict[str, TextPreprocessor],
-        runners: dict[Engine, RunnerClient],
+        runners: dict[str, RunnerClient],  # served model name -> its runner's client
         admission: Admission,
     ) -> None:
         self.served = served
@@ -67,7 +67,7 @@ class EmbeddingServing:
             tokens = sum(len(x) for x in ids)
             inflight.inc(len(ids))
             try:
-                payloads = await self.runners[spec.engine].embed(spec.name, ids)
+                payloads = await self.runners[spec.name].embed(spec.name, ids)
             finally:
                 inflight.dec(len(ids))
         body = self._response(spec, request, payloads, tokens)

@@ -26,11 +26,13 @@ import numpy as np
 
 from models import tracing_config
 from models.registry import Engine, served
+from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, EmbeddingEngine, encode_array
 from runners.metrics import runner_metrics
 
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
+MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MODELS
 NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 
 
@@ -53,7 +55,7 @@ class OrtRunner:
         configure_logging()
         self.engines: dict[str, EmbeddingEngine] = {
             spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
-            for spec in SERVED.for_engine(Engine.ORT)
+            for spec in MODELS
         }
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
 
