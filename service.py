@@ -12,6 +12,7 @@ picks the image variant that ``bentoml build`` records (``images.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import bentoml
@@ -100,6 +101,7 @@ class Gateway:
         serving = EmbeddingServing(
             SERVED, preprocessors, runners, Admission(limits.max_inflight_inputs, limits.retry_after_s)
         )
+        self.readiness_task: asyncio.Task | None = None
         keys = load_keys()
         V1.app = create_app(serving, ApiKeys(keys))
         logger.info(
@@ -109,3 +111,10 @@ class Gateway:
             ", ".join(f"{r.key} at {r.url or 'local'}" for r in ROUTES),
             "required" if keys else "not required",
         )
+
+    @bentoml.on_startup
+    async def watch_runners(self) -> None:
+        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py)."""
+        from gateway.runner_client import watch_readiness
+
+        self.readiness_task = asyncio.get_running_loop().create_task(watch_readiness(self.runner_clients))

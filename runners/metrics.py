@@ -25,6 +25,33 @@ class RunnerMetrics:
     engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model}
 
 
+@dataclass(frozen=True)
+class GpuMetrics:
+    """Per runner and visible GPU (``runners/gpu_metrics.py``); no GPU, no series at all."""
+
+    memory_used_bytes: Any  # Gauge embedding_gpu_memory_used_bytes{runner,gpu}: the device's, all processes
+    memory_total_bytes: Any  # Gauge embedding_gpu_memory_total_bytes{runner,gpu}
+    utilization_ratio: Any  # Gauge embedding_gpu_utilization_ratio{runner,gpu}: busy fraction of the last sample period
+
+
+@functools.cache
+def gpu_metrics() -> GpuMetrics:
+    import prometheus_client as prom
+
+    labels = ["runner", "gpu"]
+    return GpuMetrics(
+        memory_used_bytes=prom.Gauge(
+            "embedding_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels, multiprocess_mode="livemax"
+        ),
+        memory_total_bytes=prom.Gauge(
+            "embedding_gpu_memory_total_bytes", "GPU memory size (NVML)", labels, multiprocess_mode="livemax"
+        ),
+        utilization_ratio=prom.Gauge(
+            "embedding_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML)", labels, multiprocess_mode="livemax"
+        ),
+    )
+
+
 @functools.cache
 def runner_metrics() -> RunnerMetrics:
     import prometheus_client as prom

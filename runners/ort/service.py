@@ -50,9 +50,11 @@ class OrtRunner:
         from models import configure_logging
         from models.store import open_entry
         from runners.batcher import ContinuousBatcher
+        from runners.gpu_metrics import start_gpu_sampler
         from runners.ort.engine import OrtEngine
 
         configure_logging()
+        start_gpu_sampler("ort")
         self.engines: dict[str, EmbeddingEngine] = {
             spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
             for spec in MODELS
