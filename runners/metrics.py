@@ -23,6 +23,7 @@ class RunnerMetrics:
     batch_tokens: Any  # Histogram embedding_batch_tokens{model}
     queue_wait_seconds: Any  # Histogram embedding_queue_wait_seconds{model}
     engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model}
+    model_info: Any  # Gauge embedding_model_info{runner,model,store_tag,provider} = 1 per loaded model
 
 
 @dataclass(frozen=True)
@@ -66,5 +67,9 @@ def runner_metrics() -> RunnerMetrics:
         ),
         engine_seconds=prom.Histogram(
             "embedding_engine_duration_seconds", "Engine time per engine call", ["model"], buckets=LATENCY_BUCKETS
+        ),
+        model_info=prom.Gauge(
+            "embedding_model_info", "1 per model a runner has loaded: its store version and execution provider",
+            ["runner", "model", "store_tag", "provider"], multiprocess_mode="livemax",
         ),
     )

@@ -55,10 +55,11 @@ class OrtRunner:
 
         configure_logging()
         start_gpu_sampler("ort")
-        self.engines: dict[str, EmbeddingEngine] = {
-            spec.name: OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
-            for spec in MODELS
-        }
+        self.engines: dict[str, EmbeddingEngine] = {}
+        for spec in MODELS:
+            entry = open_entry(spec, required=("model.onnx",))
+            engine = self.engines[spec.name] = OrtEngine(spec, entry)
+            runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
 
     def _run(self, jobs: list[EmbedJob]) -> list[str]:
