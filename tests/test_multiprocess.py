@@ -12,6 +12,7 @@ session's ``server``): the same vectors and usage.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import httpx
@@ -54,14 +55,28 @@ def layout(tmp_path_factory):
         serve_process({**base, "EMBED_RUNNER_MODELS": MODEL_B, "BENTOML_HOME": own_bentoml_home(tmp / "home-b")},
                       tmp / "runner-b.log", runner) as (process_b, url_b),
     ):
+        wait_ready(url_b, process_b, tmp / "runner-b.log")
         gateway_env = {
             **base,
+            # as in deploy/k8s: the gateway's /readyz is its own, not "every runner is ready"
+            "BENTOML_CONFIG_OPTIONS": "services.gateway.runner_probe.enabled=false",
             "BENTOML_HOME": own_bentoml_home(tmp / "home-gateway"),
             "EMBED_API_KEYS": API_KEY,
             "EMBED_RUNNER_URL_ORT": f"{MODEL_A}={url_a} {MODEL_B}={url_b}",
         }
         with bentoml_server(gateway_env, tmp / "gateway.log") as gateway:
             yield gateway, process_b, tmp
+
+
+def wait_ready(url: str, process, log) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
 
 
 def embed(url: str, model: str, **kwargs):
@@ -105,4 +120,5 @@ def test_stopped_runner_gives_503_for_its_models_only(layout):
     while runner_ready(gateway) != {"ort_1": 1.0, "ort_2": 0.0}:
         assert time.monotonic() < deadline, runner_ready(gateway)
         time.sleep(1)
+    assert httpx.get(f"{gateway}/readyz", timeout=5).status_code == 200  # still in service
     assert "Traceback" not in (tmp / "gateway.log").read_text()
