@@ -9,7 +9,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup models build clean lock openapi image test-tools image-tools stack-up stack-down smoke
+.PHONY: serve test setup models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
@@ -68,3 +68,6 @@ stack-down:
 
 smoke: setup  ## every served model of a running server through the OpenAI client
 	$(PY) deploy/smoke.py --url http://localhost:$(PORT)
+
+k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernetes ConfigMap
+	$(PY) deploy/k8s/sync_registry.py
