@@ -46,10 +46,10 @@ openapi: setup  ## after a deliberate change of the public contract
 APT_INSTALL := apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
 test-tools:
-	@command -v prometheus >/dev/null || $(APT_INSTALL) prometheus
+	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
 
 image-tools:
-	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || $(APT_INSTALL) buildah debootstrap
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { $(APT_INSTALL) buildah debootstrap; }
 
 # One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
 # IMAGE_CA_BUNDLE (see deploy/image/build.sh). The cpu image is then run and smoke-tested.
