@@ -9,12 +9,12 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup models build clean lock openapi
+.PHONY: serve test setup models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
-test: models
+test: models test-tools
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -40,3 +40,34 @@ lock: setup  ## after changing requirements*.txt: pin the whole environment agai
 
 openapi: setup  ## after a deliberate change of the public contract
 	$(PY) -m gateway.openapi > tests/golden/openapi.json
+
+# System packages, installed by the project itself (Debian; root). The tests need prometheus (a real
+# Prometheus server scrapes a test server); `make image` needs buildah and debootstrap.
+APT_INSTALL := apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
+test-tools:
+	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
+
+image-tools:
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { $(APT_INSTALL) buildah debootstrap; }
+
+# One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
+# IMAGE_CA_BUNDLE (see deploy/image/build.sh). The cpu image is then run and smoke-tested.
+IMAGE_VARIANT ?= cpu
+IMAGE_BACKEND ?= buildah
+image: models image-tools
+	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) deploy/image/build.sh
+	@if [ "$(IMAGE_VARIANT)" = cpu ] && [ "$(IMAGE_BACKEND)" = buildah ]; then deploy/image/smoke.sh embedding-platform:cpu; fi
+
+# The local stack: the server (with its runners) and Prometheus scraping it (deploy/stack.sh).
+stack-up: models test-tools
+	deploy/stack.sh start $(PORT)
+
+stack-down:
+	deploy/stack.sh stop
+
+smoke: setup  ## every served model of a running server through the OpenAI client
+	$(PY) deploy/smoke.py --url http://localhost:$(PORT)
+
+k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernetes ConfigMap
+	$(PY) deploy/k8s/sync_registry.py

@@ -4,17 +4,24 @@
 runner the active profile needs (``EMBED_PROFILE``, default ``cpu``), each in its own process.
 The gateway serves ``/v1`` (see ``gateway/app.py``); BentoML adds ``/livez``, ``/readyz`` (ready
 only when every runner has loaded its models) and ``/metrics``.
+
+With ``EMBED_RUNNER_URL_<ENGINE>`` set, the gateway reaches that engine's runner at a URL instead
+of starting it (``models/topology.py``; the Kubernetes layout in ``deploy/k8s``). ``EMBED_IMAGE``
+picks the image variant that ``bentoml build`` records (``images.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import bentoml
 
+from images import image
 from models import tracing_config
 from models.registry import Engine, served
 from models.store import declare_store_models
+from models.topology import runner_routes
 from runners.ort.service import OrtRunner
 
 logger = logging.getLogger(__name__)
@@ -26,6 +33,15 @@ if missing := [e.value for e in SERVED.runners if e not in RUNNER_SERVICES]:
         f"profile {SERVED.profile!r} needs the {', '.join(missing)} runner, which this version does not "
         f"provide yet; serve another profile (EMBED_PROFILE=cpu)"
     )
+ROUTES = runner_routes(SERVED)
+
+
+def depend_on_runners(cls: type) -> type:
+    """One ``bentoml.depends`` attribute per runner route (``models/topology.py``): a runner
+    service started by this ``bentoml serve``, or one reached at a URL."""
+    for route in ROUTES:
+        setattr(cls, route.key, bentoml.depends(RUNNER_SERVICES[route.engine], url=route.url))
+    return cls
 
 
 class DeferredApp:
@@ -49,12 +65,11 @@ V1 = DeferredApp()
     traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
     logging={"access": {"enabled": False}},
     tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
+    image=image(),
 )
 @declare_store_models(SERVED.models)
+@depend_on_runners
 class Gateway:
-    if Engine.ORT in SERVED.runners:
-        ort = bentoml.depends(RUNNER_SERVICES[Engine.ORT])
-
     def __init__(self) -> None:
         from gateway.admission import Admission
         from gateway.app import create_app
@@ -71,25 +86,36 @@ class Gateway:
             spec.name: (VisionPreprocessor if spec.vision else TextPreprocessor)(spec, open_entry(spec, verify=False))
             for spec in SERVED.models
         }
-        runners = {
-            engine: RunnerClient(
-                engine.value,
-                getattr(self, engine.value),
+        runners = {}  # served model name -> the client of the runner that serves it
+        for route in ROUTES:
+            settings = SERVED.runner(route.engine)
+            client = RunnerClient(
+                route.key,
+                getattr(self, route.key),
                 "embed" if settings.batching.mode == "continuous" else "embed_adaptive",
                 limits.retry_after_s,
                 settings.max_calls_in_flight,
                 settings.batching.max_batch_size,
             )
-            for engine, settings in SERVED.runners.items()
-        }
+            runners.update(dict.fromkeys(route.models, client))
+        self.runner_clients = list(dict.fromkeys(runners.values()))
         serving = EmbeddingServing(
             SERVED, preprocessors, runners, Admission(limits.max_inflight_inputs, limits.retry_after_s)
         )
+        self.readiness_task: asyncio.Task | None = None
         keys = load_keys()
         V1.app = create_app(serving, ApiKeys(keys))
         logger.info(
-            "gateway: profile %s, models %s, API keys %s",
+            "gateway: profile %s, models %s, runners %s, API keys %s",
             SERVED.profile,
             ", ".join(f"{m.name} ({m.engine.value})" for m in SERVED.models),
+            ", ".join(f"{r.key} at {r.url or 'local'}" for r in ROUTES),
             "required" if keys else "not required",
         )
+
+    @bentoml.on_startup
+    async def watch_runners(self) -> None:
+        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py)."""
+        from gateway.runner_client import watch_readiness
+
+        self.readiness_task = asyncio.get_running_loop().create_task(watch_readiness(self.runner_clients))

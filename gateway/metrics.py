@@ -22,6 +22,7 @@ class GatewayMetrics:
     input_tokens: Any  # Counter embedding_input_tokens_total{model}, after truncation
     request_seconds: Any  # Histogram embedding_request_duration_seconds{model}
     inflight_inputs: Any  # Gauge embedding_inflight_inputs (summed over live workers)
+    runner_ready: Any  # Gauge embedding_runner_ready{runner}: 1 when the runner's /readyz answers 200
 
 
 @functools.cache
@@ -37,5 +38,9 @@ def gateway_metrics() -> GatewayMetrics:
         ),
         inflight_inputs=prom.Gauge(
             "embedding_inflight_inputs", "Inputs admitted and not yet answered", multiprocess_mode="livesum"
+        ),
+        runner_ready=prom.Gauge(
+            "embedding_runner_ready", "1 if the runner answered its /readyz probe, else 0", ["runner"],
+            multiprocess_mode="livemin",
         ),
     )

@@ -124,3 +124,22 @@ class RunnerClient:
             logger.error("%s runner failed: %s", self.engine, exc)
             raise EngineError(f"The {self.engine} engine failed on this request.") from exc
         return answer if isinstance(answer, list) else answer.results  # embed_adaptive: a bare list
+
+
+async def watch_readiness(clients: Sequence[RunnerClient], interval_s: float = 5.0) -> None:
+    """Forever: probe each runner's ``/readyz`` every ``interval_s`` s and set
+    ``embedding_runner_ready{runner}`` to 1 or 0 (an unreachable runner is 0)."""
+    from gateway.metrics import gateway_metrics
+
+    gauge = gateway_metrics().runner_ready
+
+    async def probe(client: RunnerClient) -> None:
+        try:
+            ready = await client.handle.is_ready(max(1, int(interval_s)))
+        except Exception:  # refused, reset, DNS: not ready
+            ready = False
+        gauge.labels(client.engine).set(1 if ready else 0)
+
+    while True:
+        await asyncio.gather(*(probe(client) for client in clients))
+        await asyncio.sleep(interval_s)

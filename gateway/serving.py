@@ -26,7 +26,7 @@ from gateway import images
 from gateway.preprocess import TextPreprocessor, VisionPreprocessor
 from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
 from gateway.runner_client import RunnerClient
-from models.registry import Engine, ModelSpec, Pooling, Served
+from models.registry import ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
 
@@ -53,7 +53,7 @@ class EmbeddingServing:
         self,
         served: Served,
         preprocessors: dict[str, TextPreprocessor],
-        runners: dict[Engine, RunnerClient],
+        runners: dict[str, RunnerClient],  # served model name -> its runner's client
         admission: Admission,
     ) -> None:
         self.served = served
@@ -124,7 +124,7 @@ class EmbeddingServing:
         inflight = gateway_metrics().inflight_inputs
         inflight.inc(len(arrays))
         try:
-            return await self.runners[spec.engine].embed(spec.name, arrays)
+            return await self.runners[spec.name].embed(spec.name, arrays)
         finally:
             inflight.dec(len(arrays))
 

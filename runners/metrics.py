@@ -23,6 +23,34 @@ class RunnerMetrics:
     batch_tokens: Any  # Histogram embedding_batch_tokens{model}
     queue_wait_seconds: Any  # Histogram embedding_queue_wait_seconds{model}
     engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model}
+    model_info: Any  # Gauge embedding_model_info{runner,model,store_tag,provider} = 1 per loaded model
+
+
+@dataclass(frozen=True)
+class GpuMetrics:
+    """Per runner and visible GPU (``runners/gpu_metrics.py``); no GPU, no series at all."""
+
+    memory_used_bytes: Any  # Gauge embedding_gpu_memory_used_bytes{runner,gpu}: the device's, all processes
+    memory_total_bytes: Any  # Gauge embedding_gpu_memory_total_bytes{runner,gpu}
+    utilization_ratio: Any  # Gauge embedding_gpu_utilization_ratio{runner,gpu}: busy fraction of the last sample period
+
+
+@functools.cache
+def gpu_metrics() -> GpuMetrics:
+    import prometheus_client as prom
+
+    labels = ["runner", "gpu"]
+    return GpuMetrics(
+        memory_used_bytes=prom.Gauge(
+            "embedding_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels, multiprocess_mode="livemax"
+        ),
+        memory_total_bytes=prom.Gauge(
+            "embedding_gpu_memory_total_bytes", "GPU memory size (NVML)", labels, multiprocess_mode="livemax"
+        ),
+        utilization_ratio=prom.Gauge(
+            "embedding_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML)", labels, multiprocess_mode="livemax"
+        ),
+    )
 
 
 @functools.cache
@@ -39,5 +67,9 @@ def runner_metrics() -> RunnerMetrics:
         ),
         engine_seconds=prom.Histogram(
             "embedding_engine_duration_seconds", "Engine time per engine call", ["model"], buckets=LATENCY_BUCKETS
+        ),
+        model_info=prom.Gauge(
+            "embedding_model_info", "1 per model a runner has loaded: its store version and execution provider",
+            ["runner", "model", "store_tag", "provider"], multiprocess_mode="livemax",
         ),
     )

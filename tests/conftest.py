@@ -71,6 +71,18 @@ def serve_process(
         process.wait()
 
 
+def own_bentoml_home(path: Path) -> str:
+    """A ``BENTOML_HOME`` of its own for one more ``bentoml serve`` beside the others: its
+    ``prometheus_multiproc_dir`` (which every serve empties at start) is its own, while its
+    ``models`` is a link to the test store, so the same models are found. BentoML derives both
+    from ``BENTOML_HOME`` and has no separate setting for either (1.4.40)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "models").symlink_to(BentoMLContainer.model_store_dir.get(), target_is_directory=True)
+    return str(path)
+
+
 @contextlib.contextmanager
 def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:Gateway") -> Iterator[str]:
     """Run ``bentoml serve`` until the block ends; yields its base URL once /readyz is 200."""

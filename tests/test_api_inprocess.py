@@ -19,7 +19,7 @@ from gateway.auth import ApiKeys
 from gateway.errors import EngineUnavailable
 from gateway.preprocess import TextPreprocessor
 from gateway.serving import EmbeddingServing
-from models.registry import Engine, parse_registry
+from models.registry import parse_registry
 from models.store import StoreEntry
 from runners.engine import encode_array
 
@@ -80,7 +80,7 @@ def api():
     entry = StoreEntry(tag="fake", path=get_model_path(), metadata={}, settings={"vocab_size": 30522})
     preprocessors = {spec.name: TextPreprocessor(spec, entry) for spec in served.models}
     runner = FakeRunner({spec.name: spec.dimensions for spec in served.models})
-    serving = EmbeddingServing(served, preprocessors, {Engine.ORT: runner}, Admission(8, 3))
+    serving = EmbeddingServing(served, preprocessors, {m.name: runner for m in served.models}, Admission(8, 3))
     client = TestClient(mounted(create_app(serving, ApiKeys(()))), base_url="http://test/v1")
     client.runner, client.preprocessors, client.serving = runner, preprocessors, serving
     return client

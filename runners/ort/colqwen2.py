@@ -72,9 +72,10 @@ class ColQwen2Engine:
             for b in entry.settings["buckets"]
         }
         self.page_tokens = {(b["height"], b["width"]): int(b["tokens"]) for b in entry.settings["buckets"]}
+        self.provider = self.query.get_providers()[0]
         logger.info(
             "model %s: engine ort (ColQwen2), store %s, provider %s, page buckets %s",
-            spec.name, entry.tag, self.query.get_providers()[0], ", ".join(f"{h}x{w}" for h, w in self.pages),
+            spec.name, entry.tag, self.provider, ", ".join(f"{h}x{w}" for h, w in self.pages),
         )
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -25,11 +25,13 @@ import bentoml
 
 from models import tracing_config
 from models.registry import Engine, served
+from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, EmbeddingEngine, encode_array
 from runners.metrics import runner_metrics
 
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
+MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MODELS
 NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 
 
@@ -47,16 +49,20 @@ class OrtRunner:
         from models import configure_logging
         from models.store import open_entry
         from runners.batcher import ContinuousBatcher
+        from runners.gpu_metrics import start_gpu_sampler
         from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
         from runners.ort.engine import OrtEngine
 
         configure_logging()
-        self.engines: dict[str, EmbeddingEngine] = {
-            spec.name: ColQwen2Engine(spec, open_entry(spec, required=(QUERY_GRAPH,)))
-            if spec.vision is not None
-            else OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
-            for spec in SERVED.for_engine(Engine.ORT)
-        }
+        start_gpu_sampler("ort")
+        self.engines: dict[str, EmbeddingEngine] = {}
+        for spec in MODELS:
+            if spec.vision is not None:
+                engine = ColQwen2Engine(spec, entry := open_entry(spec, required=(QUERY_GRAPH,)))
+            else:
+                engine = OrtEngine(spec, entry := open_entry(spec, required=("model.onnx",)))
+            self.engines[spec.name] = engine
+            runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
 
     def _run(self, jobs: list[EmbedJob]) -> list[str]:

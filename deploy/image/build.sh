@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make image`: the bento (gateway, runners, registry, the profile's models) -> one OCI image.
+#
+#   EMBED_IMAGE=cpu|gpu     variant (images.py); default cpu
+#   IMAGE_TAG               default embedding-platform:<variant>
+#   IMAGE_BACKEND           buildah (default; no daemon needed) or docker
+#   EMBED_BASE_IMAGE        base image; with buildah and the cpu variant the default is a local
+#                           Debian image built by deploy/image/base.sh (no Docker Hub needed)
+#   IMAGE_CA_BUNDLE         CA bundle copied into that local base image (TLS-intercepting
+#                           proxies); default the host's; empty: Debian's own CAs only
+# Prints the build time and the image size at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+variant=${EMBED_IMAGE:-cpu}
+tag=${IMAGE_TAG:-embedding-platform:$variant}
+backend=${IMAGE_BACKEND:-buildah}
+export EMBED_IMAGE=$variant STORAGE_DRIVER=${STORAGE_DRIVER:-vfs} BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
+bentoml=.venv/bin/bentoml
+started=$(date +%s)
+
+if [[ $backend == buildah && $variant == cpu && -z ${EMBED_BASE_IMAGE:-} ]]; then
+    export EMBED_BASE_IMAGE=localhost/embedding-platform-base:bookworm
+    EMBED_IMAGE_CA_BUNDLE=${IMAGE_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt} \
+        deploy/image/base.sh "$EMBED_BASE_IMAGE"
+fi
+echo "[1/2] bentoml build (EMBED_IMAGE=$variant, base ${EMBED_BASE_IMAGE:-variant default}) ..."
+bento=$($bentoml build --output tag | tail -1 | sed 's/^__tag__://')
+echo "      $bento"
+echo "[2/2] bentoml containerize --backend $backend -t $tag ..."
+if [[ $backend == buildah ]]; then
+    # buildah reads STORAGE_DRIVER; its --storage-driver flag made `bud` miss the local base image
+    $bentoml containerize "$bento" --backend buildah -t "$tag"
+    size=$(buildah images --format '{{.Size}}' "$tag" | head -1)
+else
+    $bentoml containerize "$bento" --backend "$backend" -t "$tag"
+    size=$(docker image inspect --format '{{.Size}}' "$tag")
+fi
+echo "image $tag from $bento: built in $(( $(date +%s) - started )) s, size $size"

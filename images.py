@@ -1,0 +1,49 @@
+"""The OCI image definitions of the bento: one image with the gateway, every runner, the registry
+and the profile's models (``bentoml build`` packs them; ``bentoml containerize`` builds the image).
+
+``EMBED_IMAGE`` picks the variant when ``bentoml build`` imports ``service.py``:
+
+- ``cpu`` (default): Python 3.11 on Debian, ``requirements-serve.txt`` (ONNX Runtime CPU).
+- ``gpu``: the CUDA 13 runtime image, ``requirements-gpu.txt`` (onnxruntime-gpu, TensorRT and
+  vLLM, all built for CUDA 13; ``tests/test_image.py`` checks the pins agree).
+
+``EMBED_BASE_IMAGE`` replaces the variant's base image, for example the local Debian image that
+``make image`` builds where Docker Hub is out of reach (``deploy/image/base.sh``). Only the
+image's contents are defined here; nothing is built at import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bentoml.images import Image
+
+ROOT = Path(__file__).resolve().parent
+VARIANTS = {
+    # (base image, requirements file, BentoML's default apt packages)
+    "cpu": ("python:3.11-slim", "requirements-serve.txt", False),
+    # build-essential stays: Triton (under vLLM) compiles its launcher with gcc at run time
+    "gpu": ("nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04", "requirements-gpu.txt", True),
+}
+
+
+def image(variant: str | None = None) -> Image:
+    variant = variant or os.environ.get("EMBED_IMAGE", "cpu")
+    if variant not in VARIANTS:
+        raise RuntimeError(f"EMBED_IMAGE={variant!r}: expected one of {', '.join(VARIANTS)}")
+    base, requirements, apt_defaults = VARIANTS[variant]
+    built = Image(
+        base_image=os.environ.get("EMBED_BASE_IMAGE") or base,
+        python_version="3.11",
+        # a distro outside BentoML's table skips its default `apt-get install build-essential git`
+        distro="debian" if apt_defaults else "prebuilt",
+        lock_python_packages=False,  # the requirements files pin every direct dependency
+    )
+    return built.python_packages(*requirement_lines(ROOT / requirements))
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements file's entries and options, without comments and blank lines."""
+    lines = (line.split(" #", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]

@@ -1,0 +1,105 @@
+"""deploy/k8s: every manifest validates against the Kubernetes 1.37 schemas (kubernetes-validate,
+strict: unknown fields fail), and the pieces fit together: each Deployment runs one BentoML
+service of this repository with probes and limits, runners ask for a GPU on GPU nodes, the
+gateway's runner URLs name Services that exist, HPAs scale existing Deployments, every volume's
+claim exists, and the registry ConfigMap equals models/registry.yaml."""
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from models.registry import Engine, parse_registry
+from models.topology import url_variable
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy/k8s"
+VERSION = "1.37.0"
+# runner modules the manifests name that this branch does not have yet (the vLLM runner comes with
+# issue 3); the test fails once one appears, so that this set is emptied at the merge
+PENDING_MODULES = {"runners.vllm.service"}
+
+
+def documents() -> list[dict]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def of_kind(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in documents() if doc["kind"] == kind}
+
+
+def test_kustomization_lists_every_manifest():
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_manifest_validates_against_the_kubernetes_schema(doc):
+    kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_broken_deployment():
+    broken = of_kind("Deployment")["embedding-gateway"]
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/readyz"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(of_kind("Deployment")))
+def test_each_deployment_runs_one_service_with_probes_limits_and_the_store(name):
+    pod = of_kind("Deployment")[name]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["bentoml", "serve"] and args[args.index("--working-dir") + 1] == "/home/bentoml/bento/src"
+    module, _, cls = args[2].partition(":")
+    source = ROOT / (module.replace(".", "/") + ".py")
+    assert source.is_file() != (module in PENDING_MODULES), f"{name}: module {module} exists: {source.is_file()}"
+    if source.is_file():  # read, not imported: importing a service module starts BentoML machinery here
+        assert re.search(rf"^class {cls}\b", source.read_text(), re.M), f"{name}: no class {cls} in {module}"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["store"]["mountPath"] == "/var/lib/embedding/models" and mounts["store"]["readOnly"]
+    assert mounts["registry"]["mountPath"] == "/etc/embedding"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims <= set(of_kind("PersistentVolumeClaim"))
+    if "runner" in name:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and pod["tolerations"]
+        assert "startupProbe" in container
+
+
+def test_settings_point_the_gateway_at_the_runner_services():
+    settings = of_kind("ConfigMap")["embedding-settings"]["data"]
+    services = of_kind("Service")
+    for engine in Engine:
+        url = settings[url_variable(engine)]
+        host, port = url.removeprefix("http://").split(":")
+        assert host in services, f"{url_variable(engine)}: no Service {host}"
+        assert int(port) in [p["port"] for p in services[host]["spec"]["ports"]]
+    assert settings["BENTOML_HOME"] == "/var/lib/embedding"
+    assert settings["EMBED_REGISTRY"] == "/etc/embedding/registry.yaml"
+    assert settings["BENTOML_CONFIG_OPTIONS"] == "services.gateway.runner_probe.enabled=false"
+
+
+def test_hpas_scale_runner_deployments_on_queue_wait():
+    deployments = of_kind("Deployment")
+    hpas = of_kind("HorizontalPodAutoscaler")
+    assert set(hpas) == {name for name in deployments if "runner" in name}
+    for hpa in hpas.values():
+        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
+        metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+        assert metrics == ["embedding_queue_wait_seconds_mean"]
+    adapter = of_kind("ConfigMap")["embedding-prometheus-adapter"]["data"]["config.yaml"]
+    assert 'as: "embedding_queue_wait_seconds_mean"' in adapter
+
+
+def test_registry_configmap_is_models_registry_yaml():
+    text = of_kind("ConfigMap")["embedding-registry"]["data"]["registry.yaml"]
+    assert text == (ROOT / "models/registry.yaml").read_text(), "copy models/registry.yaml: make k8s-registry"
+    settings = of_kind("ConfigMap")["embedding-settings"]["data"]
+    assert parse_registry(text).served(settings["EMBED_PROFILE"]).models
