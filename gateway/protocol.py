@@ -9,7 +9,8 @@ Request (``POST /v1/embeddings``), in OpenAI's field order:
 - ``dimensions``: only for models whose registry entry allows it (truncate, then re-normalise);
 - ``user``: accepted and ignored.
 
-Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction) and
+Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction),
+``instruction`` (prepended instead of the registry's instruction; ``""`` prepends none) and
 ``truncate`` (default from the registry; ``false`` refuses over-long input with 400).
 Unknown fields are refused with 400, as OpenAI does.
 """
@@ -41,6 +42,11 @@ class EmbeddingRequest(BaseModel):
     user: StrictStr | None = Field(default=None, description="Accepted for compatibility; unused.")
     input_type: Literal["query", "document"] | None = Field(
         default=None, description="Extension: prepend the model's query or document instruction."
+    )
+    instruction: StrictStr | None = Field(
+        default=None,
+        description="Extension: text prepended to each text input instead of the registry's instruction "
+        "for `input_type` (for Qwen3-Embedding: `Instruct: {task}\\nQuery:`); an empty string prepends nothing.",
     )
     truncate: StrictBool | None = Field(
         default=None,

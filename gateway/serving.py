@@ -108,9 +108,9 @@ class EmbeddingServing:
         truncate = spec.truncate if request.truncate is None else request.truncate
         if isinstance(items[0], str):
             if len(items) == 1:  # one text tokenizes in microseconds: no thread hop
-                return preprocessor.texts(items, request.input_type, truncate)
-            return await asyncio.to_thread(preprocessor.texts, items, request.input_type, truncate)
-        return preprocessor.token_ids(items, request.input_type, truncate)
+                return preprocessor.texts(items, request.input_type, truncate, request.instruction)
+            return await asyncio.to_thread(preprocessor.texts, items, request.input_type, truncate, request.instruction)
+        return preprocessor.token_ids(items, request.input_type, truncate, request.instruction)
 
     @staticmethod
     def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], tokens: int) -> bytes:
