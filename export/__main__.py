@@ -131,12 +131,14 @@ def import_vllm(
     normalize: bool | None = None,
     max_tokens: int | None = None,
     dimensions: int | None = None,
+    encoder_only: bool = False,
 ) -> bentoml.Model:
     """Resolve ``source`` and register its checkpoint files for the vLLM runner as ``name``.
 
     Unset ``pooling``/``normalize``/``max_tokens`` come from the checkpoint's files as for ONNX
-    exports; ``dimensions``, when given, must equal the config's hidden size. Raises
-    ``ExportError`` (nothing is registered then)."""
+    exports; ``dimensions``, when given, must equal the config's hidden size; ``encoder_only``
+    keeps only the base encoder of a masked-LM checkpoint (``vllm_files.write_encoder_weights``).
+    Raises ``ExportError`` (nothing is registered then)."""
     from export import vllm_files
     from export.onnx_text import POOLINGS, resolve_settings
 
@@ -150,7 +152,7 @@ def import_vllm(
     with tempfile.TemporaryDirectory(prefix="import-") as tmp:
         out_dir = Path(tmp)
         with steps("staging the checkpoint, tokenizer and embedding.json"):
-            embedding = vllm_files.stage(resolved.folder, settings, out_dir)
+            embedding = vllm_files.stage(resolved.folder, settings, out_dir, encoder_only)
             if dimensions is not None and embedding["dimensions"] != dimensions:
                 raise ExportError(f"the model has {embedding['dimensions']} dimensions, the registry says {dimensions}")
         with steps(f"registering {name}"):
@@ -163,6 +165,7 @@ def import_vllm(
                 "normalize": settings.normalize,
                 "dimensions": embedding["dimensions"],
                 "max_tokens": settings.max_tokens,
+                "encoder_only": encoder_only,
                 "weights": {p.name: sha256_of(p) for p in vllm_files.weight_files(out_dir)},
                 "imported_with": {dist: importlib.metadata.version(dist) for dist in ("transformers", "tokenizers")},
             }
@@ -206,9 +209,11 @@ def ensure(profile: str | None) -> int:
         try:
             if not spec.source:
                 raise ExportError("the registry gives no source")
+            extra = {} if spec.engine is Engine.ORT else {"encoder_only": spec.vllm.serves_encoder_only}
             (export_model if spec.engine is Engine.ORT else import_vllm)(
                 spec.source,
                 spec.store_tag,
+                **extra,
                 revision=spec.revision,
                 pooling=spec.pooling.value,
                 normalize=spec.normalize,
@@ -269,6 +274,10 @@ def _parser() -> argparse.ArgumentParser:
     vllm.add_argument("--normalize", action=argparse.BooleanOptionalAction, help="default: from the checkpoint")
     vllm.add_argument("--max-tokens", type=_positive_int, help="default: from the checkpoint")
     vllm.add_argument("--revision", help="hub revision, package version, or a label for a folder")
+    vllm.add_argument(
+        "--encoder-only", action="store_true",
+        help="keep only the base encoder of a masked-LM checkpoint (served with architectures: [BertModel])",
+    )
 
     ensure_cmd = commands.add_parser("ensure", help="import the profile's ort and vllm models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(revision=args.revision, pooling=args.pooling, normalize=args.normalize, max_tokens=args.max_tokens)
     try:
         if args.command == "vllm":
-            import_vllm(args.source, args.name, **common)
+            import_vllm(args.source, args.name, encoder_only=args.encoder_only, **common)
         else:
             export_model(args.source, args.name, opset=args.opset, **common)
     except ExportError as exc:

@@ -34,11 +34,15 @@ def weight_files(folder: Path) -> list[Path]:
     return found
 
 
-def stage(folder: Path, settings: Settings, out_dir: Path) -> dict[str, Any]:
+def stage(folder: Path, settings: Settings, out_dir: Path, encoder_only: bool = False) -> dict[str, Any]:
     """Copy the checkpoint into ``out_dir`` and write ``embedding.json``; returns its content.
+    ``encoder_only``: keep only the base encoder's weights (see ``write_encoder_weights``).
     Raises ``ExportError`` when the folder lacks weights, a hidden size or a pad token."""
-    for path in weight_files(folder):
-        shutil.copy2(path, out_dir / path.name)
+    if encoder_only:
+        write_encoder_weights(folder, out_dir)
+    else:
+        for path in weight_files(folder):
+            shutil.copy2(path, out_dir / path.name)
     for name in (*COPIED_FILES, *TOKENIZER_FILES, _pooling_config(folder)):
         if (folder / name).is_file():
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,33 @@ def stage(folder: Path, settings: Settings, out_dir: Path) -> dict[str, Any]:
     }
     (out_dir / "embedding.json").write_text(json.dumps(embedding, indent=2) + "\n")
     return embedding
+
+
+def write_encoder_weights(folder: Path, out_dir: Path) -> None:
+    """Write ``model.safetensors`` holding only the base encoder of a task checkpoint such as
+    BERT's ``BertForMaskedLM`` (BiomedBERT): the ``<base>.`` prefix (``bert.``) is removed, and
+    the task heads (``cls.*``) and BERT's unused ``pooler.*`` are dropped. vLLM 0.32 serves such a
+    checkpoint with ``hf_overrides: {architectures: [BertModel]}`` only in this form: its
+    ``BertModel`` loader does not strip the prefix and fails on ``bert.*`` names."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = _read_json(folder / "config.json")
+    prefix = f"{config.get('model_type', 'bert')}."
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        if path.name.endswith(".index.json"):
+            continue
+        tensors = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+        state.update(tensors)
+    encoder = {
+        name.removeprefix(prefix): tensor.contiguous()
+        for name, tensor in state.items()
+        if name.startswith(prefix) and not name.startswith(f"{prefix}pooler.")
+    }
+    if not encoder:
+        raise ExportError(f"{folder}: no weights named {prefix}*: not a {prefix[:-1]} task checkpoint")
+    save_file(encoder, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _pad_token_id(folder: Path, config: dict[str, Any], tokenizer: Any) -> int:

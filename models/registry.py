@@ -112,6 +112,12 @@ class VllmOptions(_Frozen):
     max_num_batched_tokens: int | None = Field(default=None, gt=0, description="tokens per engine step")
     enforce_eager: bool = Field(default=False, description="no CUDA graphs: less memory, slower")
 
+    @property
+    def serves_encoder_only(self) -> bool:
+        """A task checkpoint served as its base encoder (``architectures: [BertModel]``): the
+        importer then stores the encoder's weights only (``export/vllm_files.py``)."""
+        return self.hf_overrides.get("architectures") == ["BertModel"]
+
 
 class ModelSpec(_Frozen):
     """One served model.
