@@ -145,9 +145,11 @@ def test_models_endpoint_lists_both_engines(client):
     assert engines == {ORT: "ort", VLLM: "vllm"}
 
 
-def test_zz_shutdown_leaves_no_process(vllm_server):
+def test_zz_shutdown_leaves_no_process(vllm_server, client, http):
     """Runs last: SIGTERM to `bentoml serve`; the workers, the vLLM engine core and its worker
     all exit by themselves (nothing is killed)."""
+    client.close()
+    http.close()  # open keep-alive connections would hold the gateway's graceful shutdown
     process = vllm_server[0]
     tree = process_tree(process)
     assert len(tree) >= 6  # supervisor, 3 service workers, engine core, its worker
