@@ -100,10 +100,10 @@ def test_rtx4090_lands_every_model_on_gpu_0(monkeypatch):
     assert assigned == {Engine.ORT: [0], Engine.VLLM: [0]}
     shares = rtx.gpu_memory_shares()
     assert shares == {
-        "ort": 0.22,
-        "vllm:Qwen3-Embedding-8B": 0.68,
-        "vllm:pubmedbert": 0.04,
-        "vllm:biomedbert": 0.04,
+        "ort": 0.21,
+        "vllm:Qwen3-Embedding-8B": 0.70,
+        "vllm:pubmedbert": 0.035,
+        "vllm:biomedbert": 0.035,
     }
     assert sum(shares.values()) <= 1
     # what the naive `gpu: 1` per service would have done: a second, non-existent GPU
