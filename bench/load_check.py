@@ -2,6 +2,11 @@
 on the same texts, in one run.
 
     python bench/load_check.py [--seconds 10] [--clients 1 32 128]
+    python bench/load_check.py --profile cpu-all --models all-MiniLM-L6-v2 all-MiniLM-L6-v2-vllm --rounds 3
+
+With several ``--models`` (one server of ``--profile``), each round runs every model at each
+client count in turn, so the engines are compared on the same texts at the same time; the table
+gives the median over rounds.
 
 Starts ``bentoml serve service:Gateway`` (profile cpu), drives it with ``wrk`` (a native load
 generator: a Python client would take the server's CPU on a small machine) and
@@ -39,15 +44,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(port: int):
+def server(port: int, profile: str = "cpu"):
     log = open(ROOT / ".cache" / "load_check_serve.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=ROOT, env={**os.environ, "EMBED_PROFILE": "cpu"}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**os.environ, "EMBED_PROFILE": profile}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        for _ in range(240):
+        for _ in range(1200):  # a vLLM engine takes a minute or more to start on a busy CPU
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                     break
@@ -60,11 +65,11 @@ def server(port: int):
         process.wait(timeout=30)
 
 
-def wrk(url: str, clients: int, seconds: int) -> dict[str, float]:
+def wrk(url: str, clients: int, seconds: int, model: str = "all-MiniLM-L6-v2", inputs: int = 1) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s",
          str(ROOT / "bench" / "wrk" / "embeddings.lua"), f"{url}/v1/embeddings"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env={**os.environ, "EMBED_MODEL": model, "EMBED_INPUTS": str(inputs)},
     ).stdout
     line = next(l for l in out.splitlines() if l.startswith("RESULT"))
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
@@ -104,19 +109,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2"])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--inputs", type=int, default=1, help="texts per request")
     args = parser.parse_args()
     (ROOT / ".cache").mkdir(exist_ok=True)
-    rows = []
-    with server(free_port()) as url:
-        wrk(url, 8, 3)  # warm-up
-        for clients in args.clients:
-            rows.append((clients, wrk(url, clients, args.seconds)))
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with server(free_port(), args.profile) as url:
+        for model in args.models:
+            wrk(url, 8, 3, model)  # warm-up
+        for _ in range(args.rounds):
+            for clients in args.clients:
+                for model in args.models:
+                    runs.setdefault((model, clients), []).append(wrk(url, clients, args.seconds, model, args.inputs))
+    rows = [
+        (model, clients, {key: float(np.median([r[key] for r in results])) for key in results[0]})
+        for (model, clients), results in runs.items()
+    ]
     bare = bare_session(args.seconds)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(f"median of {args.rounds} round(s) of {args.seconds} s each; {args.inputs} text(s) per request\n")
     print("| setup | clients | req/s | p50 ms | p99 ms | errors | non-2xx |\n|---|---|---|---|---|---|---|")
-    for clients, r in rows:
-        print(f"| gateway + ORT runner (wrk) | {clients} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+    for model, clients, r in rows:
+        print(f"| gateway + {model} (wrk) | {clients} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
               f"| {r['errors']:.0f} | {r['non2xx']:.0f} |")
     for batch, (rate, median_ms) in bare.items():
         print(f"| bare ORT session, batch {batch} | - | {rate:.0f} texts/s | {median_ms:.1f} per call | | | |")

@@ -3,12 +3,15 @@
 - ``onnx --source SRC --name NAME [--pooling mean|cls|last] [--normalize/--no-normalize]
   [--max-tokens N] [--opset 17] [--revision R]``: export one text encoder and register it.
   Unset options come from the checkpoint (``onnx_text.resolve_settings``).
-- ``ensure [--profile NAME]``: import every ``ort`` model of the registry profile whose
-  ``store_tag`` the store lacks, with the registry's settings; present ones are checked as the
-  runner will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
+- ``vllm --source SRC --name NAME [--pooling ...] [--normalize/--no-normalize] [--max-tokens N]
+  [--revision R]``: import a Hugging Face checkpoint as it is for the vLLM runner (no
+  conversion; ``export/vllm_files.py``) and register it with its source and revision.
 - ``colqwen2 --source SRC --name NAME --bucket HxW [--bucket HxW ...] [--max-tokens N]``:
   export a ColQwen2 checkpoint (``hf:vidore/colqwen2-v1.0-hf``, a folder, or
   ``random:colqwen2-tiny``) as a query graph plus one page graph per bucket (``export/colqwen2.py``).
+- ``ensure [--profile NAME]``: import every ``ort`` and ``vllm`` model of the registry profile
+  whose ``store_tag`` the store lacks, with the registry's settings; present ones are checked as
+  the runners will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
 - ``list [--json]``: the store's entries with labels and metadata.
 
 Progress lines (``[2/5] loading model ... (3.1 s)``) go to stderr, results to stdout.
@@ -33,6 +36,7 @@ from export import ExportError, sources, store
 from models.store import StoreError, open_entry, sha256_of
 
 STEPS = 5
+ENTRY_FILES = {"ort": "model.onnx", "vllm": "config.json"}  # what each runner loads, by engine
 
 
 class Steps:
@@ -180,8 +184,64 @@ def export_colqwen2(
     return model
 
 
+def import_vllm(
+    source: str,
+    name: str,
+    *,
+    revision: str | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_tokens: int | None = None,
+    dimensions: int | None = None,
+    encoder_only: bool = False,
+) -> bentoml.Model:
+    """Resolve ``source`` and register its checkpoint files for the vLLM runner as ``name``.
+
+    Unset ``pooling``/``normalize``/``max_tokens`` come from the checkpoint's files as for ONNX
+    exports; ``dimensions``, when given, must equal the config's hidden size; ``encoder_only``
+    keeps only the base encoder of a masked-LM checkpoint (``vllm_files.write_encoder_weights``).
+    Raises ``ExportError`` (nothing is registered then)."""
+    from export import vllm_files
+    from export.onnx_text import POOLINGS, resolve_settings
+
+    store.check_tag(name)
+    steps = Steps(3)
+    with steps(f"resolving {source}"):
+        resolved = sources.resolve(source, revision)
+        settings = resolve_settings(resolved.folder, pooling, normalize, max_tokens)
+        if settings.pooling not in POOLINGS:
+            raise ExportError(f"pooling {settings.pooling!r} is not one of {', '.join(POOLINGS)}")
+    with tempfile.TemporaryDirectory(prefix="import-") as tmp:
+        out_dir = Path(tmp)
+        with steps("staging the checkpoint, tokenizer and embedding.json"):
+            embedding = vllm_files.stage(resolved.folder, settings, out_dir, encoder_only)
+            if dimensions is not None and embedding["dimensions"] != dimensions:
+                raise ExportError(f"the model has {embedding['dimensions']} dimensions, the registry says {dimensions}")
+        with steps(f"registering {name}"):
+            labels = {"engine": "vllm", "format": "hf", "task": "embedding", "pooling": settings.pooling}
+            metadata = {
+                "source": source,
+                "revision": resolved.revision or "unknown",
+                "engine": "vllm",
+                "pooling": settings.pooling,
+                "normalize": settings.normalize,
+                "dimensions": embedding["dimensions"],
+                "max_tokens": settings.max_tokens,
+                "encoder_only": encoder_only,
+                "weights": {p.name: sha256_of(p) for p in vllm_files.weight_files(out_dir)},
+                "imported_with": {dist: importlib.metadata.version(dist) for dist in ("transformers", "tokenizers")},
+            }
+            model = store.register(name, out_dir, labels, metadata)
+    print(
+        f"registered {model.tag} for vllm ({embedding['dimensions']} dims, {settings.pooling} pooling, "
+        f"normalize={settings.normalize}, max_tokens={settings.max_tokens}; revision {metadata['revision']})",
+        flush=True,
+    )
+    return model
+
+
 def ensure(profile: str | None) -> int:
-    """Import the profile's missing ``ort`` models; returns the exit status."""
+    """Import the profile's missing ``ort`` and ``vllm`` models; returns the exit status."""
     from models.registry import Engine, Pooling, RegistryError, served
 
     try:
@@ -191,13 +251,12 @@ def ensure(profile: str | None) -> int:
         return 2
     failures = []
     for spec in selection.models:
-        if spec.engine is not Engine.ORT:
-            print(f"skip {spec.name}: engine {spec.engine.value} is not exported by this command", flush=True)
-            continue
         existing = store.find(spec.store_tag)
         if existing is not None:
             try:  # the checks the runner makes at start-up, so `make serve` stops here instead
-                open_entry(spec, required=("tokenizer.json",))
+                # a ColQwen2 entry's graphs are checked through its onnx_files_sha256
+                required = ("tokenizer.json",) if spec.vision else (ENTRY_FILES[spec.engine.value], "tokenizer.json")
+                open_entry(spec, required=required)
             except StoreError as exc:
                 failures.append(str(exc))
                 print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -217,9 +276,11 @@ def ensure(profile: str | None) -> int:
                     max_tokens=spec.max_tokens, revision=spec.revision,
                 )
                 continue
-            export_model(
+            extra = {} if spec.engine is Engine.ORT else {"encoder_only": spec.vllm.serves_encoder_only}
+            (export_model if spec.engine is Engine.ORT else import_vllm)(
                 spec.source,
                 spec.store_tag,
+                **extra,
                 revision=spec.revision,
                 pooling=spec.pooling.value,
                 normalize=spec.normalize,
@@ -273,7 +334,19 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument("--opset", type=_positive_int, default=17)
     onnx.add_argument("--revision", help="hub revision, package version, or a label for a folder")
 
-    ensure_cmd = commands.add_parser("ensure", help="import the profile's ort models missing from the store")
+    vllm = commands.add_parser("vllm", help="import one Hugging Face checkpoint for the vLLM runner")
+    vllm.add_argument("--source", required=True, help="package:<python package>, hf:<hub id> or a folder")
+    vllm.add_argument("--name", required=True, help="store name (name or name:version)")
+    vllm.add_argument("--pooling", choices=("mean", "cls", "last"), help="default: from the checkpoint")
+    vllm.add_argument("--normalize", action=argparse.BooleanOptionalAction, help="default: from the checkpoint")
+    vllm.add_argument("--max-tokens", type=_positive_int, help="default: from the checkpoint")
+    vllm.add_argument("--revision", help="hub revision, package version, or a label for a folder")
+    vllm.add_argument(
+        "--encoder-only", action="store_true",
+        help="keep only the base encoder of a masked-LM checkpoint (served with architectures: [BertModel])",
+    )
+
+    ensure_cmd = commands.add_parser("ensure", help="import the profile's ort and vllm models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
 
     col = commands.add_parser("colqwen2", help="export a ColQwen2 checkpoint (queries + page buckets)")
@@ -318,15 +391,11 @@ def main(argv: list[str] | None = None) -> int:
             export_colqwen2(args.source, args.name, args.bucket, max_tokens=args.max_tokens,
                             revision=args.revision, opset=args.opset)
             return 0
-        export_model(
-            args.source,
-            args.name,
-            revision=args.revision,
-            pooling=args.pooling,
-            normalize=args.normalize,
-            max_tokens=args.max_tokens,
-            opset=args.opset,
-        )
+        common = dict(revision=args.revision, pooling=args.pooling, normalize=args.normalize, max_tokens=args.max_tokens)
+        if args.command == "vllm":
+            import_vllm(args.source, args.name, encoder_only=args.encoder_only, **common)
+        else:
+            export_model(args.source, args.name, opset=args.opset, **common)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -57,17 +57,24 @@ class TextPreprocessor:
         self.vocab_size = int(entry.settings.get("vocab_size") or tokenizer.get_vocab_size(True))
         self.prefix, self.suffix = special_token_frame(tokenizer)
 
-    def instruction(self, input_type: str | None) -> str:
+    def instruction(self, input_type: str | None, override: str | None = None) -> str:
+        """The text prepended to each input: the request's ``instruction`` when given (even
+        ``""``), else the registry's instruction for ``input_type``, else none."""
+        if override is not None:
+            return override
         if input_type is None:
             return ""
         return getattr(self.spec.instructions, input_type)
 
-    def texts(self, texts: Sequence[str], input_type: str | None, truncate: bool) -> list[np.ndarray]:
-        """Token ids per text; 400 on an empty text, or an over-long one when not truncating."""
+    def texts(
+        self, texts: Sequence[str], input_type: str | None, truncate: bool, override: str | None = None
+    ) -> list[np.ndarray]:
+        """Token ids per text; 400 on an empty text, or an over-long one when not truncating.
+        ``override``: the request's ``instruction`` (see ``instruction``)."""
         for i, text in enumerate(texts):
             if not text:
                 raise InvalidRequest(f"input[{i}] is an empty string; every input must have text.", param="input")
-        if prefix := self.instruction(input_type):
+        if prefix := self.instruction(input_type, override):
             texts = [prefix + text for text in texts]
         tokenizer = self._truncating if truncate else self._full
         encodings = tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [tokenizer.encode(texts[0])]
@@ -76,12 +83,15 @@ class TextPreprocessor:
             self._check_lengths(ids)
         return ids
 
-    def token_ids(self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool) -> list[np.ndarray]:
-        """Validated copies of token-id inputs; 400 on empty lists or ids outside the vocabulary."""
-        if self.instruction(input_type):
+    def token_ids(
+        self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool, override: str | None = None
+    ) -> list[np.ndarray]:
+        """Validated copies of token-id inputs; 400 on empty lists or ids outside the vocabulary,
+        or when an instruction would have to be prepended (it applies to text only)."""
+        if self.instruction(input_type, override):
+            param = "instruction" if override else "input_type"
             raise InvalidRequest(
-                f"input_type={input_type!r} prepends an instruction to text; send text, not token ids.",
-                param="input_type",
+                f"{param} prepends an instruction to text; send text, not token ids.", param=param
             )
         ids = []
         for i, values in enumerate(lists):
@@ -155,7 +165,14 @@ class VisionPreprocessor(TextPreprocessor):
         if self.spec.max_tokens <= len(self.query_suffix):
             raise ValueError(f"model {spec.name}: max_tokens must exceed the query suffix ({len(self.query_suffix)})")
 
-    def texts(self, texts: Sequence[str], input_type: str | None, truncate: bool) -> list[np.ndarray]:
+    def texts(
+        self, texts: Sequence[str], input_type: str | None, truncate: bool, override: str | None = None
+    ) -> list[np.ndarray]:
+        if override is not None:
+            raise InvalidRequest(
+                f"{self.spec.name} formats queries as its reference processor does; 'instruction' does not apply.",
+                param="instruction",
+            )
         for i, text in enumerate(texts):
             if not text:
                 raise InvalidRequest(f"input[{i}] is an empty string; every input must have text.", param="input")
@@ -178,7 +195,9 @@ class VisionPreprocessor(TextPreprocessor):
             ids.append(np.concatenate([body[:room], self.query_suffix]))
         return ids
 
-    def token_ids(self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool) -> list[np.ndarray]:
+    def token_ids(
+        self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool, override: str | None = None
+    ) -> list[np.ndarray]:
         raise InvalidRequest(
             f"{self.spec.name} takes text queries, images and PDF files, not token ids.", param="input"
         )

@@ -10,9 +10,10 @@ Request (``POST /v1/embeddings``), in OpenAI's field order:
 - ``user``: accepted and ignored.
 
 Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction),
-``truncate`` (default from the registry; ``false`` refuses over-long input with 400), and, for
-vision models (ColQwen2), content parts in ``input``: ``{"type": "image_url", "image_url":
-{"url": "data:image/png;base64,..."}}`` and ``{"type": "file", "file": {"file_data":
+``instruction`` (prepended instead of the registry's instruction; ``""`` prepends none; not for
+vision models), ``truncate`` (default from the registry; ``false`` refuses over-long input with
+400), and, for vision models (ColQwen2), content parts in ``input``: ``{"type": "image_url",
+"image_url": {"url": "data:image/png;base64,..."}}`` and ``{"type": "file", "file": {"file_data":
 "data:application/pdf;base64,...", "pages": [1, 3]}}`` (one output item per page). Multi-vector
 outputs carry ``shape`` [tokens, dim].
 
@@ -77,6 +78,11 @@ class EmbeddingRequest(BaseModel):
     user: StrictStr | None = Field(default=None, description="Accepted for compatibility; unused.")
     input_type: Literal["query", "document"] | None = Field(
         default=None, description="Extension: prepend the model's query or document instruction."
+    )
+    instruction: StrictStr | None = Field(
+        default=None,
+        description="Extension: text prepended to each text input instead of the registry's instruction "
+        "for `input_type` (for Qwen3-Embedding: `Instruct: {task}\\nQuery:`); an empty string prepends nothing.",
     )
     truncate: StrictBool | None = Field(
         default=None,

@@ -75,7 +75,7 @@ class EmbeddingServing:
         if request.dimensions is not None:
             self._check_dimensions(spec, request.dimensions)
         with self.admission.admit(len(items)):  # before tokenizing: a refused request costs nothing
-            prepared = await self._prepare(spec, items, request.input_type, request.truncate)
+            prepared = await self._prepare(spec, items, request.input_type, request.truncate, request.instruction)
             payloads = await self._run(spec, prepared.arrays)
         body = self._response(spec, request, payloads, prepared)
         return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens)
@@ -156,20 +156,27 @@ class EmbeddingServing:
             )
 
     async def _prepare(
-        self, spec: ModelSpec, items: Sequence, input_type: str | None, truncate: bool | None, param: str = "input"
+        self,
+        spec: ModelSpec,
+        items: Sequence,
+        input_type: str | None,
+        truncate: bool | None,
+        instruction: str | None = None,
+        param: str = "input",
     ) -> Prepared:
-        """Engine inputs for ``items`` (texts, token-id lists, or image/file parts), or a 400."""
+        """Engine inputs for ``items`` (texts, token-id lists, or image/file parts), or a 400.
+        ``instruction``: the request's override of the registry's instruction (``preprocess.py``)."""
         preprocessor = self.preprocessors[spec.name]
         truncate = spec.truncate if truncate is None else truncate
         parts = [i for i, item in enumerate(items) if isinstance(item, (ImagePart, FilePart))]
         if not parts:
             if isinstance(items[0], str):
                 if len(items) == 1:  # one text tokenizes in microseconds: no thread hop
-                    ids = preprocessor.texts(items, input_type, truncate)
+                    ids = preprocessor.texts(items, input_type, truncate, instruction)
                 else:
-                    ids = await asyncio.to_thread(preprocessor.texts, items, input_type, truncate)
+                    ids = await asyncio.to_thread(preprocessor.texts, items, input_type, truncate, instruction)
             else:
-                ids = preprocessor.token_ids(items, input_type, truncate)
+                ids = preprocessor.token_ids(items, input_type, truncate, instruction)
             return Prepared(ids, [None] * len(ids), sum(len(x) for x in ids))
         if not isinstance(preprocessor, VisionPreprocessor):
             raise InvalidRequest(f"{spec.name} takes text only; image and file parts need a vision model.",
@@ -177,7 +184,7 @@ class EmbeddingServing:
         texts = [i for i, item in enumerate(items) if isinstance(item, str)]
         if len(texts) + len(parts) != len(items):
             raise InvalidRequest(f"'{param}' mixes token ids with other items.", param=param)
-        query_ids = preprocessor.texts([items[i] for i in texts], input_type, truncate) if texts else []
+        query_ids = preprocessor.texts([items[i] for i in texts], input_type, truncate, instruction) if texts else []
         pages = await asyncio.to_thread(self._pages, preprocessor, spec, items, parts, param)
         by_index: dict[int, list[tuple[np.ndarray, int | None]]] = {i: [(ids, None)] for i, ids in zip(texts, query_ids)}
         by_index.update(pages)

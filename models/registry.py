@@ -113,6 +113,34 @@ class VisionSpec(_Frozen):
         return value
 
 
+class VllmOptions(_Frozen):
+    """vLLM engine settings for one ``engine: vllm`` model (one ``AsyncLLM`` per model).
+
+    The pooler follows the model's ``pooling`` and ``normalize``; ``dimensions`` are cut by the
+    gateway (truncate, then re-normalise), so vLLM always returns the full vector.
+    ``gpu_memory_utilization`` is this engine's share of the device's memory (on CPU builds of
+    vLLM: of the RAM; the engines of one device plus the ORT runner's ``gpu_memory_share`` must
+    add up to at most 1). ``max_model_len`` defaults to the model's ``max_tokens``.
+    ``hf_overrides`` change the checkpoint's config.json, for example
+    ``{architectures: [BertModel]}`` to serve a masked-LM checkpoint's encoder, or
+    ``{is_matryoshka: true}``.
+    """
+
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    hf_overrides: dict[str, Any] = Field(default_factory=dict)
+    max_num_seqs: int = Field(default=256, gt=0, description="sequences per engine step")
+    max_num_batched_tokens: int | None = Field(default=None, gt=0, description="tokens per engine step")
+    enforce_eager: bool = Field(default=False, description="no CUDA graphs: less memory, slower")
+
+    @property
+    def serves_encoder_only(self) -> bool:
+        """A task checkpoint served as its base encoder (``architectures: [BertModel]``): the
+        importer then stores the encoder's weights only (``export/vllm_files.py``)."""
+        return self.hf_overrides.get("architectures") == ["BertModel"]
+
+
 class ModelSpec(_Frozen):
     """One served model.
 
@@ -146,6 +174,7 @@ class ModelSpec(_Frozen):
     vision: VisionSpec | None = Field(
         default=None, description="image/PDF inputs (multi-vector vision models such as ColQwen2)"
     )
+    vllm: VllmOptions = VllmOptions()
 
     @field_validator("store_tag")
     @classmethod
@@ -161,7 +190,16 @@ class ModelSpec(_Frozen):
             raise ValueError("matryoshka needs min <= max <= dimensions")
         if self.vision is not None and (self.pooling is not Pooling.MULTI or self.engine is not Engine.ORT):
             raise ValueError("vision models are multi-vector (pooling: multi) on the ort engine")
+        if self.engine is Engine.VLLM:
+            if self.pooling is Pooling.MULTI:
+                raise ValueError("the vllm runner serves pooled vectors (mean, cls or last), not multi")
+            if self.vllm.max_model_len is not None and self.vllm.max_model_len < self.max_tokens:
+                raise ValueError(f"vllm.max_model_len {self.vllm.max_model_len} is below max_tokens {self.max_tokens}")
         return self
+
+    @property
+    def max_model_len(self) -> int:
+        return self.vllm.max_model_len or self.max_tokens
 
     def allows_dimensions(self, dimensions: int) -> bool:
         return bool(self.matryoshka and self.matryoshka.min <= dimensions <= self.matryoshka.max)
@@ -192,12 +230,27 @@ class RunnerSpec(_Frozen):
         default=2, ge=1, description="gateway calls out to this runner at once; inputs that arrive "
         "meanwhile wait in the gateway and go together in the next call (max_batch_size inputs each)"
     )
+    gpu_memory_share: float = Field(
+        default=0.0, ge=0, le=1, description="fraction of the GPU's memory this runner may take "
+        "(ORT runner; a vllm runner's share is the sum of its models' vllm.gpu_memory_utilization)"
+    )
+
+    @property
+    def wants_gpu(self) -> bool:
+        return bool(self.resources.get("gpu"))
 
 
 class ProfileSpec(_Frozen):
     description: str = ""
     models: tuple[str, ...] = Field(min_length=1)
     runners: dict[Engine, RunnerSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _vllm_batches_itself(self) -> ProfileSpec:
+        vllm = self.runners.get(Engine.VLLM)
+        if vllm is not None and vllm.batching.mode != "continuous":
+            raise ValueError("runners.vllm.batching.mode: vLLM schedules its own batches; only 'continuous' applies")
+        return self
 
 
 class GatewaySpec(_Frozen):
@@ -262,7 +315,15 @@ class Registry(_Frozen):
         spec = self.profiles[profile]
         models = tuple(self.models[name] for name in spec.models)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in models}}
-        return Served(profile=profile, models=models, runners=runners, gateway=self.gateway)
+        served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway)
+        total = sum(served.gpu_memory_shares().values())
+        if total > 1 + 1e-9:
+            raise RegistryError(
+                f"profile {profile!r}: the GPU memory shares add up to {total:.3f} > 1 "
+                f"({', '.join(f'{k} {v:g}' for k, v in served.gpu_memory_shares().items())}); lower "
+                "the ORT runner's gpu_memory_share or the vllm models' vllm.gpu_memory_utilization"
+            )
+        return served
 
 
 class Served:
@@ -290,6 +351,34 @@ class Served:
 
     def runner(self, engine: Engine) -> RunnerSpec:
         return self.runners.get(engine, RunnerSpec())
+
+    def service_resources(self, engine: Engine) -> dict[str, Any]:
+        """The BentoML ``resources`` of ``engine``'s runner service.
+
+        The platform targets one GPU shared by all runners. BentoML's allocator gives each
+        ``gpu: 1`` service a GPU of its own (0, 1, 2, ... even on a one-GPU box) but puts services
+        asking for the same fraction on the same GPU until it is used up. So when ``n`` runners
+        want a GPU, each asks for ``1/n``: all of them land on GPU 0. What each may use of that
+        GPU's memory is a separate budget (``gpu_memory_shares``)."""
+        resources = dict(self.runner(engine).resources)
+        gpu_runners = [e for e, r in self.runners.items() if r.wants_gpu]
+        if resources.get("gpu") and len(gpu_runners) > 1:
+            resources["gpu"] = 1 / len(gpu_runners)
+        return resources
+
+    def gpu_memory_shares(self) -> dict[str, float]:
+        """Fraction of GPU 0's memory per consumer, for the runners that want a GPU: the ORT
+        runner's ``gpu_memory_share`` and each vllm model's ``gpu_memory_utilization`` (one
+        engine per model), keyed ``ort`` or ``vllm:<model>``. Their sum is at most 1 (checked)."""
+        shares: dict[str, float] = {}
+        for engine, runner in self.runners.items():
+            if not runner.wants_gpu:
+                continue
+            if engine is Engine.VLLM:
+                shares.update({f"vllm:{m.name}": m.vllm.gpu_memory_utilization for m in self.for_engine(engine)})
+            else:
+                shares[engine.value] = runner.gpu_memory_share
+        return shares
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

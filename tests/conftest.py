@@ -83,21 +83,46 @@ def own_bentoml_home(path: Path) -> str:
     return str(path)
 
 
+def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> None:
+    """Return once ``url``/readyz answers 200; fail the test (with the log's tail) when the
+    server exits or is not ready after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"bentoml serve not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def bentoml_server(env: dict[str, str], log_path: Path, target: str = "service:Gateway") -> Iterator[str]:
     """Run ``bentoml serve`` until the block ends; yields its base URL once /readyz is 200."""
     with serve_process(env, log_path, target) as (process, url):
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"bentoml serve not ready after 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(process, url, log_path)
         yield url
+
+
+def process_tree(process: subprocess.Popen) -> list[psutil.Process]:
+    """The server process and all its descendants (BentoML workers, vLLM engine cores)."""
+    root = psutil.Process(process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def stop_gracefully(process: subprocess.Popen, tree: list[psutil.Process], timeout: float = 60) -> list[str]:
+    """SIGTERM the server as a service manager would and wait, without killing anything; returns
+    a description of each process of ``tree`` still running after ``timeout`` s (orphans)."""
+    process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    described = []
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                described.append(f"{proc.pid} {proc.name()} {' '.join(proc.cmdline())[:120]}")
+    return described
 
 
 @pytest.fixture(scope="session")

@@ -226,7 +226,7 @@ def test_ensure_imports_missing_models_once(
                     "tiny-vllm": {
                         "engine": "vllm",
                         "store_tag": "tiny-vllm",
-                        "source": "hf:nobody/tiny",
+                        "source": str(tiny_folders["without_tokenizer_json"]),
                         "pooling": "last",
                         "max_tokens": 128,
                         "dimensions": 32,
@@ -241,7 +241,12 @@ def test_ensure_imports_missing_models_once(
     first = cli(home, "ensure", "--profile", "test", env=env)
     assert first.returncode == 0, first.stderr
     assert "registered tiny-bert-onnx:" in first.stdout
-    assert "skip tiny-vllm: engine vllm" in first.stdout
+    assert "registered tiny-vllm:" in first.stdout  # the checkpoint as it is, for the vLLM runner
+    vllm_entry = entries(home)["tiny-vllm"]
+    assert vllm_entry["labels"]["engine"] == "vllm" and vllm_entry["metadata"]["pooling"] == "last"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "embedding.json"} <= {
+        p.name for p in Path(vllm_entry["path"]).iterdir()
+    }
     entry = entries(home)["tiny-bert-onnx"]
     assert entry["metadata"]["max_tokens"] == 128 and entry["metadata"]["dimensions"] == 32
     built = tokenizers.Tokenizer.from_file(str(Path(entry["path"]) / "tokenizer.json"))
@@ -262,6 +267,7 @@ def test_ensure_imports_missing_models_once(
     elapsed = time.perf_counter() - start
     assert second.returncode == 0, second.stderr
     assert f"skip tiny-bert: already in the store as {entry['tag']}" in second.stdout
+    assert f"skip tiny-vllm: already in the store as {vllm_entry['tag']}" in second.stdout
     assert "registered" not in second.stdout and "[1/5]" not in second.stderr
     assert "torch imported: False" in second.stdout
     assert elapsed < 15, f"second ensure took {elapsed:.1f} s"

@@ -37,7 +37,7 @@ NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 
 @bentoml.service(
     name="ort_runner",
-    resources=SETTINGS.resources,
+    resources=SERVED.service_resources(Engine.ORT),
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s},
     runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},

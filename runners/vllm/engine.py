@@ -1,0 +1,108 @@
+"""One vLLM pooling engine (``AsyncLLM``) per ``engine: vllm`` model.
+
+The engine receives token ids only: the gateway has tokenized, applied instructions, truncated
+and validated every input (``gateway/preprocess.py``), exactly as for ONNX Runtime, so usage
+counts, limits and errors are the same on both paths. vLLM is started with
+``skip_tokenizer_init`` and ``TokensPrompt`` inputs; it schedules and batches the inputs itself
+(continuous batching, no padding: sequences are packed).
+
+The pooler follows the registry: ``pooling`` (``MEAN``, ``CLS`` or ``LAST``) and ``normalize``
+(vLLM's ``use_activation`` for embeddings). The engine always returns the full vector; the
+gateway cuts ``dimensions`` (truncate, then re-normalise) for every engine alike.
+
+``AsyncLLM`` runs its engine core (and, on CPU, a worker) in child processes: ``start`` must run
+inside the serving process after start-up (a BentoML start hook), never at import, and
+``shutdown`` stops those processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from models.registry import ModelSpec
+from models.store import StoreEntry
+
+logger = logging.getLogger(__name__)
+
+
+def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
+    """``vllm.AsyncEngineArgs`` keyword arguments for ``spec`` served from store ``entry``."""
+    options = spec.vllm
+    args: dict[str, Any] = {
+        "model": str(entry.path),
+        "served_model_name": spec.name,
+        "runner": "pooling",
+        "pooler_config": {"pooling_type": spec.pooling.value.upper(), "use_activation": spec.normalize},
+        "skip_tokenizer_init": True,  # the gateway sends token ids
+        "dtype": options.dtype,
+        "max_model_len": spec.max_model_len,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "max_num_seqs": options.max_num_seqs,
+        "enforce_eager": options.enforce_eager,
+        "enable_prefix_caching": False,
+        "disable_log_stats": True,
+        "seed": 0,
+    }
+    if options.hf_overrides:
+        args["hf_overrides"] = dict(options.hf_overrides)
+    if options.max_num_batched_tokens is not None:
+        args["max_num_batched_tokens"] = options.max_num_batched_tokens
+    return args
+
+
+class VllmEngine:
+    """vLLM ``AsyncLLM`` serving one model; ``embed`` is a coroutine (vLLM is asyncio-native)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+        self.spec = spec
+        self.entry = entry
+        self._engine: Any = None
+
+    def start(self) -> None:
+        """Create the engine: loads the weights, profiles memory, starts the engine core
+        process. Blocks for seconds (tiny models on CPU) to minutes (8B on GPU)."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.spec, self.entry)))
+        logger.info("vllm engine for %s ready in %.1f s", self.spec.name, time.perf_counter() - started)
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Token ids per input -> float32 ``(dimensions,)`` per input, in input order. All
+        inputs go to vLLM at once (it batches them with whatever else is running); raises
+        vLLM's error when the engine fails (the caller's whole call then fails)."""
+        return list(await asyncio.gather(*(self._one(ids) for ids in inputs)))
+
+    async def _one(self, ids: Sequence[int]) -> np.ndarray:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        output = None
+        request_id = f"{self.spec.name}-{next(self._ids)}"
+        async for output in self._engine.encode(
+            TokensPrompt(prompt_token_ids=list(ids)), PoolingParams(task="embed"), request_id=request_id
+        ):
+            pass
+        vector = np.asarray(output.outputs.data, dtype=np.float32)
+        if vector.shape != (self.spec.dimensions,):
+            raise RuntimeError(f"{self.spec.name}: vLLM returned shape {vector.shape}, expected ({self.spec.dimensions},)")
+        return vector
+
+    def shutdown(self) -> None:
+        """Stop the engine core and its workers (idempotent)."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            engine.shutdown()

