@@ -129,6 +129,12 @@ class VllmOptions(_Frozen):
     max_model_len: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantization: Literal["fp8_per_tensor"] | None = Field(
+        default=None,
+        description="vLLM's online quantization of a bf16/fp16 checkpoint (vLLM 0.32): fp8_per_tensor "
+        "quantizes the linear layers' weights to 8 bits layer by layer while loading, so the bf16 "
+        "weights never sit in GPU memory all at once (half the weights' memory)",
+    )
     hf_overrides: dict[str, Any] = Field(default_factory=dict)
     max_num_seqs: int = Field(default=256, gt=0, description="sequences per engine step")
     max_num_batched_tokens: int | None = Field(default=None, gt=0, description="tokens per engine step")

@@ -276,7 +276,7 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
         trt, cuda, cpu = session["options"]
         assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
         assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == ".cache/tensorrt/colqwen2"
-        assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "4294967296"
+        assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "2147483648"
         assert cuda == {} and cpu == {}
         assert session["sess_options"].intra_op_num_threads == 0
     query, portrait, landscape = (s["options"][0] for s in recorder.sessions)

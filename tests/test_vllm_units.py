@@ -49,7 +49,7 @@ def test_engine_args_follow_the_registry():
     assert args["pooler_config"] == {"pooling_type": "LAST", "use_activation": True}
     assert args["max_model_len"] == 64  # defaults to max_tokens
     assert args["gpu_memory_utilization"] == 0.5 and args["hf_overrides"] == {"is_matryoshka": True}
-    assert "max_num_batched_tokens" not in args
+    assert "max_num_batched_tokens" not in args and "quantization" not in args
 
 
 def test_shipped_vllm_models_use_the_documented_settings():
@@ -57,6 +57,7 @@ def test_shipped_vllm_models_use_the_documented_settings():
     qwen, pubmed, biomed = (registry.models[n] for n in ("Qwen3-Embedding-8B", "pubmedbert", "biomedbert"))
     assert engine_args(qwen, entry())["pooler_config"]["pooling_type"] == "LAST"
     assert qwen.max_model_len == 8192 and qwen.vllm.hf_overrides == {"is_matryoshka": True}
+    assert engine_args(qwen, entry())["quantization"] == "fp8_per_tensor"  # the 24 GB plan needs 8-bit weights
     assert (qwen.matryoshka.min, qwen.matryoshka.max) == (32, 4096)
     assert engine_args(pubmed, entry())["pooler_config"] == {"pooling_type": "MEAN", "use_activation": True}
     assert biomed.vllm.hf_overrides == {"architectures": ["BertModel"]} and biomed.max_tokens == 512
@@ -71,6 +72,7 @@ def test_shipped_vllm_models_use_the_documented_settings():
         (("vllm: {gpu_memory_utilization", "vllm: {max_model_len: 32, gpu_memory_utilization"), "below max_tokens"),
         (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 1.5"), "models.q.vllm.gpu_memory_utilization"),
         (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.5, dtype: fp8"), "models.q.vllm.dtype"),
+        (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.5, quantization: awq"), "models.q.vllm.quantization"),
         (("vllm: {resources: {gpu: 1}}", "vllm: {resources: {gpu: 1}, batching: {mode: adaptive}}"), "only 'continuous'"),
     ],
 )
@@ -100,8 +102,8 @@ def test_rtx4090_lands_every_model_on_gpu_0(monkeypatch):
     assert assigned == {Engine.ORT: [0], Engine.VLLM: [0]}
     shares = rtx.gpu_memory_shares()
     assert shares == {
-        "ort": 0.21,
-        "vllm:Qwen3-Embedding-8B": 0.70,
+        "ort": 0.40,
+        "vllm:Qwen3-Embedding-8B": 0.45,
         "vllm:pubmedbert": 0.035,
         "vllm:biomedbert": 0.035,
     }

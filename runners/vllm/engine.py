@@ -51,6 +51,8 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
     }
     if options.hf_overrides:
         args["hf_overrides"] = dict(options.hf_overrides)
+    if options.quantization is not None:
+        args["quantization"] = options.quantization
     if options.max_num_batched_tokens is not None:
         args["max_num_batched_tokens"] = options.max_num_batched_tokens
     return args
