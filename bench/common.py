@@ -87,12 +87,12 @@ def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
-           timeout: float = 240) -> Iterator[subprocess.Popen]:
-    """Run ``argv`` until the block ends; yields once ``ready_url`` answers 200. Raises
-    ``RuntimeError`` naming the log when it exits or is not ready within ``timeout`` s."""
+           timeout: float = 240, cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
+    """Run ``argv`` in ``cwd`` until the block ends; yields once ``ready_url`` answers 200.
+    Raises ``RuntimeError`` naming the log when it exits or is not ready within ``timeout`` s."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+        process = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout

