@@ -310,7 +310,7 @@ def run(args) -> Results:
     section(results, "in-process: bare engine and sentence-transformers", in_process, results, sets, tokens,
             set_names if args.short else set_names, batches, min(seconds, 2.0), not args.short)
 
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, contextlib.ExitStack() as peers:
         servers: dict[str, tuple[str, str, str, str | None]] = {}
         profile = "cpu" if args.short else args.profile
         log(f"== platform: {args.url or f'starting profile {profile}'}")
@@ -335,7 +335,7 @@ def run(args) -> Results:
                     continue
                 try:
                     url, ctx = infinity_server(engine)
-                    stack.enter_context(ctx)
+                    peers.enter_context(ctx)
                     servers[name] = (url, "/embeddings", MODEL, None)
                     results.server(name, status="ok", url=url, version=peers_version(),
                                    precision="fp32" if engine == "torch" else "fp32 (ONNX, optimum)")
@@ -345,6 +345,7 @@ def run(args) -> Results:
         if servers:
             section(results, "side by side: one query per request", headline, results, cell, servers,
                     [1, 16] if args.short else [1, 32, 64], rounds)
+        peers.close()  # idle peers' threads must not share the platform's cores in the matrix
         if "platform fp32" in servers:
             url = servers["platform fp32"][0]
             matrix_sets = set_names if args.short else ["p32", "p128", "p512"]

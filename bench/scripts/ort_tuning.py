@@ -54,8 +54,12 @@ CASES = [("query", 1), ("query", 32), ("p128", 32)]
 
 def build_variants(folder: Path) -> dict[str, dict]:
     """model.onnx files of the variants under ``folder``/<name>/; returns per variant its path
-    and, for int8, the quality gate's numbers against plain fp32."""
+    and, for int8, the quality gate's numbers against plain fp32. Reuses ``folder``/variants.json
+    when it was built from the same fp32 store entry with the same ONNX Runtime (building and
+    checking takes minutes on 2 cores)."""
     from dataclasses import asdict
+
+    import onnxruntime
 
     from export import ort_variants, quality
     from models.registry import served
@@ -63,6 +67,13 @@ def build_variants(folder: Path) -> dict[str, dict]:
 
     spec = served("cpu").find("all-MiniLM-L6-v2")
     entry = open_entry(spec, required=("model.onnx", "tokenizer.json"), verify=False)
+    key = f"{entry.tag} {entry.metadata.get('onnx_sha256')} onnxruntime {onnxruntime.__version__}"
+    cache = folder / "variants.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key and all(Path(v["path"]).is_file() for v in cached["variants"].values()):
+            log(f"variants: reusing {folder}")
+            return cached["variants"]
     paths = {name: folder / name / "model.onnx" for name in ("fp32", "fused", "int8", "int8-fused")}
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,13 +89,16 @@ def build_variants(folder: Path) -> dict[str, dict]:
     texts = passages + queries
     args = (entry.file("tokenizer.json"), texts, spec.pooling.value, spec.normalize, spec.max_tokens)
     reference = quality.embed(paths["fp32"], *args)
-    for name in ("fused", "int8", "int8-fused"):
+    for name in ("int8", "int8-fused"):  # the fused fp32 graph's parity is checked at export
         log(f"quality gate: {name}")
         info[name]["quality"] = asdict(quality.compare(reference, quality.embed(paths[name], *args), len(passages)))
+    cache.write_text(json.dumps({"key": key, "variants": info}, indent=1))
     return info
 
 
-def run(seconds: float, rounds: int, work: Path) -> dict:
+def run(seconds: float, rounds: int, work: Path, out: Path) -> dict:
+    """Build the variants, time every step, write ``out`` after every round (a partial run keeps
+    its finished rounds) and return the result."""
     from bench import inprocess
 
     variants = build_variants(work)
@@ -95,12 +109,18 @@ def run(seconds: float, rounds: int, work: Path) -> dict:
         for step, _, options, graph, _ in STEPS
     }
     samples: dict[str, dict[str, list[dict]]] = {step: {f"{s}x{b}": [] for s, b in CASES} for step in engines}
+    result: dict = {}
     for r in range(rounds):
         for step, engine in engines.items():
             log(f"round {r + 1}/{rounds}: {step}")
             for set_name, batch in CASES:
-                result = inprocess.bare(engine, inputs[set_name], batch, seconds)
-                samples[step][f"{set_name}x{batch}"].append(result.__dict__)
+                samples[step][f"{set_name}x{batch}"].append(inprocess.bare(engine, inputs[set_name], batch, seconds).__dict__)
+        result = summarize(samples, variants, seconds, r + 1)
+        out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summarize(samples: dict, variants: dict, seconds: float, rounds: int) -> dict:
     steps = []
     for step, base, options, graph, predicted in STEPS:
         row = {"step": step, "relative_to": base, "graph": graph, "options": options, "predicted": predicted,
@@ -119,12 +139,11 @@ def run(seconds: float, rounds: int, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per case, per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench" / "ort_tuning.json")
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.rounds, args.out.parent / "variants")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    result = run(args.seconds, args.rounds, ROOT / ".cache" / "bench" / "variants", args.out)
     for row in result["steps"]:
         cases = "  ".join(f"{case} {v['inputs_per_s']:.0f}/s" for case, v in row["cases"].items())
         print(f"{row['step']:<40} {cases}")
