@@ -177,7 +177,7 @@ def metric_value(base_url: str, name: str) -> float | None:
     return None
 
 
-def drain(base_url: str, gauge: str | None, limit_s: float = 180) -> float:
+def drain(base_url: str, gauge: str | None, limit_s: float = 60) -> float:
     """Wait until the server has no admitted work left (requests wrk abandoned at its deadline
     are still computed): poll ``gauge`` until 0, or without one wait ``1 s``. Returns the wait."""
     started = time.monotonic()

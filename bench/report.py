@@ -61,8 +61,20 @@ class Data:
         self.m, self.t = matrix, tuning
 
     def bare(self, precision: str, set_name: str, batch: int | None = None) -> dict | None:
-        rows = [r for r in self.m.get("bare", []) if r["precision"] == precision and r["set"] == set_name
-                and (batch is None or r["batch"] == batch)]
+        """The best bare row of ``set_name`` (at ``batch`` when given). For queries, the timings
+        taken between the side-by-side rounds (their median per batch) win over the
+        in-process section's, which ran minutes earlier."""
+        rounds = [r for r in self.m.get("bare_rounds", []) if r["precision"] == precision and r["set"] == set_name
+                  and (batch is None or r["batch"] == batch)]
+        if rounds:
+            rows = []
+            for b in sorted({r["batch"] for r in rounds}):
+                runs = [r for r in rounds if r["batch"] == b]
+                rows.append({"batch": b, "set": set_name, "precision": precision, "source": "between rounds",
+                             **{k: median(r[k] for r in runs) for k in ("inputs_per_s", "tokens_per_s", "call_ms")}})
+        else:
+            rows = [r for r in self.m.get("bare", []) if r["precision"] == precision and r["set"] == set_name
+                    and (batch is None or r["batch"] == batch)]
         return max(rows, key=lambda r: r["inputs_per_s"]) if rows else None
 
     def headline(self, server: str, clients: int, key: str = "ok_per_s") -> float | None:

@@ -11,13 +11,16 @@ rewritten after every measurement, so an interrupted run keeps what it measured)
    up at once and measured interleaved, A/B/A/B, one short query per request at 1/32/64
    clients: (b) the platform (``bentoml serve service:Gateway``, profile ``cpu-int8``: fp32 and
    int8 models side by side), (c) infinity-emb (torch engine; its ONNX engine is tried too).
-3. the platform's matrix: 32/128/512-token passages x 1/8/32/128 inputs per request x
-   1/16/64 clients (fp32), and mixed lengths (8-256 tokens) against equal 128-token passages.
+   Between rounds the bare engine is timed again (``bare_rounds``), so the targets compare
+   numbers of the same minutes.
+3. mixed lengths (8-256 tokens) against equal 128-token passages, then the platform's matrix:
+   32/128/512-token passages x 1/8/32/128 inputs per request x 1/16/64 clients (fp32).
 4. (d) the vLLM runner, when the ``cpu-all`` profile serves ``all-MiniLM-L6-v2-vllm`` and vLLM is
    installed; otherwise the result says why it was not measured.
 
 Cells whose tokens in flight (clients x inputs x tokens) exceed ``--max-tokens-in-flight`` are
-recorded as skipped with the estimate: on 2 cores one round of them takes minutes. Each cell
+recorded as skipped with the estimate: on 2 cores one round of them takes minutes; so are the
+cells left when ``--budget-s`` is spent (``make bench`` stays near 20 minutes). Each cell
 waits until the server has no admitted work left before the next (wrk abandons in-flight
 requests at its deadline; the server still computes them).
 
@@ -56,7 +59,7 @@ class Results:
     def __init__(self, path: Path, mode: str) -> None:
         self.path = path
         self.data: dict = {"machine": machine(), "mode": mode, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                           "bare": [], "sentence_transformers": [], "servers": {}, "headline": [],
+                           "bare": [], "bare_rounds": [], "sentence_transformers": [], "servers": {}, "headline": [],
                            "matrix": [], "mixed": [], "notes": []}
         self.save()
 
@@ -100,13 +103,17 @@ def in_process(results: Results, sets, tokens, set_names, batches, seconds, with
     if "int8" not in engines:
         results.data["notes"].append("bare int8 not measured: the int8 store entry is missing")
     ids = {name: inprocess.tokenize(sets[name]) for name in set_names}
-    bar = progress(len(engines) * len(set_names) * len(batches), "bare engine")
-    for precision, engine in engines.items():
-        for name in set_names:
-            for batch in batches:
-                r = inprocess.bare(engine, ids[name], batch, seconds)
-                results.add("bare", {"precision": precision, "set": name, **r.__dict__})
-                bar.update()
+    # fp32: every set x batch; int8: what the targets compare (queries and 128-token passages)
+    cases = [("fp32", name, batch) for name in set_names for batch in batches]
+    cases += [("int8", name, batch) for name in set_names if name in ("query", "p128", "p32")
+              for batch in batches if batch in (1, 32, 8)]
+    # fp32 and int8 of one (set, batch) back to back: the machine's load drifts over minutes
+    cases = sorted((c for c in cases if c[0] in engines), key=lambda c: (set_names.index(c[1]), c[2], c[0]))
+    bar = progress(len(cases), "bare engine")
+    for precision, name, batch in cases:
+        r = inprocess.bare(engines[precision], ids[name], batch, seconds)
+        results.add("bare", {"precision": precision, "set": name, **r.__dict__})
+        bar.update()
     bar.close()
     if not with_st:
         return
@@ -115,7 +122,7 @@ def in_process(results: Results, sets, tokens, set_names, batches, seconds, with
     except Exception as exc:  # the report names the failure
         results.data["notes"].append(f"sentence-transformers not measured: {exc}")
         return
-    cases = [("query", 1)] + [(name, 32) for name in set_names]
+    cases = [("query", 1), ("query", 32), ("p128", 32)]
     bar = progress(len(cases), "sentence-transformers")
     for name, batch in cases:
         r = inprocess.sentence_transformers(model, sets[name], tokens[name], batch, seconds)
@@ -215,11 +222,22 @@ class Cell:
 
 
 def headline(results: Results, cell: Cell, servers: dict[str, tuple[str, str, str, str | None]],
-             clients_list, rounds: int) -> None:
-    """One short query per request, every server at every client count, interleaved."""
-    total = rounds * len(servers) * len(clients_list)
+             clients_list, rounds: int, bare_engines: dict | None = None) -> None:
+    """One short query per request, every server at every client count, interleaved; each round
+    also times ``bare_engines`` (precision -> engine) in-process at 1 and 32 queries per call,
+    while the servers idle, so the targets compare with a bare figure of the same minutes."""
+    from bench import inprocess
+
+    bare_engines = bare_engines or {}
+    ids = inprocess.tokenize(cell.sets["query"]) if bare_engines else []
+    total = rounds * (len(servers) * len(clients_list) + 2 * len(bare_engines))
     bar = progress(total, "side by side")
     for r in range(rounds):
+        for precision, engine in bare_engines.items():
+            for batch in (1, 32):
+                result = inprocess.bare(engine, ids, batch, min(cell.seconds, 2.0))
+                results.add("bare_rounds", {"precision": precision, "set": "query", "round": r + 1, **result.__dict__})
+                bar.update()
         for clients in clients_list:
             for name, (url, path, model, gauge) in servers.items():
                 try:
@@ -232,21 +250,23 @@ def headline(results: Results, cell: Cell, servers: dict[str, tuple[str, str, st
 
 
 def matrix(results: Results, cell: Cell, url: str, set_names, inputs_list, clients_list,
-           max_tokens_in_flight: int) -> None:
+           max_tokens_in_flight: int, deadline: float) -> None:
+    """Every cell of the matrix; past ``deadline`` (monotonic seconds) the remaining cells are
+    recorded as skipped, so that the run ends in its time budget with the rest measured."""
     bar = progress(len(set_names) * len(inputs_list) * len(clients_list), "platform matrix")
     for set_name in set_names:
         for inputs in inputs_list:
             for clients in clients_list:
                 in_flight = clients * inputs * statistics.fmean(cell.tokens[set_name])
                 base = {"set": set_name, "inputs": inputs, "clients": clients, "model": MODEL}
-                if in_flight > max_tokens_in_flight:
+                if time.monotonic() > deadline:
+                    results.add("matrix", {**base, "skipped": "the run's time budget (--budget-s) was spent"})
+                elif in_flight > max_tokens_in_flight:
                     results.add("matrix", {**base, "skipped": f"{in_flight / 1000:.0f}k tokens in flight "
                                            f"(limit {max_tokens_in_flight / 1000:.0f}k)"})
                 else:
-                    seconds = cell.seconds * (2 if in_flight > 100_000 else 1)
                     try:
-                        results.add("matrix", cell.run(url, "/v1/embeddings", set_name, inputs, clients, MODEL,
-                                                       seconds=seconds))
+                        results.add("matrix", cell.run(url, "/v1/embeddings", set_name, inputs, clients, MODEL))
                     except Exception as exc:
                         results.add("matrix", {**base, "error": str(exc)[-300:]})
                 bar.update()
@@ -295,6 +315,7 @@ def section(results: Results, name: str, func, *args) -> None:
 
 
 def run(args) -> Results:
+    started = time.monotonic()
     results = Results(args.out, "short" if args.short else "full")
     sets = load_sets()
     tokens = token_counts(sets)
@@ -343,16 +364,22 @@ def run(args) -> Results:
                     tail = (WORK / f"infinity-{engine}.log").read_text(errors="replace")[-1500:]
                     results.server(name, status=f"failed to start: {exc}", log_tail=tail)
         if servers:
+            from bench import inprocess
+
+            bare_engines = {"fp32": inprocess.engine_for()}
+            if "platform int8" in servers:
+                with contextlib.suppress(Exception):
+                    bare_engines["int8"] = int8_engine()
             section(results, "side by side: one query per request", headline, results, cell, servers,
-                    [1, 16] if args.short else [1, 32, 64], rounds)
+                    [1, 16] if args.short else [1, 32, 64], rounds, bare_engines)
         peers.close()  # idle peers' threads must not share the platform's cores in the matrix
         if "platform fp32" in servers:
             url = servers["platform fp32"][0]
-            matrix_sets = set_names if args.short else ["p32", "p128", "p512"]
-            section(results, "platform matrix", matrix, results, cell, url, matrix_sets, inputs_list,
-                    clients_list, args.max_tokens_in_flight)
             if not args.short:
                 section(results, "mixed vs equal lengths", mixed, results, cell, url, rounds)
+            matrix_sets = set_names if args.short else ["p32", "p128", "p512"]
+            section(results, "platform matrix", matrix, results, cell, url, matrix_sets, inputs_list,
+                    clients_list, args.max_tokens_in_flight, started + args.budget_s)
 
     why_not = vllm_available()
     if why_not:
@@ -374,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="CI mode: a few one-second cells, no peers")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk seconds per cell")
-    parser.add_argument("--max-tokens-in-flight", type=int, default=600_000)
+    parser.add_argument("--max-tokens-in-flight", type=int, default=300_000)
+    parser.add_argument("--budget-s", type=float, default=960,
+                        help="matrix cells after this many seconds of the run are skipped (recorded so)")
     parser.add_argument("--profile", default="cpu-int8", help="the platform's profile (short mode: cpu)")
     parser.add_argument("--url", help="measure this running platform instead of starting one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "matrix.json")
