@@ -99,7 +99,7 @@ def in_process(results: Results, sets, tokens, set_names, batches, seconds, with
 
     engines = {"fp32": inprocess.engine_for()}
     with contextlib.suppress(Exception):
-        engines["int8"] = int8_engine()
+        engines["int8"] = int8_engine(results)
     if "int8" not in engines:
         results.data["notes"].append("bare int8 not measured: the int8 store entry is missing")
     ids = {name: inprocess.tokenize(sets[name]) for name in set_names}
@@ -131,13 +131,17 @@ def in_process(results: Results, sets, tokens, set_names, batches, seconds, with
     bar.close()
 
 
-def int8_engine():
+def int8_engine(results: Results | None = None):
+    """The bare engine of the int8 store entry; records the entry's quality-gate numbers."""
     from models.registry import served
     from models.store import open_entry
     from runners.ort.engine import OrtEngine
 
     spec = served("cpu-int8").find(INT8_MODEL)
-    return OrtEngine(spec, open_entry(spec, required=("model.onnx",)))
+    entry = open_entry(spec, required=("model.onnx",))
+    if results is not None:
+        results.data["int8_quality"] = {"entry": entry.tag, **entry.metadata.get("quality", {})}
+    return OrtEngine(spec, entry)
 
 
 # ---- servers -------------------------------------------------------------------------------
