@@ -269,8 +269,11 @@ def matrix(results: Results, cell: Cell, url: str, set_names, inputs_list, clien
                     results.add("matrix", {**base, "skipped": f"{in_flight / 1000:.0f}k tokens in flight "
                                            f"(limit {max_tokens_in_flight / 1000:.0f}k)"})
                 else:
+                    # heavy cells run longer (up to 4x) so that some requests finish in the window
+                    seconds = cell.seconds * min(4.0, 1 + in_flight / 100_000)
                     try:
-                        results.add("matrix", cell.run(url, "/v1/embeddings", set_name, inputs, clients, MODEL))
+                        results.add("matrix", cell.run(url, "/v1/embeddings", set_name, inputs, clients, MODEL,
+                                                       seconds=seconds))
                     except Exception as exc:
                         results.add("matrix", {**base, "error": str(exc)[-300:]})
                 bar.update()
