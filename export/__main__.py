@@ -1,8 +1,11 @@
 """Command line: ``python -m export {onnx,ensure,list}``.
 
 - ``onnx --source SRC --name NAME [--pooling mean|cls|last] [--normalize/--no-normalize]
-  [--max-tokens N] [--opset 17] [--revision R]``: export one text encoder and register it.
-  Unset options come from the checkpoint (``onnx_text.resolve_settings``).
+  [--max-tokens N] [--opset 17] [--revision R] [--fusions] [--precision fp32|int8]``: export one
+  text encoder and register it. Unset options come from the checkpoint
+  (``onnx_text.resolve_settings``). ``--fusions`` fuses transformer ops offline (parity-checked
+  like the plain graph); ``--precision int8`` quantizes the graph and registers it only if it
+  passes the quality gate against fp32 (``export/quality.py``).
 - ``vllm --source SRC --name NAME [--pooling ...] [--normalize/--no-normalize] [--max-tokens N]
   [--revision R]``: import a Hugging Face checkpoint as it is for the vLLM runner (no
   conversion; ``export/vllm_files.py``) and register it with its source and revision.
@@ -28,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import bentoml
@@ -69,15 +73,23 @@ def export_model(
     max_tokens: int | None = None,
     opset: int = 17,
     dimensions: int | None = None,
+    fusions: bool = False,
+    precision: str = "fp32",
+    enforce_gate: bool = True,
 ) -> bentoml.Model:
     """Resolve ``source``, export it to ONNX, check parity and register it as ``name``.
 
     ``pooling``/``normalize``/``max_tokens`` left None come from the checkpoint's files;
-    ``dimensions``, when given, must equal the model's hidden size. Raises ``ExportError``
-    (nothing is registered then).
+    ``dimensions``, when given, must equal the model's hidden size. ``fusions``: fuse
+    transformer ops (``ort_variants.fuse_transformer``); ``precision`` ``int8``: quantize and
+    pass the quality gate (``enforce_gate=False`` registers a failing graph anyway, with
+    ``quality.passed`` false in its metadata: for speed measurements only). Raises
+    ``ExportError`` (nothing is registered then).
     """
     store.check_tag(name)
-    steps = Steps(STEPS)
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"precision {precision!r} is not fp32 or int8")
+    steps = Steps(STEPS + int(fusions) + int(precision == "int8"))
     with steps(f"resolving {source}"):
         resolved = sources.resolve(source, revision)
     with steps(f"loading {resolved.folder}"):
@@ -89,13 +101,42 @@ def export_model(
         if dimensions is not None and loaded.dimensions != dimensions:
             raise ExportError(f"the model has {loaded.dimensions} dimensions, the registry says {dimensions}")
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
-        out_dir = Path(tmp)
+        out_dir = Path(tmp) / "entry"
+        out_dir.mkdir()
         with steps(f"exporting to ONNX (opset {opset})"):
             onnx_text.export_onnx(loaded, out_dir / "model.onnx", opset)
             onnx_text.stage_files(loaded, resolved.folder, out_dir)
             embedding = onnx_text.write_embedding_json(loaded, settings, out_dir)
         with steps("parity check: ONNX Runtime CPU vs PyTorch"):
             parity = onnx_text.check_parity(loaded, out_dir / "model.onnx", settings)
+        variant: dict = {"precision": precision, "transformer_fusions": {}}
+        if fusions or precision == "int8":
+            fp32 = Path(tmp) / "fp32.onnx"
+            (out_dir / "model.onnx").rename(fp32)
+            current = fp32
+        if fusions:
+            with steps("fusing transformer ops, parity check again"):
+                from export import ort_variants
+
+                current = Path(tmp) / "fused.onnx"
+                variant["transformer_fusions"] = ort_variants.fuse_transformer(
+                    fp32, current, loaded.model.config.num_attention_heads, loaded.dimensions
+                )
+                parity = onnx_text.check_parity(loaded, current, settings)
+        if precision == "int8":
+            with steps("int8 quantization, quality gate against fp32"):
+                from export import ort_variants, quality
+
+                quantized = Path(tmp) / "int8.onnx"
+                ort_variants.quantize_int8(current, quantized)
+                gate = quality.gate(fp32, quantized, out_dir / "tokenizer.json", settings.pooling,
+                                    settings.normalize, settings.max_tokens, enforce=enforce_gate)
+                variant["quality"] = {key: round(value, 5) if isinstance(value, float) else value
+                                      for key, value in asdict(gate).items()}
+                variant["quality"]["passed"] = gate.passed
+                current = quantized
+        if fusions or precision == "int8":
+            current.rename(out_dir / "model.onnx")
         with steps(f"registering {name}"):
             labels = {"engine": "ort", "format": "onnx", "task": "embedding", "pooling": settings.pooling}
             metadata = {
@@ -110,6 +151,7 @@ def export_model(
                 "onnx_sha256": sha256_of(out_dir / "model.onnx"),
                 "parity_min_cosine": parity.min_cosine,
                 "parity_max_abs_err": parity.max_abs_err,
+                **variant,
                 "exported_with": {
                     dist: importlib.metadata.version(dist)
                     for dist in ("torch", "transformers", "onnx", "onnxruntime")
@@ -119,7 +161,10 @@ def export_model(
     print(
         f"registered {model.tag} ({embedding['dimensions']} dims, {settings.pooling} pooling, "
         f"normalize={settings.normalize}, max_tokens={settings.max_tokens}; parity min cosine "
-        f"{parity.min_cosine:.6f}, max abs err {parity.max_abs_err:.2e})",
+        f"{parity.min_cosine:.6f}, max abs err {parity.max_abs_err:.2e}; {precision}"
+        + (f", fused {sum(variant['transformer_fusions'].values())} ops" if fusions else "")
+        + (f", quality gate {'passed' if variant['quality']['passed'] else 'FAILED'}: {variant['quality']}"
+           if "quality" in variant else "") + ")",
         flush=True,
     )
     return model
@@ -276,7 +321,10 @@ def ensure(profile: str | None) -> int:
                     max_tokens=spec.max_tokens, revision=spec.revision,
                 )
                 continue
-            extra = {} if spec.engine is Engine.ORT else {"encoder_only": spec.vllm.serves_encoder_only}
+            if spec.engine is Engine.ORT:
+                extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision}
+            else:
+                extra = {"encoder_only": spec.vllm.serves_encoder_only}
             (export_model if spec.engine is Engine.ORT else import_vllm)(
                 spec.source,
                 spec.store_tag,
@@ -333,6 +381,12 @@ def _parser() -> argparse.ArgumentParser:
     onnx.add_argument("--max-tokens", type=_positive_int, help="default: from the checkpoint")
     onnx.add_argument("--opset", type=_positive_int, default=17)
     onnx.add_argument("--revision", help="hub revision, package version, or a label for a folder")
+    onnx.add_argument("--fusions", action="store_true", help="fuse transformer ops (onnxruntime.transformers)")
+    onnx.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                      help="int8: dynamic quantization, registered only if it passes the quality gate")
+    onnx.add_argument("--gate", choices=("enforce", "report"), default="enforce",
+                      help="report: register an int8 graph that fails the quality gate anyway, marked "
+                      "quality.passed=false (for speed measurements only)")
 
     vllm = commands.add_parser("vllm", help="import one Hugging Face checkpoint for the vLLM runner")
     vllm.add_argument("--source", required=True, help="package:<python package>, hf:<hub id> or a folder")
@@ -395,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "vllm":
             import_vllm(args.source, args.name, encoder_only=args.encoder_only, **common)
         else:
-            export_model(args.source, args.name, opset=args.opset, **common)
+            export_model(args.source, args.name, opset=args.opset, fusions=args.fusions, precision=args.precision,
+                         enforce_gate=args.gate == "enforce", **common)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -89,6 +89,14 @@ class OrtOptions(_Frozen):
         default=False, description="busy-wait between ops: faster alone, slower beside the gateway"
     )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="int8: the export quantizes the graph (dynamic, VNNI on x86) "
+        "and registers it only if it passes the quality gate against fp32 (export/quality.py)"
+    )
+    transformer_fusions: bool = Field(
+        default=False, description="the export fuses attention, layer norms and GELU offline "
+        "(onnxruntime.transformers optimizer), parity-checked against PyTorch"
+    )
 
 
 class VisionSpec(_Frozen):

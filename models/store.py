@@ -4,8 +4,9 @@
 message that says what is wrong and which command fixes it. It checks that the entry exists
 (``store_tag`` without a version means the latest), that its files are present, and that the
 ONNX files' sha256 equal the ones recorded at export (``onnx_sha256`` for a text encoder's
-``model.onnx``, ``onnx_files_sha256`` for the graphs of a ColQwen2 entry) (a corrupt or truncated copy fails here,
-not at the first request).
+``model.onnx``, ``onnx_files_sha256`` for the graphs of a ColQwen2 entry; a corrupt or truncated
+copy fails here, not at the first request), and that an ONNX entry was exported with the
+registry's ``ort.precision`` and ``ort.transformer_fusions``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ def open_entry(
                 f"model {spec.name!r}: {path / name} is corrupt (sha256 {actual[:12]}..., recorded "
                 f"{recorded[:12]}...); delete it with `bentoml models delete {entry_name}` and {fix}"
             )
+    exported = (metadata.get("precision", "fp32"), bool(metadata.get("transformer_fusions")))
+    wanted = (spec.ort.precision, spec.ort.transformer_fusions)
+    if spec.engine.value == "ort" and exported != wanted:
+        raise StoreError(
+            f"model {spec.name!r}: the registry wants precision {wanted[0]}, fusions {wanted[1]}; store "
+            f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}; "
+            f"delete it with `bentoml models delete {entry_name}` and {fix}"
+        )
     settings = json.loads((path / "embedding.json").read_text())
     if settings.get("dimensions") != spec.dimensions:
         raise StoreError(

@@ -46,6 +46,17 @@ def test_missing_and_mismatched_entries_are_refused_with_the_fix():
         open_entry(SPEC.model_copy(update={"dimensions": 512}))
 
 
+def test_an_entry_of_another_precision_or_fusion_is_refused():
+    """The plain fp32 entry must not be served as an int8 or fused registry model."""
+    int8 = SPEC.model_copy(update={"ort": SPEC.ort.model_copy(update={"precision": "int8"})})
+    with pytest.raises(StoreError, match="registry wants precision int8, fusions False; store entry "
+                       r"all-minilm-l6-v2:\w+ was exported with precision fp32, fusions False"):
+        open_entry(int8)
+    fused = SPEC.model_copy(update={"ort": SPEC.ort.model_copy(update={"transformer_fusions": True})})
+    with pytest.raises(StoreError, match="wants precision fp32, fusions True"):
+        open_entry(fused)
+
+
 def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
     done = subprocess.run(
         [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],

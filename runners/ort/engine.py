@@ -59,9 +59,15 @@ class OrtEngine:
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(
-            "model %s: engine ort, store %s, provider %s (configured %s)",
-            spec.name, entry.tag, self.provider, [p.name for p in spec.ort.providers],
+            "model %s: engine ort, store %s, provider %s (configured %s), precision %s",
+            spec.name, entry.tag, self.provider, [p.name for p in spec.ort.providers], spec.ort.precision,
         )
+        if entry.metadata.get("quality", {}).get("passed") is False:
+            logger.warning(
+                "model %s: store entry %s FAILED the export's quality gate against fp32 (%s); it was "
+                "registered with --gate report, for speed measurements only",
+                spec.name, entry.tag, entry.metadata["quality"],
+            )
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         lengths = [len(ids) for ids in inputs]

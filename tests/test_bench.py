@@ -1,0 +1,115 @@
+"""The benchmark suite's short mode (what CI runs of ``make bench``), the locustfile, and the
+quality gate's arithmetic.
+
+The short mode drives the shared test server with ``wrk`` (installed by ``make test`` through
+``make bench-tools``), measures the bare engine in-process, and writes the report with its PNG
+plots into a temporary folder: every part of ``make bench`` but the peers and the long cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.common import load_sets
+from export.quality import compare, load_retrieval_set
+from tests.conftest import API_KEY, ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(argv: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_short_matrix_and_report(server: str, tmp_path: Path) -> None:
+    matrix = tmp_path / "matrix.json"
+    run(["-m", "bench.scripts.benchmark_matrix", "--short", "--url", server, "--out", str(matrix)], 240,
+        EMBED_API_KEY=API_KEY)
+    data = json.loads(matrix.read_text())
+
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
+    bare = [r for r in data["bare"] if r["precision"] == "fp32"]
+    assert {(r["set"], r["batch"]) for r in bare} == {("p32", 1), ("p32", 8)}
+    assert all(r["inputs_per_s"] > 0 and r["tokens_per_s"] == pytest.approx(32 * r["inputs_per_s"], rel=0.01)
+               for r in bare)
+
+    headline = data["headline"]
+    assert {(r["server"], r["clients"]) for r in headline} == {("platform fp32", 1), ("platform fp32", 16)}
+    cells = headline + data["matrix"]
+    assert len(data["matrix"]) == 4  # p32 x (1, 8 inputs) x (1, 16 clients)
+    for row in cells:
+        assert "error" not in row, row
+        assert row["ok"] > 0 and set(row["status"]) == {"200"}, row  # every answer a 200
+        assert row["socket_errors"] == 0 and row["timeouts"] == 0
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["client_cpu_s"] > 0  # wrk's own CPU is measured
+        assert row["inputs_per_s"] == pytest.approx(row["ok_per_s"] * row["inputs"])
+    assert data["servers"]["vllm"]["status"].startswith("not measured")
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nhand-written history stays.\n")
+    run(["-m", "bench.report", "--matrix", str(matrix), "--tuning", str(tmp_path / "absent.json"),
+         "--doc", str(doc), "--images", str(tmp_path / "img")], 120)
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written history stays.")
+    assert "<!-- bench:begin -->" in text and "<!-- bench:end -->" in text
+    assert "### Targets" in text and "| platform fp32 | 16 |" in text
+    assert data["machine"]["cpu"] in text
+    pngs = sorted((tmp_path / "img").glob("*.png"))
+    assert {p.name for p in pngs} >= {"bench-throughput.png", "bench-latency.png", "bench-side-by-side.png"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+    for png in pngs:
+        assert f"(img/{png.name})" in text
+
+
+@pytest.mark.slow
+def test_locustfile_headless(server: str, tmp_path: Path) -> None:
+    run(["-m", "locust", "-f", "bench/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "4s",
+         "--host", server, "--csv", str(tmp_path / "locust"), "--only-summary"], 120,
+        EMBED_API_KEY=API_KEY, EMBED_INPUTS="3", EMBED_SET="p32")
+    rows = {row["Name"]: row for row in csv.DictReader((tmp_path / "locust_stats.csv").open())}
+    stats = rows["/v1/embeddings x3"]
+    assert int(stats["Request Count"]) > 0
+    assert int(stats["Failure Count"]) == 0
+
+
+def test_datasets_have_the_promised_shape() -> None:
+    sets = load_sets()
+    assert {name: len(texts) for name, texts in sets.items()} == {
+        "query": 512, "p32": 512, "p128": 512, "p512": 512, "mixed": 512}
+    rows = [json.loads(line) for line in (ROOT / "bench/datasets/sample_queries.jsonl").read_text().splitlines()]
+    tokens = {name: [r["tokens"] for r in rows if r["set"] == name] for name in sets}
+    assert set(tokens["p32"]) == {32} and set(tokens["p128"]) == {128} and set(tokens["p512"]) == {512}
+    assert min(tokens["mixed"]) >= 8 and max(tokens["mixed"]) <= 256
+    passages, queries = load_retrieval_set()
+    assert len(passages) == 400 and len(queries) == 100
+
+
+def test_quality_compare_counts_changed_top10() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(60, 16)).astype(np.float32)
+    same = compare(reference, reference.copy(), passages=50)
+    assert same.mean_cosine == pytest.approx(1.0) and same.same_top10 == 1.0 and same.top10_overlap == 1.0
+    assert same.passed and same.queries == 10 and same.texts == 60
+
+    moved = reference.copy()
+    moved[50] = -moved[50]  # the first query now points the other way: a different top-10
+    changed = compare(reference, moved, passages=50)
+    assert changed.same_top10 == pytest.approx(0.9)
+    assert changed.top10_overlap < 1.0
+    assert changed.min_cosine == pytest.approx(-1.0, abs=1e-5)
+
+    noisy = compare(reference, reference + rng.normal(scale=0.5, size=reference.shape).astype(np.float32), 50)
+    assert noisy.mean_cosine < 0.99 and not noisy.passed
