@@ -1,7 +1,8 @@
 """Shared fixtures: a real ``bentoml serve`` of the gateway, started once per test session.
 
-Run one server at a time: every ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir``
-when it starts (BentoML 1.4.40), so a second server would wipe the first one's metrics.
+Every ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts
+(BentoML 1.4.40), so a server that runs beside others gets a ``BENTOML_HOME`` of its own
+(``own_bentoml_home``), as the session's shared server does.
 
 The server runs the ``cpu`` profile from the Bento store that ``make test`` prepared
 (``python -m export ensure``), with an API key and an admission limit small enough that a
@@ -127,7 +128,11 @@ def stop_gracefully(process: subprocess.Popen, tree: list[psutil.Process], timeo
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
-    with bentoml_server(SERVER_ENV, tmp_path_factory.mktemp("server") / "serve.log") as url:
+    """The session's server lives while other modules start and stop servers of their own: a
+    BENTOML_HOME of its own keeps their start-up from emptying its metrics directory."""
+    folder = tmp_path_factory.mktemp("server")
+    env = {**SERVER_ENV, "BENTOML_HOME": own_bentoml_home(folder / "home")}
+    with bentoml_server(env, folder / "serve.log") as url:
         yield url
 
 
