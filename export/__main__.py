@@ -43,6 +43,11 @@ STEPS = 5
 ENTRY_FILES = {"ort": "model.onnx", "vllm": "config.json"}  # what each runner loads, by engine
 
 
+def exporter_versions() -> dict[str, str]:
+    """The versions that produced an ONNX export (recorded in the store entry's metadata)."""
+    return {dist: importlib.metadata.version(dist) for dist in ("torch", "transformers", "onnx", "onnxruntime")}
+
+
 class Steps:
     """Numbered progress lines on stderr, each finished with its duration."""
 
@@ -152,10 +157,7 @@ def export_model(
                 "parity_min_cosine": parity.min_cosine,
                 "parity_max_abs_err": parity.max_abs_err,
                 **variant,
-                "exported_with": {
-                    dist: importlib.metadata.version(dist)
-                    for dist in ("torch", "transformers", "onnx", "onnxruntime")
-                },
+                "exported_with": exporter_versions(),
             }
             model = store.register(name, out_dir, labels, metadata)
     print(
@@ -214,10 +216,7 @@ def export_colqwen2(
                 "opset": opset,
                 "onnx_files_sha256": {f: sha256_of(out_dir / f) for f in onnx_files},
                 **parity,
-                "exported_with": {
-                    dist: importlib.metadata.version(dist)
-                    for dist in ("torch", "transformers", "onnx", "onnxruntime")
-                },
+                "exported_with": exporter_versions(),
             }
             model = store.register(name, out_dir, labels, metadata)
     print(

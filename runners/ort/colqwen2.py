@@ -28,7 +28,7 @@ from models.registry import ModelSpec
 from models.store import StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers
-from runners.ort.engine import token_budget_batches
+from runners.ort.engine import right_padded, token_budget_batches
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,7 @@ class ColQwen2Engine:
         return results
 
     def _run_queries(self, rows: list[np.ndarray]) -> list[np.ndarray]:
-        width = max(len(row) for row in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = row
-            mask[r, : len(row)] = 1
+        ids, mask = right_padded(rows, self.pad_id)
         out = self._timed(self.query, {"input_ids": ids, "attention_mask": mask}, len(rows), ids.size)
         return [out[r, : len(row)] for r, row in enumerate(rows)]
 

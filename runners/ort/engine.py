@@ -49,6 +49,18 @@ def token_budget_batches(
     return batches
 
 
+def right_padded(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows -> ``(input_ids, attention_mask)``, both int64 ``(len(rows), longest)``,
+    padded on the right with ``pad_id`` (mask 0)."""
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
 class OrtEngine:
     """One ONNX Runtime session serving one registry model."""
 
@@ -78,12 +90,7 @@ class OrtEngine:
         return results
 
     def _run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
-        width = max(len(row) for row in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = row
-            mask[r, : len(row)] = 1
+        ids, mask = right_padded(rows, self.pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feed["token_type_ids"] = np.zeros_like(ids)
