@@ -24,7 +24,7 @@ from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound,
 from gateway.metrics import gateway_metrics
 from gateway.openapi import openapi_document
 from gateway.protocol import EmbeddingRequest, ModelCard, ModelList, RerankRequest
-from gateway.serving import EmbeddingServing
+from gateway.serving import EmbeddingResult, EmbeddingServing
 from models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -114,16 +114,20 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
 
         return endpoint
 
-    async def embeddings(request: Request) -> Response:
-        """Checks the API key itself (not through ``guarded``) so that 401s are counted too."""
+    async def counted(
+        request: Request, schema: type[BaseModel], run: Callable[[BaseModel, ModelSpec], Awaitable[EmbeddingResult]]
+    ) -> Response:
+        """Parse with ``schema``, then ``run`` it on its model, counting the request by model and
+        status (401s too: the API key is checked here, not in ``guarded``), its inputs and tokens,
+        and its latency when it succeeds."""
         started = time.perf_counter()
         model, status = "unknown", 500
         try:
             keys.check(request.headers.get("authorization"))
-            parsed = parse_request(await read_body(request, limit))
+            parsed = parse_request(await read_body(request, limit), schema)
             spec = serving.model(parsed.model)
             model = spec.name
-            result = await serving.embed(parsed, spec)
+            result = await run(parsed, spec)
             status = 200
             metrics.inputs.labels(model).inc(result.inputs)
             metrics.input_tokens.labels(model).inc(result.tokens)
@@ -136,9 +140,11 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
             if status == 200:
                 metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
 
+    async def embeddings(request: Request) -> Response:
+        return await counted(request, EmbeddingRequest, serving.embed)
+
     async def rerank(request: Request) -> Response:
-        parsed = parse_request(await read_body(request, limit), RerankRequest)
-        return json_response((await serving.rerank(parsed, serving.model(parsed.model))).body)
+        return await counted(request, RerankRequest, serving.rerank)
 
     async def list_models(request: Request) -> Response:
         cards = ModelList(data=[model_card(spec) for spec in serving.served.models])
@@ -160,7 +166,7 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     return Starlette(
         routes=[
             Route("/embeddings", guarded(embeddings, check_key=False), methods=["POST"]),
-            Route("/rerank", guarded(rerank), methods=["POST"]),
+            Route("/rerank", guarded(rerank, check_key=False), methods=["POST"]),
             Route("/models", guarded(list_models), methods=["GET"]),
             Route("/models/{model:path}", guarded(retrieve_model), methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -205,14 +205,17 @@ class EmbeddingServing:
         limit = gateway.max_images_per_request
         declared = sum(1 if isinstance(items[i], ImagePart) or items[i].file.pages is None else len(items[i].file.pages)
                        for i in parts)
+        too_many = InvalidRequest(f"'{param}' holds more than {limit} images and pages; at most {limit} are "
+                                  "allowed per request.", param=param, code="too_many_images")
+        if declared > limit:  # before decoding anything
+            raise too_many
         result: dict[int, list[tuple[np.ndarray, int | None]]] = {}
         produced = 0
         for i in parts:
-            if declared > limit or produced > limit:
-                raise InvalidRequest(f"'{param}' holds more than {limit} images and pages; at most {limit} are "
-                                     "allowed per request.", param=param, code="too_many_images")
             part, where = items[i], f"{param}[{i}]"
             if isinstance(part, ImagePart):
+                if produced == limit:  # PDFs without `pages` rendered more than they declared
+                    raise too_many
                 media_type, data = images.decode_data_url(part.image_url.url, list(images.IMAGE_TYPES), where, limits)
                 image = images.open_image(data, media_type, where, limits)
                 result[i] = [(images.to_bucket(image, preprocessor.buckets), None)]

@@ -191,6 +191,19 @@ def _bomb() -> str:  # 5000 x 5000 pixels in a few KB: over EMBED_MAX_IMAGE_PIXE
     return data_url(Image.new("L", (5000, 5000)))
 
 
+def test_rerank_is_counted_like_embeddings(http):
+    def inputs_total() -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith('embedding_inputs_total{model="all-MiniLM-L6-v2"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = inputs_total()
+    body = {"model": "all-MiniLM-L6-v2", "query": "q", "documents": ["a", "b"]}
+    assert http.post("/v1/rerank", json=body).status_code == 200
+    assert inputs_total() == before + 3  # the query and both documents
+
+
 @pytest.mark.parametrize(
     "path, body, param, code",
     [
@@ -202,6 +215,7 @@ def _bomb() -> str:  # 5000 x 5000 pixels in a few KB: over EMBED_MAX_IMAGE_PIXE
         ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 420_000}}]}, "input[0]", "image_too_large"),
         ("/v1/embeddings", {"input": [image_part(page((1, 1, 1)))] * 7}, "input", "too_many_images"),
         ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 7)]}, "input[0]", "too_many_images"),
+        ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 6), image_part(page((1, 1, 1)))]}, "input", "too_many_images"),
         ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 2, [3])]}, "input[0]", "invalid_request"),
         ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjcKbm9wZQ=="}}]}, "input[0]", "invalid_file"),
         ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": data_url(page((1, 1, 1)))}}]}, "input[0]", "unsupported_media_type"),
@@ -214,7 +228,7 @@ def _bomb() -> str:  # 5000 x 5000 pixels in a few KB: over EMBED_MAX_IMAGE_PIXE
         ("/v1/rerank", {"query": "", "documents": ["a"]}, "query", "invalid_request"),
     ],
     ids=["remote-url", "gif", "bad-base64", "corrupt-png", "pixel-bomb", "too-many-bytes", "too-many-images",
-         "too-many-pages", "missing-page", "corrupt-pdf", "file-not-pdf", "token-ids", "document-text",
+         "too-many-pages", "pages-then-image", "missing-page", "corrupt-pdf", "file-not-pdf", "token-ids", "document-text",
          "dimensions", "image-to-text-model", "rerank-two-pages", "rerank-bad-part", "rerank-empty-query"],
 )
 def test_limits_and_bad_inputs_are_openai_shaped_400s(http, path, body, param, code):
