@@ -14,6 +14,11 @@ export EMBED_PROFILE := $(PROFILE)
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
+# The tests get a Bento store of their own (their prerequisite `models` fills it too): what a person
+# keeps in ~/bentoml, for example an entry an older version exported, can neither break nor be
+# changed by a test run.
+TEST_BENTOML_HOME := $(CURDIR)/.cache/bentoml-test
+test: export BENTOML_HOME := $(TEST_BENTOML_HOME)
 test: $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
 

@@ -52,11 +52,11 @@ def main() -> None:
     from gateway import images
     from gateway.preprocess import VisionPreprocessor
     from models.registry import load_registry
-    from models.store import open_entry
-    from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
+    from models.store import open_entry, runner_files
+    from runners.ort.colqwen2 import ColQwen2Engine
 
     spec = load_registry().models[args.model]
-    entry = open_entry(spec, required=(QUERY_GRAPH,))
+    entry = open_entry(spec, required=runner_files(spec))
     engine = ColQwen2Engine(spec, entry)
     preprocessor = VisionPreprocessor(spec, entry)
     height, width = preprocessor.buckets[0]

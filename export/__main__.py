@@ -37,10 +37,9 @@ from pathlib import Path
 import bentoml
 
 from export import ExportError, sources, store
-from models.store import StoreError, open_entry, sha256_of
+from models.store import QUERY_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
 
 STEPS = 5
-ENTRY_FILES = {"ort": "model.onnx", "vllm": "config.json"}  # what each runner loads, by engine
 
 
 def exporter_versions() -> dict[str, str]:
@@ -200,7 +199,7 @@ def export_colqwen2(
         with steps("parity check: ONNX Runtime CPU vs PyTorch (queries and pages)"):
             parity = colqwen2.check_parity(loaded, out_dir, graphs["buckets"])
         with steps(f"registering {name}"):
-            onnx_files = [colqwen2.QUERY_GRAPH, *(b["graph"] for b in graphs["buckets"])]
+            onnx_files = [QUERY_GRAPH, *(b["graph"] for b in graphs["buckets"])]
             labels = {"engine": "ort", "format": "onnx", "task": "multi-vector", "pooling": "multi",
                       "weights": "random" if loaded.random_weights else "checkpoint"}
             metadata = {
@@ -285,7 +284,11 @@ def import_vllm(
 
 
 def ensure(profile: str | None) -> int:
-    """Import the profile's missing ``ort`` and ``vllm`` models; returns the exit status."""
+    """Import the profile's missing ``ort`` and ``vllm`` models; returns the exit status.
+
+    An existing entry gets the checks the runner makes at start-up, so `make serve` stops here
+    instead. An outdated one (an older export layout, other export settings) is exported again
+    as a new version when the registry names no version; a corrupt one is an error."""
     from models.registry import Engine, Pooling, RegistryError, served
 
     try:
@@ -297,16 +300,21 @@ def ensure(profile: str | None) -> int:
     for spec in selection.models:
         existing = store.find(spec.store_tag)
         if existing is not None:
-            try:  # the checks the runner makes at start-up, so `make serve` stops here instead
-                # a ColQwen2 entry's graphs are checked through its onnx_files_sha256
-                required = ("tokenizer.json",) if spec.vision else (ENTRY_FILES[spec.engine.value], "tokenizer.json")
-                open_entry(spec, required=required)
+            try:
+                open_entry(spec, required=runner_files(spec))
+            except OutdatedEntry as exc:
+                if ":" in spec.store_tag:  # a pinned version is never replaced
+                    failures.append(str(exc))
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    continue
+                print(f"outdated: {exc.problem}; exporting a new version", flush=True)
             except StoreError as exc:
                 failures.append(str(exc))
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 continue
-            print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
-            continue
+            else:
+                print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
+                continue
         if spec.pooling is Pooling.MULTI and spec.vision is None:
             print(f"skip {spec.name}: multi-vector export needs a `vision` section (ColQwen2)", flush=True)
             continue

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import ExportError
-from runners.ort.colqwen2 import QUERY_GRAPH, page_graph
+from models.store import QUERY_GRAPH, page_graph
 
 RANDOM_PREFIX = "random:"
 TINY_RANDOM = "colqwen2-tiny"

@@ -6,7 +6,14 @@ message that says what is wrong and which command fixes it. It checks that the e
 ONNX files' sha256 equal the ones recorded at export (``onnx_sha256`` for a text encoder's
 ``model.onnx``, ``onnx_files_sha256`` for the graphs of a ColQwen2 entry; a corrupt or truncated
 copy fails here, not at the first request), and that an ONNX entry was exported with the
-registry's ``ort.precision`` and ``ort.transformer_fusions``.
+registry's ``ort.precision`` and ``ort.transformer_fusions``. An entry that lacks a file the
+code reads, or was exported with other settings than the registry asks for, raises
+``OutdatedEntry`` (a ``StoreError``): ``python -m export ensure`` exports a new version for it,
+while a corrupt file stays an error a person has to look at.
+
+Entry layout (what ``runner_files`` lists): a text encoder for ONNX Runtime holds ``model.onnx``,
+one for vLLM ``config.json`` and its weights; a ColQwen2 entry holds ``QUERY_GRAPH`` and one
+``page_graph(h, w)`` per bucket; every entry holds ``tokenizer.json`` and ``embedding.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,31 @@ from models.registry import ModelSpec
 
 class StoreError(RuntimeError):
     """A registry model's store entry is missing, incomplete or corrupt."""
+
+
+class OutdatedEntry(StoreError):
+    """The entry lacks a file this code reads, or was exported with settings the registry no
+    longer asks for (an older export layout, another precision): a new export fixes it.
+    ``problem`` is the message without the fix."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
+
+
+QUERY_GRAPH = "query/model.onnx"  # a ColQwen2 entry's query graph
+
+
+def page_graph(height: int, width: int) -> str:
+    """The entry-relative path of one ColQwen2 bucket's page graph."""
+    return f"page_{height}x{width}/model.onnx"
+
+
+def runner_files(spec: ModelSpec) -> tuple[str, ...]:
+    """The entry files the runner of ``spec`` reads (what start-up and ``ensure`` check)."""
+    if spec.vision is not None:
+        return (QUERY_GRAPH, *(page_graph(h, w) for h, w in spec.vision.buckets), "tokenizer.json")
+    return ("model.onnx" if spec.engine.value == "ort" else "config.json", "tokenizer.json")
 
 
 @dataclass(frozen=True)
@@ -64,7 +96,7 @@ def open_entry(
     entry_name = str(model.tag)
     missing = [name for name in (*required, "embedding.json") if not (path / name).is_file()]
     if missing:
-        raise StoreError(f"model {spec.name!r}: store entry {entry_name} lacks {', '.join(missing)}; {fix}")
+        raise OutdatedEntry(f"model {spec.name!r}: store entry {entry_name} lacks {', '.join(missing)}", fix)
     metadata = dict(model.info.metadata)
     expected = metadata.get("onnx_sha256")
     onnx = path / "model.onnx"
@@ -89,10 +121,9 @@ def open_entry(
     exported = (metadata.get("precision", "fp32"), bool(metadata.get("transformer_fusions")))
     wanted = (spec.ort.precision, spec.ort.transformer_fusions)
     if spec.engine.value == "ort" and exported != wanted:
-        raise StoreError(
+        raise OutdatedEntry(
             f"model {spec.name!r}: the registry wants precision {wanted[0]}, fusions {wanted[1]}; store "
-            f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}; "
-            f"delete it with `bentoml models delete {entry_name}` and {fix}"
+            f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}", fix
         )
     settings = json.loads((path / "embedding.json").read_text())
     if settings.get("dimensions") != spec.dimensions:

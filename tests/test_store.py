@@ -66,6 +66,53 @@ def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
     assert "model.onnx is corrupt" in done.stderr and "bentoml models delete all-minilm-l6-v2:" in done.stderr
 
 
+@pytest.fixture
+def outdated_home(tmp_path) -> tuple[Path, str]:
+    """A BENTOML_HOME whose MiniLM entry has an older layout: its graph is not where the runner
+    reads it (``model.onnx``). Returns the home and the outdated version."""
+    source = Path(bentoml.models.get(SPEC.store_tag).path).parent
+    shutil.copytree(source, tmp_path / "models" / source.name)
+    version = (source / "latest").read_text().strip()
+    entry = tmp_path / "models" / source.name / version
+    (entry / "model.onnx").rename(entry / "graph.onnx")
+    return tmp_path, version
+
+
+def test_ensure_exports_a_new_version_beside_an_outdated_entry(outdated_home):
+    home, old = outdated_home
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
+        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stdout and "exporting a new version" in done.stdout
+    folder = home / "models" / "all-minilm-l6-v2"
+    latest = (folder / "latest").read_text().strip()
+    assert latest != old and (folder / latest / "model.onnx").is_file()
+    assert (folder / old / "graph.onnx").is_file()  # the old version is left as it was
+    again = subprocess.run(
+        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
+        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0 and f"already in the store as all-minilm-l6-v2:{latest}" in again.stdout
+
+
+def test_ensure_never_replaces_a_pinned_outdated_version(outdated_home):
+    import yaml
+
+    home, old = outdated_home
+    registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
+    registry["models"]["all-MiniLM-L6-v2"]["store_tag"] = f"all-minilm-l6-v2:{old}"
+    (home / "registry.yaml").write_text(yaml.safe_dump(registry))
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
+        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home), "EMBED_REGISTRY": str(home / "registry.yaml")},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stderr
+    assert sorted(p.name for p in (home / "models" / "all-minilm-l6-v2").iterdir()) == sorted([old, "latest"])
+
+
 @pytest.mark.slow
 def test_server_with_a_corrupt_entry_never_gets_ready_and_says_why(corrupt_home, tmp_path):
     log_path = tmp_path / "serve.log"

@@ -40,7 +40,7 @@ def vllm_server(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "export", "ensure", "--profile", "cpu-all"], cwd=ROOT, check=True)
     log = tmp_path_factory.mktemp("vllm-server") / "serve.log"
     with serve_process({**SERVER_ENV, "EMBED_PROFILE": "cpu-all"}, log) as (process, url):
-        wait_ready(process, url, log, timeout=600)
+        wait_ready(process, url, log, timeout=300)  # under pytest-timeout (600 s), so a failure shows the log
         yield process, url, log
 
 

@@ -25,20 +25,14 @@ from typing import Sequence
 import numpy as np
 
 from models.registry import ModelSpec
-from models.store import StoreEntry
+from models.store import QUERY_GRAPH, StoreEntry, page_graph
 from runners.metrics import runner_metrics
 from runners.ort import providers
 from runners.ort.engine import right_padded, token_budget_batches
 
 logger = logging.getLogger(__name__)
 
-QUERY_GRAPH = "query/model.onnx"
 QUERY_OPT_TOKENS = 32  # typical formatted query length (the processor adds 11 tokens of suffix)
-
-
-def page_graph(height: int, width: int) -> str:
-    """The entry-relative path of one bucket's page graph."""
-    return f"page_{height}x{width}/model.onnx"
 
 
 def query_profile(spec: ModelSpec) -> tuple[providers.Shapes, providers.Shapes, providers.Shapes]:

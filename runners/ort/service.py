@@ -47,20 +47,18 @@ NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 class OrtRunner:
     def __init__(self) -> None:
         from models import configure_logging
-        from models.store import open_entry
+        from models.store import open_entry, runner_files
         from runners.batcher import ContinuousBatcher
         from runners.gpu_metrics import start_gpu_sampler
-        from runners.ort.colqwen2 import QUERY_GRAPH, ColQwen2Engine
+        from runners.ort.colqwen2 import ColQwen2Engine
         from runners.ort.engine import OrtEngine
 
         configure_logging()
         start_gpu_sampler("ort")
         self.engines: dict[str, EmbeddingEngine] = {}
         for spec in MODELS:
-            if spec.vision is not None:
-                engine = ColQwen2Engine(spec, entry := open_entry(spec, required=(QUERY_GRAPH,)))
-            else:
-                engine = OrtEngine(spec, entry := open_entry(spec, required=("model.onnx",)))
+            entry = open_entry(spec, required=runner_files(spec))
+            engine = (ColQwen2Engine if spec.vision is not None else OrtEngine)(spec, entry)
             self.engines[spec.name] = engine
             runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)

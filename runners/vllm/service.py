@@ -50,7 +50,7 @@ NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 class VllmRunner:
     def __init__(self) -> None:
         from models import configure_logging
-        from models.store import open_entry
+        from models.store import open_entry, runner_files
         from runners.gpu_metrics import start_gpu_sampler
         from runners.vllm.engine import VllmEngine
 
@@ -58,7 +58,7 @@ class VllmRunner:
         start_gpu_sampler("vllm")
         self.engines = {}
         for spec in MODELS:
-            entry = open_entry(spec, required=("config.json",), verify=False)
+            entry = open_entry(spec, required=runner_files(spec), verify=False)
             self.engines[spec.name] = VllmEngine(spec, entry)
             runner_metrics().model_info.labels("vllm", spec.name, entry.tag, "vllm").set(1)
 
