@@ -173,7 +173,7 @@ def test_image_jobs_round_trip_through_the_wire_format():
 
 
 def test_sub_batches_respect_max_rows():
-    assert token_budget_batches([3] * 5, 1000, max_rows=2) == [[0, 1], [2, 3], [4]]
+    assert token_budget_batches([3] * 5, 1000, 2, 32) == [[0, 1], [2, 3], [4]]
 
 
 # ---- reference implementation: query formatting and MaxSim ----

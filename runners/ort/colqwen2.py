@@ -76,7 +76,9 @@ class ColQwen2Engine:
         results: list[np.ndarray] = [np.empty((0, self.spec.dimensions), np.float32)] * len(inputs)
         queries = [i for i, x in enumerate(inputs) if x.ndim == 1]
         lengths = [len(inputs[i]) for i in queries]
-        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, self.spec.vision.max_batch_queries):
+        for batch in token_budget_batches(
+            lengths, self.spec.max_batch_tokens, self.spec.vision.max_batch_queries, self.spec.batch_call_cost_tokens
+        ):
             rows = [queries[b] for b in batch]
             for index, result in zip(rows, self._run_queries([inputs[i] for i in rows])):
                 results[index] = result

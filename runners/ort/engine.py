@@ -5,8 +5,9 @@ has them), int64 ``(batch, seq)``, and returns ``last_hidden_state`` float32
 ``(batch, seq, hidden)``. This engine pads, runs and pools:
 
 - inputs are sorted by length and cut into sub-batches whose padded size (rows x longest row)
-  stays within the model's ``max_batch_tokens``, so short inputs are not padded to long ones and
-  memory stays bounded;
+  stays within the model's ``max_batch_tokens`` (memory stays bounded), choosing the cuts that
+  waste the fewest padded tokens for the calls they add, so short inputs are not padded to long
+  ones;
 - pooling (mean / cls / last) and normalisation follow the registry entry; ``multi`` models
   return every real token's vector, each row L2-normalised;
 - results go back in input order.
@@ -30,23 +31,37 @@ logger = logging.getLogger(__name__)
 
 
 def token_budget_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_rows: int | None = None
+    lengths: Sequence[int], max_batch_tokens: int, max_rows: int | None, call_cost_tokens: int
 ) -> list[list[int]]:
-    """Indices grouped into sub-batches, shortest first; each sub-batch's rows x longest length
-    is at most ``max_batch_tokens`` (a single longer input gets a sub-batch of its own), and it
-    has at most ``max_rows`` rows when given."""
+    """Indices grouped into sub-batches of neighbouring lengths, shortest first.
+
+    Each sub-batch's rows x longest length is at most ``max_batch_tokens`` (a single longer
+    input gets a sub-batch of its own) and it has at most ``max_rows`` rows when given. Among
+    those groupings, the one with the least padded tokens plus ``call_cost_tokens`` per call is
+    chosen (exact: dynamic programming over the sorted lengths), so mixed lengths are not
+    padded to their longest, and equal lengths still go in as few calls as the bounds allow."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if not order:
+        return []
+    sorted_lengths = np.array([lengths[i] for i in order], dtype=np.int64)
+    n = len(order)
+    best = np.zeros(n + 1)  # best[j]: least cost of the first j sorted inputs
+    first = np.zeros(n + 1, dtype=np.int64)  # first[j]: where the last sub-batch of that grouping starts
+    for j in range(1, n + 1):
+        longest = int(sorted_lengths[j - 1])
+        rows_allowed = max(1, max_batch_tokens // longest)
+        if max_rows is not None:
+            rows_allowed = min(rows_allowed, max_rows)
+        starts = np.arange(max(0, j - rows_allowed), j)
+        cost = best[starts] + call_cost_tokens + (j - starts) * longest
+        k = len(starts) - 1 - int(np.argmin(cost[::-1]))  # ties: the shortest last sub-batch
+        best[j], first[j] = cost[k], starts[k]
     batches: list[list[int]] = []
-    current: list[int] = []
-    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if current and (
-            (len(current) + 1) * lengths[index] > max_batch_tokens or (max_rows is not None and len(current) >= max_rows)
-        ):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+    j = n
+    while j > 0:
+        batches.append(order[first[j]:j])
+        j = int(first[j])
+    return batches[::-1]
 
 
 def right_padded(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +99,7 @@ class OrtEngine:
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         lengths = [len(ids) for ids in inputs]
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
-        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens):
+        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, None, self.spec.batch_call_cost_tokens):
             for index, result in zip(batch, self._run([inputs[i] for i in batch])):
                 results[index] = result
         return results
