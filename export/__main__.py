@@ -302,16 +302,13 @@ def ensure(profile: str | None) -> int:
         if existing is not None:
             try:
                 open_entry(spec, required=runner_files(spec))
-            except OutdatedEntry as exc:
-                if ":" in spec.store_tag:  # a pinned version is never replaced
+            except StoreError as exc:
+                # corrupt, or a version the registry pins: never replaced
+                if not isinstance(exc, OutdatedEntry) or ":" in spec.store_tag:
                     failures.append(str(exc))
                     print(f"error: {exc}", file=sys.stderr, flush=True)
                     continue
                 print(f"outdated: {exc.problem}; exporting a new version", flush=True)
-            except StoreError as exc:
-                failures.append(str(exc))
-                print(f"error: {exc}", file=sys.stderr, flush=True)
-                continue
             else:
                 print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
                 continue

@@ -1,10 +1,7 @@
 """Start-up checks of store entries: pinned and latest tags, and clear failures for a missing,
 corrupt or mismatched model, from `python -m export ensure` and from a starting server."""
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 from models.registry import served
 from models.store import StoreError, open_entry
 from tests.conftest import ROOT, serve_process
+from tests.test_export import cli
 
 SPEC = served("cpu").find("all-MiniLM-L6-v2")
 
@@ -58,10 +56,7 @@ def test_an_entry_of_another_precision_or_fusion_is_refused():
 
 
 def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
-    done = subprocess.run(
-        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
-        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(corrupt_home)}, capture_output=True, text=True, timeout=120,
-    )
+    done = cli(corrupt_home, "ensure", "--profile", "cpu")
     assert done.returncode == 1
     assert "model.onnx is corrupt" in done.stderr and "bentoml models delete all-minilm-l6-v2:" in done.stderr
 
@@ -80,20 +75,14 @@ def outdated_home(tmp_path) -> tuple[Path, str]:
 
 def test_ensure_exports_a_new_version_beside_an_outdated_entry(outdated_home):
     home, old = outdated_home
-    done = subprocess.run(
-        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
-        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=300,
-    )
+    done = cli(home, "ensure", "--profile", "cpu")
     assert done.returncode == 0, done.stderr
     assert f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stdout and "exporting a new version" in done.stdout
     folder = home / "models" / "all-minilm-l6-v2"
     latest = (folder / "latest").read_text().strip()
     assert latest != old and (folder / latest / "model.onnx").is_file()
     assert (folder / old / "graph.onnx").is_file()  # the old version is left as it was
-    again = subprocess.run(
-        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
-        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120,
-    )
+    again = cli(home, "ensure", "--profile", "cpu")
     assert again.returncode == 0 and f"already in the store as all-minilm-l6-v2:{latest}" in again.stdout
 
 
@@ -104,11 +93,7 @@ def test_ensure_never_replaces_a_pinned_outdated_version(outdated_home):
     registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
     registry["models"]["all-MiniLM-L6-v2"]["store_tag"] = f"all-minilm-l6-v2:{old}"
     (home / "registry.yaml").write_text(yaml.safe_dump(registry))
-    done = subprocess.run(
-        [sys.executable, "-m", "export", "ensure", "--profile", "cpu"],
-        cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home), "EMBED_REGISTRY": str(home / "registry.yaml")},
-        capture_output=True, text=True, timeout=120,
-    )
+    done = cli(home, "ensure", "--profile", "cpu", env={"EMBED_REGISTRY": str(home / "registry.yaml")})
     assert done.returncode == 1 and f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stderr
     assert sorted(p.name for p in (home / "models" / "all-minilm-l6-v2").iterdir()) == sorted([old, "latest"])
 

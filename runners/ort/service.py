@@ -9,11 +9,8 @@ base64 float32 result per job (see ``runners/engine.py``):
 Both group a batch's jobs by model, and each engine cuts them into length-sorted,
 token-budgeted sub-batches.
 
-Connection handling: the gateway reaches this service through ``bentoml.depends``. BentoML's
-dependency client replaces its HTTP session every ``runner_connection.max_requests`` requests or
-``max_age`` seconds and closes the old one while other requests may still use it (BentoML 1.4.40,
-``_bentoml_impl/client/proxy2.py``); those requests then fail with connection errors. This
-service sets both limits out of reach (docs/architecture.md, "Under load").
+Service settings (connections, tracing, logging) are the runners' shared ones
+(``runners/service_options.py``).
 """
 
 from __future__ import annotations
@@ -23,27 +20,20 @@ from collections import defaultdict
 
 import bentoml
 
-from models import tracing_config
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, EmbeddingEngine, encode_array
 from runners.metrics import runner_metrics
+from runners.service_options import runner_service_options
 
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
 MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MODELS
-NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 
 
-@bentoml.service(
-    name="ort_runner",
-    resources=SERVED.service_resources(Engine.ORT),
-    workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.timeout_s},
-    runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
-    logging={"access": {"enabled": False}},
-    tracing=tracing_config("/embed", "/embed_adaptive"),
-)
+@bentoml.service(**runner_service_options(
+    SERVED, Engine.ORT, "ort_runner", workers=SETTINGS.workers, traced=("/embed", "/embed_adaptive")
+))
 class OrtRunner:
     def __init__(self) -> None:
         from models import configure_logging

@@ -11,8 +11,8 @@ core as a child process, which must not happen at import) and stopped in ``on_sh
 this service) waits for the engines. An engine that fails to start is logged and leaves the
 runner not ready, so the server never reports ready with a model missing.
 
-Connections: ``runner_connection`` limits are set out of reach as in the ORT runner
-(docs/architecture.md, "Under load").
+Service settings (connections, tracing, logging) are the runners' shared ones
+(``runners/service_options.py``).
 """
 
 from __future__ import annotations
@@ -24,29 +24,20 @@ from collections import defaultdict
 
 import bentoml
 
-from models import tracing_config
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, encode_array
 from runners.metrics import runner_metrics
+from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
 
 SERVED = served()
-SETTINGS = SERVED.runner(Engine.VLLM)
 MODELS = runner_models(SERVED, Engine.VLLM)  # all vllm models, or EMBED_RUNNER_MODELS
-NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 
 
-@bentoml.service(
-    name="vllm_runner",
-    resources=SERVED.service_resources(Engine.VLLM),
-    workers=1,  # one set of engines per runner: a second worker would load every model again
-    traffic={"timeout": SETTINGS.timeout_s},
-    runner_connection={"max_requests": NEVER, "max_age": float(NEVER)},
-    logging={"access": {"enabled": False}},
-    tracing=tracing_config("/embed"),
-)
+# one worker: one set of engines per runner; a second worker would load every model again
+@bentoml.service(**runner_service_options(SERVED, Engine.VLLM, "vllm_runner", workers=1, traced=("/embed",)))
 class VllmRunner:
     def __init__(self) -> None:
         from models import configure_logging
