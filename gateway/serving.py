@@ -233,7 +233,7 @@ class EmbeddingServing:
         data = []
         for index, payload in enumerate(payloads):
             item: dict = {"object": "embedding", "index": index}
-            if multi:
+            if multi:  # rows from the base64 length: decoded bytes / (4 bytes per float32 x dimensions)
                 item["shape"] = (len(payload) * 3 // 4 - payload.count("=", -2)) // (4 * spec.dimensions), spec.dimensions
             if prepared.pages[index] is not None:
                 item["page"] = prepared.pages[index]
