@@ -146,6 +146,13 @@ class VllmOptions(_Frozen):
     hf_overrides: dict[str, Any] = Field(default_factory=dict)
     max_num_seqs: int = Field(default=256, gt=0, description="sequences per engine step")
     max_num_batched_tokens: int | None = Field(default=None, gt=0, description="tokens per engine step")
+    kv_cache_memory_bytes: int | None = Field(
+        default=None, gt=0,
+        description="the KV cache's size in bytes, set explicitly instead of derived from free memory at "
+        "start. vLLM otherwise sizes a decoder's cache from what the device (GPU) or the NUMA node (vLLM-CPU: "
+        "`gpu_memory_utilization` x the node's RAM, minus the worker's own RSS) has free when the engine "
+        "starts, which depends on what else starts at that moment; encoder-only models have no KV cache",
+    )
     enforce_eager: bool = Field(default=False, description="no CUDA graphs: less memory, slower")
 
     @property

@@ -84,13 +84,22 @@ def own_bentoml_home(path: Path) -> str:
     return str(path)
 
 
+# What a runner logs when a model failed to load and it will stay not ready for good
+# (runners/vllm/service.py): waiting longer cannot help.
+NEVER_READY = "will not become ready"
+
+
 def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> None:
     """Return once ``url``/readyz answers 200; fail the test (with the log's tail) when the
-    server exits or is not ready after ``timeout`` seconds."""
+    server exits, logs that it will never be ready, or is not ready after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             pytest.fail(f"bentoml serve exited:\n{log_path.read_text()[-3000:]}")
+        log = log_path.read_text(errors="replace")
+        if NEVER_READY in log:
+            start = max(0, log.find(NEVER_READY) - 3000)
+            pytest.fail(f"bentoml serve will never be ready:\n{log[start : start + 4000]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                 return

@@ -37,7 +37,8 @@ models:
     dimensions: 64
     matryoshka: {{min: 8, max: 64}}
     instructions: {{query: {json.dumps(INSTRUCTION)}}}
-    vllm: {{dtype: float32, gpu_memory_utilization: 0.06, enforce_eager: true, hf_overrides: {{is_matryoshka: true}}}}
+    vllm: {{dtype: float32, gpu_memory_utilization: 0.06, kv_cache_memory_bytes: 67108864, enforce_eager: true,
+           hf_overrides: {{is_matryoshka: true}}}}
   tiny-bert:
     engine: vllm
     store_tag: tiny-bert

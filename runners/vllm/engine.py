@@ -55,6 +55,8 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
         args["quantization"] = options.quantization
     if options.max_num_batched_tokens is not None:
         args["max_num_batched_tokens"] = options.max_num_batched_tokens
+    if options.kv_cache_memory_bytes is not None:
+        args["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes
     return args
 
 
