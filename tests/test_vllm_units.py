@@ -51,7 +51,7 @@ def test_engine_args_follow_the_registry():
     assert args["gpu_memory_utilization"] == 0.5 and args["hf_overrides"] == {"is_matryoshka": True}
     assert "max_num_batched_tokens" not in args and "quantization" not in args
     assert "kv_cache_memory_bytes" not in args  # vLLM sizes it from free memory unless the registry sets it
-    fixed = parse_registry(VLLM_MINIMAL.replace("vllm: {", "vllm: {kv_cache_memory_bytes: 1048576, ")).models["q"]
+    fixed = parse_registry(VLLM_MINIMAL.replace("vllm: {gpu", "vllm: {kv_cache_memory_bytes: 1048576, gpu")).models["q"]
     assert engine_args(fixed, entry())["kv_cache_memory_bytes"] == 1048576
 
 
