@@ -9,7 +9,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
+.PHONY: serve test lint setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
 
 serve: models
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
@@ -19,8 +19,12 @@ serve: models
 # changed by a test run.
 TEST_BENTOML_HOME := $(CURDIR)/.cache/bentoml-test
 test: export BENTOML_HOME := $(TEST_BENTOML_HOME)
-test: $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
+test: lint $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
+
+# ruff: pyflakes, pycodestyle, import order, bugbear and the pyupgrade rules (pyproject.toml); first in `make test`
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 setup: $(VENV)/.installed extras
 

@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import psutil
@@ -159,7 +159,7 @@ def wrk(url: str, bodies: Path, clients: int, seconds: float, timeout_s: float =
         capture_output=True, text=True, env={**os.environ, "BODIES": str(bodies)}, timeout=seconds + timeout_s + 30,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
     data = json.loads(line.removeprefix("RESULT "))

@@ -69,19 +69,20 @@ def wrk(url: str, clients: int, seconds: int, model: str = "all-MiniLM-L6-v2", i
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "-s",
          str(ROOT / "bench" / "wrk" / "embeddings.lua"), f"{url}/v1/embeddings"],
-        capture_output=True, text=True, check=True, env={**os.environ, "EMBED_MODEL": model, "EMBED_INPUTS": str(inputs)},
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "EMBED_MODEL": model, "EMBED_INPUTS": str(inputs)},
     ).stdout
-    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    line = next(row for row in out.splitlines() if row.startswith("RESULT"))
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 
 
 def bare_session(seconds: float) -> dict[int, tuple[float, float]]:
     """texts/s and median ms per call of the bare session at batch 1 and 32 (same texts, same
     session options as the runner)."""
+    from gateway.preprocess import TextPreprocessor
     from models.registry import served
     from models.store import open_entry
     from runners.ort.engine import OrtEngine
-    from gateway.preprocess import TextPreprocessor
 
     spec = served("cpu").find("all-MiniLM-L6-v2")
     entry = open_entry(spec, required=("model.onnx", "tokenizer.json"))
@@ -93,7 +94,8 @@ def bare_session(seconds: float) -> dict[int, tuple[float, float]]:
         while time.perf_counter() - started < seconds:
             rows = [ids[(done + j) % len(ids)] for j in range(batch)]
             width = max(map(len, rows))
-            feed = {name: np.zeros((batch, width), np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
+            feed = {name: np.zeros((batch, width), np.int64)
+                    for name in ("input_ids", "attention_mask", "token_type_ids")}
             for r, row in enumerate(rows):
                 feed["input_ids"][r, : len(row)] = row
                 feed["attention_mask"][r, : len(row)] = 1

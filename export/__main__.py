@@ -221,7 +221,8 @@ def export_colqwen2(
     print(
         f"registered {model.tag} (multi-vector x {embedding['dimensions']}, buckets "
         f"{', '.join(metadata['buckets'])}{', RANDOM WEIGHTS' if loaded.random_weights else ''}; parity max "
-        f"relative error queries {parity['parity_query_max_rel_err']:.2e}, pages {parity['parity_page_max_rel_err']:.2e})",
+        f"relative error queries {parity['parity_query_max_rel_err']:.2e}, "
+        f"pages {parity['parity_page_max_rel_err']:.2e})",
         flush=True,
     )
     return model
@@ -410,7 +411,8 @@ def _parser() -> argparse.ArgumentParser:
     col = commands.add_parser("colqwen2", help="export a ColQwen2 checkpoint (queries + page buckets)")
     col.add_argument("--source", required=True, help="hf:vidore/colqwen2-v1.0-hf, a folder, or random:colqwen2-tiny")
     col.add_argument("--name", required=True, help="store name (name or name:version)")
-    col.add_argument("--bucket", action="append", required=True, type=_bucket, help="page size HxW (multiples of 28); repeat")
+    col.add_argument("--bucket", action="append", required=True, type=_bucket,
+                     help="page size HxW (multiples of 28); repeat")
     col.add_argument("--max-tokens", type=_positive_int, default=768, help="query token limit")
     col.add_argument("--opset", type=_positive_int, default=17)
     col.add_argument("--revision", help="hub revision, or a label for a folder")
@@ -449,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             export_colqwen2(args.source, args.name, args.bucket, max_tokens=args.max_tokens,
                             revision=args.revision, opset=args.opset)
             return 0
-        common = dict(revision=args.revision, pooling=args.pooling, normalize=args.normalize, max_tokens=args.max_tokens)
+        common = dict(revision=args.revision, pooling=args.pooling, normalize=args.normalize,
+                      max_tokens=args.max_tokens)
         if args.command == "vllm":
             import_vllm(args.source, args.name, encoder_only=args.encoder_only, **common)
         else:

@@ -215,7 +215,8 @@ class PageGraph(nn.Module):
         first = prompt_ids.index(image_token)
         count = prompt_ids.count(image_token)
         if prompt_ids[first : first + count] != [image_token] * count or count != self.patches // self.merge**2:
-            raise ExportError(f"bucket {height}x{width}: the visual prompt does not hold {self.patches // self.merge**2} image tokens")
+            raise ExportError(f"bucket {height}x{width}: the visual prompt does not hold "
+                              f"{self.patches // self.merge**2} image tokens")
         self.register_buffer("prefix", torch.tensor(prompt_ids[:first]))
         self.register_buffer("suffix", torch.tensor(prompt_ids[first + count :]))
         self.eval()
@@ -226,7 +227,8 @@ class PageGraph(nn.Module):
         batch = x.shape[0]
         q, k, v = attn.qkv(x).reshape(batch, self.patches, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4).unbind(0)
         q, k = apply_rotary_pos_emb_vision(q, k, self.cos, self.sin)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=attn.scaling)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             scale=attn.scaling)
         return attn.proj(out.transpose(1, 2).reshape(batch, self.patches, -1))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -292,7 +294,8 @@ def export_graphs(loaded: Loaded, buckets: list[tuple[int, int]], out_dir: Path,
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
             "embeddings": {0: "batch", 1: "sequence"}}
     (out_dir / QUERY_GRAPH).parent.mkdir(parents=True)
-    _onnx_export(QueryGraph(loaded.model), (ids, mask), out_dir / QUERY_GRAPH, ["input_ids", "attention_mask"], axes, opset)
+    _onnx_export(QueryGraph(loaded.model), (ids, mask), out_dir / QUERY_GRAPH, ["input_ids", "attention_mask"],
+                 axes, opset)
     table = []
     for height, width in buckets:
         prompt = page_prompt_ids(loaded.processor, height, width)
@@ -349,7 +352,8 @@ def check_parity(loaded: Loaded, out_dir: Path, buckets: list[dict[str, Any]], s
                 batch = processor.process_images([Image.fromarray(pixels[i])])
                 expected = model(**batch).embeddings[0].numpy()
                 if expected.shape != ort_pages[i].shape:
-                    raise ExportError(f"page graph {bucket['graph']}: shape {ort_pages[i].shape}, reference {expected.shape}")
+                    raise ExportError(f"page graph {bucket['graph']}: shape {ort_pages[i].shape}, "
+                                      f"reference {expected.shape}")
                 page_errors.append(_relative_error(ort_pages[i], expected))
     result = {"parity_query_max_rel_err": max(query_errors), "parity_page_max_rel_err": max(page_errors)}
     if max(result.values()) > PARITY_MAX_RELATIVE_ERROR:

@@ -88,7 +88,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, passages: int) -> Qual
         scores = vectors[passages:] @ vectors[:passages].T
         return np.argsort(-scores, axis=1)[:, :TOP_K]
 
-    overlaps = [len(set(a) & set(b)) / TOP_K for a, b in zip(top(ref), top(cand))]
+    overlaps = [len(set(a) & set(b)) / TOP_K for a, b in zip(top(ref), top(cand), strict=True)]
     return Quality(
         mean_cosine=float(cosines.mean()),
         min_cosine=float(cosines.min()),

@@ -85,7 +85,8 @@ def write_encoder_weights(folder: Path, out_dir: Path) -> None:
     for path in weight_files(folder):
         if path.name.endswith(".index.json"):
             continue
-        tensors = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+        tensors = (load_file(path) if path.suffix == ".safetensors"
+                   else torch.load(path, map_location="cpu", weights_only=True))
         state.update(tensors)
     encoder = {
         name.removeprefix(prefix): tensor.contiguous()

@@ -7,8 +7,8 @@ several gateway workers each has its own bound.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from gateway.errors import Overloaded
 

@@ -21,8 +21,8 @@ import io
 import math
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -91,7 +91,9 @@ def open_image(data: bytes, media_type: str, param: str, limits: ImageLimits) ->
     except InvalidRequest:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, if max_image_pixels is set above it
-        raise InvalidRequest(f"{param}: the image is too large to decode.", param=param, code="image_too_large") from None
+        raise InvalidRequest(
+            f"{param}: the image is too large to decode.", param=param, code="image_too_large"
+        ) from None
     except Exception:
         raise InvalidRequest(
             f"{param} could not be decoded as {IMAGE_TYPES[media_type]}; the data is corrupt or another format.",

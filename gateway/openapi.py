@@ -21,7 +21,8 @@ from gateway.protocol import (
 )
 
 ERRORS = {
-    "400": "Invalid request: body, input, dimensions, token ids, or an image/PDF (format, corrupt data, size, pixels, pages)",
+    "400": "Invalid request: body, input, dimensions, token ids, or an image/PDF "
+           "(format, corrupt data, size, pixels, pages)",
     "401": "Missing or wrong API key (only when keys are configured)",
     "404": "Unknown model",
     "413": "Body larger than the configured limit",
@@ -42,7 +43,8 @@ def _errors(codes: list[str]) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation" if m in (EmbeddingRequest, RerankRequest) else "serialization")
-         for m in (EmbeddingRequest, EmbeddingResponse, RerankRequest, RerankResponse, ModelCard, ModelList, ErrorResponse)],
+         for m in (EmbeddingRequest, EmbeddingResponse, RerankRequest, RerankResponse, ModelCard, ModelList,
+                   ErrorResponse)],
         ref_template="#/components/schemas/{model}",
     )
     return {

@@ -19,7 +19,7 @@ truncated text does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -27,7 +27,6 @@ from tokenizers import Tokenizer
 from gateway.errors import InvalidRequest
 from models.registry import ModelSpec
 from models.store import StoreEntry
-
 
 OTHER_TOKENIZER_HINT = (
     "Token ids must come from this model's own tokenizer (LangChain's OpenAIEmbeddings sends "

@@ -23,7 +23,7 @@ Unknown fields are refused with 400, as OpenAI does.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -57,8 +57,8 @@ class FilePart(BaseModel):
     file: FileData
 
 
-ContentPart = Annotated[Union[ImagePart, FilePart], Field(discriminator="type")]
-EmbeddingInput = Union[StrictStr, list[StrictStr], TokenIds, list[TokenIds], ContentPart, list[Union[StrictStr, ContentPart]]]
+ContentPart = Annotated[ImagePart | FilePart, Field(discriminator="type")]
+EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds] | ContentPart | list[StrictStr | ContentPart]
 
 
 class EmbeddingRequest(BaseModel):
@@ -152,7 +152,7 @@ class RerankRequest(BaseModel):
 
     model: StrictStr
     query: StrictStr
-    documents: list[Union[StrictStr, ContentPart]] = Field(
+    documents: list[StrictStr | ContentPart] = Field(
         min_length=1, description="Texts, or image/file parts (one page each) for vision models."
     )
     top_n: StrictInt | None = Field(default=None, ge=1, description="Return only the best n (default: all).")

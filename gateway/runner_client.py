@@ -20,7 +20,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -70,7 +71,8 @@ class RunnerClient:
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
-        self._queue.extend((job_payload(model, value, now), future) for value, future in zip(inputs, futures))
+        self._queue.extend((job_payload(model, value, now), future)
+                           for value, future in zip(inputs, futures, strict=True))
         self._dispatch()
         try:
             return list(await asyncio.gather(*futures))
@@ -99,7 +101,7 @@ class RunnerClient:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         finally:
@@ -118,12 +120,18 @@ class RunnerClient:
             raise EngineUnavailable(
                 f"The {self.engine} runner is unreachable ({type(exc).__name__}).", self.retry_after_s
             ) from exc
-        except (asyncio.TimeoutError, ServiceUnavailable) as exc:
-            raise EngineUnavailable(f"The {self.engine} runner is not ready or overloaded.", self.retry_after_s) from exc
+        except (TimeoutError, ServiceUnavailable) as exc:
+            raise EngineUnavailable(
+                f"The {self.engine} runner is not ready or overloaded.", self.retry_after_s
+            ) from exc
         except BentoMLException as exc:
             logger.error("%s runner failed: %s", self.engine, exc)
             raise EngineError(f"The {self.engine} engine failed on this request.") from exc
-        return answer if isinstance(answer, list) else answer.results  # embed_adaptive: a bare list
+        results = answer if isinstance(answer, list) else answer.results  # embed_adaptive: a bare list
+        if len(results) != len(jobs):  # never leave a request waiting for a result that will not come
+            logger.error("%s runner returned %d results for %d inputs", self.engine, len(results), len(jobs))
+            raise EngineError(f"The {self.engine} engine failed on this request.")
+        return results
 
 
 async def watch_readiness(clients: Sequence[RunnerClient], interval_s: float = 5.0) -> None:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import orjson
 
+from gateway import images
 from gateway.admission import Admission
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.metrics import gateway_metrics
-from gateway import images
 from gateway.preprocess import TextPreprocessor, VisionPreprocessor
 from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
 from gateway.runner_client import RunnerClient
@@ -186,7 +186,9 @@ class EmbeddingServing:
             raise InvalidRequest(f"'{param}' mixes token ids with other items.", param=param)
         query_ids = preprocessor.texts([items[i] for i in texts], input_type, truncate, instruction) if texts else []
         pages = await asyncio.to_thread(self._pages, preprocessor, spec, items, parts, param)
-        by_index: dict[int, list[tuple[np.ndarray, int | None]]] = {i: [(ids, None)] for i, ids in zip(texts, query_ids)}
+        by_index: dict[int, list[tuple[np.ndarray, int | None]]] = {
+            i: [(ids, None)] for i, ids in zip(texts, query_ids, strict=True)
+        }
         by_index.update(pages)
         arrays, numbers = [], []
         for index in range(len(items)):
@@ -221,7 +223,8 @@ class EmbeddingServing:
                 result[i] = [(images.to_bucket(image, preprocessor.buckets), None)]
             else:
                 _, data = images.decode_data_url(part.file.file_data, [images.PDF_TYPE], where, limits)
-                rendered = images.render_pdf(data, part.file.pages, spec.vision.pdf_dpi, limit - produced, where, limits)
+                rendered = images.render_pdf(data, part.file.pages, spec.vision.pdf_dpi, limit - produced, where,
+                                             limits)
                 result[i] = [(images.to_bucket(page, preprocessor.buckets), number) for number, page in rendered]
             produced += len(result[i])
         return result
@@ -234,7 +237,8 @@ class EmbeddingServing:
         for index, payload in enumerate(payloads):
             item: dict = {"object": "embedding", "index": index}
             if multi:  # rows from the base64 length: decoded bytes / (4 bytes per float32 x dimensions)
-                item["shape"] = (len(payload) * 3 // 4 - payload.count("=", -2)) // (4 * spec.dimensions), spec.dimensions
+                item["shape"] = ((len(payload) * 3 // 4 - payload.count("=", -2)) // (4 * spec.dimensions),
+                                 spec.dimensions)
             if prepared.pages[index] is not None:
                 item["page"] = prepared.pages[index]
             if passthrough:

@@ -40,12 +40,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Engine(str, enum.Enum):
+class Engine(enum.StrEnum):
     ORT = "ort"
     VLLM = "vllm"
 
 
-class Pooling(str, enum.Enum):
+class Pooling(enum.StrEnum):
     """How token states become the output: masked mean, first token, last real token, or
     ``multi``: every real token's vector (multi-vector models such as ColQwen2)."""
 

@@ -85,7 +85,8 @@ def open_entry(
     import bentoml
     from bentoml.exceptions import NotFound
 
-    fix = f"run `python -m export ensure` (or `python -m export onnx --source ... --name {spec.store_tag.split(':')[0]}`)"
+    fix = ("run `python -m export ensure` "
+           f"(or `python -m export onnx --source ... --name {spec.store_tag.split(':')[0]}`)")
     try:
         model = bentoml.models.get(spec.store_tag)
     except NotFound:

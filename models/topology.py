@@ -18,8 +18,8 @@ any service starts.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from models.registry import Engine, ModelSpec, RegistryError, Served
 
@@ -59,7 +59,9 @@ def runner_routes(served: Served, environ: Mapping[str, str] = os.environ) -> tu
                 model, _, url = item.partition("=")
                 spec = served.find(model)
                 if spec is None or spec.engine is not engine:
-                    raise RegistryError(f"{variable}: {model!r} is not an {engine.value} model of profile {served.profile!r}")
+                    raise RegistryError(
+                        f"{variable}: {model!r} is not an {engine.value} model of profile {served.profile!r}"
+                    )
                 by_url.setdefault(_check_url(variable, url), []).append(spec.name)
             if missing := sorted(set(names) - {m for ms in by_url.values() for m in ms}):
                 raise RegistryError(f"{variable}: no URL for {', '.join(missing)}")
@@ -78,6 +80,8 @@ def runner_models(served: Served, engine: Engine, environ: Mapping[str, str] = o
     if not wanted:
         return specs
     chosen = [served.find(name) for name in wanted]
-    if bad := [name for name, spec in zip(wanted, chosen) if spec is None or spec.engine is not engine]:
-        raise RegistryError(f"EMBED_RUNNER_MODELS: {', '.join(bad)} not {engine.value} models of profile {served.profile!r}")
+    if bad := [name for name, spec in zip(wanted, chosen, strict=True) if spec is None or spec.engine is not engine]:
+        raise RegistryError(
+            f"EMBED_RUNNER_MODELS: {', '.join(bad)} not {engine.value} models of profile {served.profile!r}"
+        )
     return tuple(spec for spec in specs if spec in chosen)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -33,7 +34,7 @@ class ContinuousBatcher(Generic[Item, Result]):
         """Results for ``items`` in order; raises what the engine raised for their batch."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
-        self._queue.extend(zip(items, futures))
+        self._queue.extend(zip(items, futures, strict=True))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         try:
@@ -56,11 +57,13 @@ class ContinuousBatcher(Generic[Item, Result]):
                 continue
             try:
                 results = await asyncio.to_thread(self.run, [item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the engine returned {len(results)} results for {len(batch)} inputs")
             except Exception as exc:  # an engine fault: fail this batch only
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

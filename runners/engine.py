@@ -14,7 +14,8 @@ vision models, images the gateway has already decoded and resized to one of the 
 from __future__ import annotations
 
 import base64
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel

@@ -48,7 +48,8 @@ def gpu_metrics() -> GpuMetrics:
             "embedding_gpu_memory_total_bytes", "GPU memory size (NVML)", labels, multiprocess_mode="livemax"
         ),
         utilization_ratio=prom.Gauge(
-            "embedding_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML)", labels, multiprocess_mode="livemax"
+            "embedding_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML)", labels,
+            multiprocess_mode="livemax",
         ),
     )
 

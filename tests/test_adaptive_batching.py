@@ -31,6 +31,6 @@ def test_adaptive_batching_keeps_requests_apart(adaptive_server):
     reference = asyncio.run(alone(f"{adaptive_server}/v1/embeddings", texts))
     assert {status for status, _, _ in results.values()} == {200}
     for _, group, body in results.values():
-        for item, j in zip(body["data"], group):
+        for item, j in zip(body["data"], group, strict=True):
             vector = np.array(item["embedding"])
             assert vector @ reference[j] / np.linalg.norm(vector) / np.linalg.norm(reference[j]) >= 0.9999

@@ -102,7 +102,7 @@ def test_routes_by_name_and_alias_in_input_order(api):
     assert body["object"] == "list" and body["model"] == "small"
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     encoded = api.preprocessors["small"].texts(texts, None, True)
-    for item, ids in zip(body["data"], encoded):
+    for item, ids in zip(body["data"], encoded, strict=True):
         assert item["object"] == "embedding"
         np.testing.assert_allclose(item["embedding"], fake_vector("small", ids, 8), rtol=1e-6)
     tokens = sum(len(ids) for ids in encoded)
@@ -146,8 +146,10 @@ def test_dimensions_truncate_and_renormalise(api):
     vector = np.array(short["data"][0]["embedding"])
     assert vector.shape == (4,) and np.isclose(np.linalg.norm(vector), 1, atol=1e-6)
     np.testing.assert_allclose(vector, np.array(full[:4]) / np.linalg.norm(full[:4]), rtol=1e-5)
-    packed = api.post("/embeddings", json={"model": "mat", "input": "cut me", "dimensions": 4, "encoding_format": "base64"})
-    np.testing.assert_allclose(np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4"), vector, rtol=1e-6)
+    packed = api.post("/embeddings",
+                      json={"model": "mat", "input": "cut me", "dimensions": 4, "encoding_format": "base64"})
+    np.testing.assert_allclose(np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4"), vector,
+                               rtol=1e-6)
     error_of(api.post("/embeddings", json={"model": "mat", "input": "x", "dimensions": 3}), 400, param="dimensions")
     error_of(api.post("/embeddings", json={"model": "mat", "input": "x", "dimensions": 17}), 400, param="dimensions")
     error_of(api.post("/embeddings", json={"model": "small", "input": "x", "dimensions": 4}), 400, param="dimensions")
@@ -158,7 +160,8 @@ def test_input_type_applies_the_instruction(api):
     assert api.runner.calls[-1][1] == [api.preprocessors["mat"].texts(["query: cats"], None, True)[0].tolist()]
     api.post("/embeddings", json={"model": "mat", "input": "cats", "input_type": "document"})
     assert api.runner.calls[-1][1] == [api.preprocessors["mat"].texts(["cats"], None, True)[0].tolist()]
-    error_of(api.post("/embeddings", json={"model": "mat", "input": [1, 2], "input_type": "query"}), 400, param="input_type")
+    error_of(api.post("/embeddings", json={"model": "mat", "input": [1, 2], "input_type": "query"}), 400,
+             param="input_type")
 
 
 def test_truncation_follows_the_request(api):
@@ -196,7 +199,8 @@ def test_errors_have_the_openai_shape(api, payload, status, code, param):
 
 
 def test_body_limits_routes_and_methods(api):
-    error_of(api.post("/embeddings", content=b'{"model":"small","input":"' + b"x" * 5000 + b'"}'), 413, "payload_too_large")
+    error_of(api.post("/embeddings", content=b'{"model":"small","input":"' + b"x" * 5000 + b'"}'), 413,
+             "payload_too_large")
     error_of(api.post("/embeddings", content=b"{oops", headers={"content-type": "application/json"}), 400)
     error_of(api.get("/embeddings"), 405, "method_not_allowed")
     error_of(api.post("/chat/completions", json={}), 404, "not_found")

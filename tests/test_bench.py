@@ -28,7 +28,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def run(argv: list[str], timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **env})
-    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"{argv} exited {result.returncode}:\n{result.stdout[-2000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     return result
 
 

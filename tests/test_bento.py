@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 def bentoml(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
 

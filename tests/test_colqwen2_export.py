@@ -96,7 +96,7 @@ def test_engine_matches_pytorch_for_queries_and_pages(exported):
     with torch.no_grad():
         expected = [model(**processor.process_queries([q])).embeddings[0].numpy() for q in queries]
         expected += [model(**processor.process_images([p])).embeddings[0].numpy() for p in pages]
-    for ours, reference in zip(results, expected):
+    for ours, reference in zip(results, expected, strict=True):
         assert ours.shape == reference.shape and ours.shape[1] == 128
         assert relative_error(ours, reference) < 1e-3
         np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)

@@ -66,7 +66,8 @@ def rows(item: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
     registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
-    registry["profiles"] = {"vision-test": {"models": ["all-MiniLM-L6-v2", MODEL], "runners": registry["profiles"]["cpu"]["runners"]}}
+    registry["profiles"] = {"vision-test": {"models": ["all-MiniLM-L6-v2", MODEL],
+                                            "runners": registry["profiles"]["cpu"]["runners"]}}
     path = tmp_path_factory.mktemp("registry") / "registry.yaml"
     path.write_text(yaml.safe_dump(registry))
     env = {"EMBED_REGISTRY": str(path), "EMBED_PROFILE": "vision-test", **LIMITS}
@@ -140,7 +141,7 @@ def test_openai_sdk_base64_and_float_carry_the_same_rows_with_shape(server, http
     texts = ["short", "a much longer query about the tables on page three of the report"]
     packed = client.embeddings.create(model=MODEL, input=texts)  # the SDK asks for base64 and decodes it
     floats = embed(http, texts)["data"]
-    for sdk_item, float_item in zip(packed.data, floats):
+    for sdk_item, float_item in zip(packed.data, floats, strict=True):
         tokens, dim = sdk_item.model_extra["shape"]
         assert (tokens, dim) == tuple(float_item["shape"]) and dim == 128
         np.testing.assert_allclose(np.reshape(sdk_item.embedding, (tokens, dim)), rows(float_item), atol=1e-6)
@@ -150,7 +151,8 @@ def test_openai_sdk_base64_and_float_carry_the_same_rows_with_shape(server, http
 
 
 def test_rerank_maxsim_equals_the_reference_from_returned_vectors(http):
-    documents = [image_part(page((200, 30, 30))), "revenue table", pdf_part([page((30, 30, 200)), page((5, 5, 5))], [1]),
+    documents = [image_part(page((200, 30, 30))), "revenue table",
+                 pdf_part([page((30, 30, 200)), page((5, 5, 5))], [1]),
                  image_part(page((30, 200, 30), size=(224, 168)))]
     query = "where is the revenue table?"
     vectors = [rows(d) for d in embed(http, [query, *documents])["data"]]
@@ -163,7 +165,8 @@ def test_rerank_maxsim_equals_the_reference_from_returned_vectors(http):
     np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], [expected[i] for i in order], rtol=1e-5)
     for result in body["results"]:  # each document echoed as sent (a text as {"text": ...})
         sent = documents[result["index"]]
-        assert result["document"] == ({"text": sent} if isinstance(sent, str) else {k: v for k, v in sent.items() if k != "type"})
+        assert result["document"] == ({"text": sent} if isinstance(sent, str)
+                                      else {k: v for k, v in sent.items() if k != "type"})
     assert body["model"] == MODEL and body["usage"]["total_tokens"] == sum(len(v) for v in vectors)
     bare = http.post("/v1/rerank", json={"model": MODEL, "query": query, "documents": documents[:2],
                                          "return_documents": False}).json()
@@ -173,7 +176,8 @@ def test_rerank_maxsim_equals_the_reference_from_returned_vectors(http):
 def test_rerank_of_a_dense_model_is_cosine(http):
     documents = ["A man is eating food.", "A man is riding a horse.", "Stock markets fell sharply."]
     query = "Someone is having a meal."
-    vectors = http.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": [query, *documents]}).json()["data"]
+    vectors = http.post("/v1/embeddings",
+                        json={"model": "all-MiniLM-L6-v2", "input": [query, *documents]}).json()["data"]
     v = [np.asarray(d["embedding"], dtype=np.float64) for d in vectors]
     expected = [float(v[0] @ d / np.linalg.norm(v[0]) / np.linalg.norm(d)) for d in v[1:]]
     body = http.post("/v1/rerank", json={"model": "all-MiniLM-L6-v2", "query": query, "documents": documents}).json()
@@ -207,29 +211,43 @@ def test_rerank_is_counted_like_embeddings(http):
 @pytest.mark.parametrize(
     "path, body, param, code",
     [
-        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]}, "input[0]", "invalid_request"),
-        ("/v1/embeddings", {"input": ["q", {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}]}, "input[1]", "unsupported_media_type"),
-        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,***"}}]}, "input[0]", "invalid_request"),
-        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _corrupt_png()}}]}, "input[0]", "invalid_image"),
-        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _bomb()}}]}, "input[0]", "image_too_large"),
-        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 420_000}}]}, "input[0]", "image_too_large"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]},
+         "input[0]", "invalid_request"),
+        ("/v1/embeddings",
+         {"input": ["q", {"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lGODlh"}}]},
+         "input[1]", "unsupported_media_type"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,***"}}]},
+         "input[0]", "invalid_request"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _corrupt_png()}}]}, "input[0]",
+         "invalid_image"),
+        ("/v1/embeddings", {"input": [{"type": "image_url", "image_url": {"url": _bomb()}}]}, "input[0]",
+         "image_too_large"),
+        ("/v1/embeddings",
+         {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 420_000}}]},
+         "input[0]", "image_too_large"),
         ("/v1/embeddings", {"input": [image_part(page((1, 1, 1)))] * 7}, "input", "too_many_images"),
         ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 7)]}, "input[0]", "too_many_images"),
-        ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 6), image_part(page((1, 1, 1)))]}, "input", "too_many_images"),
+        ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 6), image_part(page((1, 1, 1)))]}, "input",
+         "too_many_images"),
         ("/v1/embeddings", {"input": [pdf_part([page((1, 1, 1))] * 2, [3])]}, "input[0]", "invalid_request"),
-        ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjcKbm9wZQ=="}}]}, "input[0]", "invalid_file"),
-        ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": data_url(page((1, 1, 1)))}}]}, "input[0]", "unsupported_media_type"),
+        ("/v1/embeddings",
+         {"input": [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjcKbm9wZQ=="}}]},
+         "input[0]", "invalid_file"),
+        ("/v1/embeddings", {"input": [{"type": "file", "file": {"file_data": data_url(page((1, 1, 1)))}}]},
+         "input[0]", "unsupported_media_type"),
         ("/v1/embeddings", {"input": [[1, 2, 3]]}, "input", "invalid_request"),
         ("/v1/embeddings", {"input": ["q"], "input_type": "document"}, "input_type", "invalid_request"),
         ("/v1/embeddings", {"input": ["q"], "dimensions": 64}, "dimensions", "invalid_request"),
-        ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": [image_part(page((1, 1, 1)))]}, "input[0]", "invalid_request"),
+        ("/v1/embeddings", {"model": "all-MiniLM-L6-v2", "input": [image_part(page((1, 1, 1)))]}, "input[0]",
+         "invalid_request"),
         ("/v1/rerank", {"query": "q", "documents": [pdf_part([page((1, 1, 1))] * 2)]}, "documents", "invalid_request"),
         ("/v1/rerank", {"query": "q", "documents": [{"type": "video"}]}, "documents", "invalid_request"),
         ("/v1/rerank", {"query": "", "documents": ["a"]}, "query", "invalid_request"),
     ],
     ids=["remote-url", "gif", "bad-base64", "corrupt-png", "pixel-bomb", "too-many-bytes", "too-many-images",
-         "too-many-pages", "pages-then-image", "missing-page", "corrupt-pdf", "file-not-pdf", "token-ids", "document-text",
-         "dimensions", "image-to-text-model", "rerank-two-pages", "rerank-bad-part", "rerank-empty-query"],
+         "too-many-pages", "pages-then-image", "missing-page", "corrupt-pdf", "file-not-pdf", "token-ids",
+         "document-text", "dimensions", "image-to-text-model", "rerank-two-pages", "rerank-bad-part",
+         "rerank-empty-query"],
 )
 def test_limits_and_bad_inputs_are_openai_shaped_400s(http, path, body, param, code):
     response = http.post(path, json={"model": MODEL, **body})
@@ -247,7 +265,8 @@ def test_concurrent_mixed_requests_come_back_unmixed(http):
         if i % 4 == 0:
             requests.append([f"query number {i} about page {i % 5}"])
         elif i % 4 == 1:
-            requests.append([image_part(page((10 * i, 255 - 10 * i, 40), size=(168, 224) if i % 8 == 1 else (224, 168)))])
+            requests.append([image_part(page((10 * i, 255 - 10 * i, 40),
+                                             size=(168, 224) if i % 8 == 1 else (224, 168)))])
         elif i % 4 == 2:
             requests.append([f"mixed {i}", pdf_part([page((i, 2 * i, 3 * i)), page((9 * i, 0, 0))], [2])])
         else:
@@ -256,10 +275,10 @@ def test_concurrent_mixed_requests_come_back_unmixed(http):
     alone = [http.post("/v1/embeddings", json={"model": MODEL, "input": r}) for r in requests]
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         together = list(pool.map(lambda r: http.post("/v1/embeddings", json={"model": MODEL, "input": r}), requests))
-    for i, (a, b) in enumerate(zip(alone, together)):
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
         if i == 13:
             assert a.status_code == b.status_code == 400
             continue
         assert a.status_code == b.status_code == 200, (i, b.text)
-        for x, y in zip(a.json()["data"], b.json()["data"]):
+        for x, y in zip(a.json()["data"], b.json()["data"], strict=True):
             np.testing.assert_allclose(rows(x), rows(y), atol=1e-5)

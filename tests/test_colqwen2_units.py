@@ -40,7 +40,7 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 def pdf_bytes(sizes: list[tuple[int, int]], colors: list[tuple[int, int, int]]) -> bytes:
     """A PDF with one page per (width, height) in points (Pillow writes 72 dpi pages)."""
-    pages = [Image.new("RGB", size, color) for size, color in zip(sizes, colors)]
+    pages = [Image.new("RGB", size, color) for size, color in zip(sizes, colors, strict=True)]
     buffer = io.BytesIO()
     pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:], resolution=72)
     return buffer.getvalue()
@@ -149,7 +149,8 @@ def test_content_parts_parse_alone_or_mixed_with_text():
         parse_request(json.dumps({"model": "m", "input": [{"type": "audio", "audio": {}}]}).encode())
     assert info.value.param == "input"
     with pytest.raises(InvalidRequest) as info:
-        parse_request(json.dumps({"model": "m", "input": [{"type": "file", "file": {"file_data": "x", "pages": [0]}}]}).encode())
+        parse_request(json.dumps({"model": "m",
+                                  "input": [{"type": "file", "file": {"file_data": "x", "pages": [0]}}]}).encode())
     assert info.value.param == "input"
 
 
@@ -200,7 +201,7 @@ def test_queries_are_formatted_exactly_as_colqwen2processor(tiny):
     _, processor, preprocessor = tiny
     texts = ["What is the revenue growth?", "Ça coûte combien ?", "x"]
     ours = preprocessor.texts(texts, None, truncate=True)
-    for text, ids in zip(texts, ours):
+    for text, ids in zip(texts, ours, strict=True):
         assert ids.tolist() == processor.process_queries([text])["input_ids"][0].tolist()
 
 
@@ -227,7 +228,8 @@ def test_maxsim_equals_colqwen2processor_score_retrieval(tiny):
 
     _, processor, _ = tiny
     rng = np.random.default_rng(1)
-    unit = lambda n: (lambda a: a / np.linalg.norm(a, axis=1, keepdims=True))(rng.normal(size=(n, 128)).astype(np.float32))  # noqa: E731
+    unit = lambda n: (lambda a: a / np.linalg.norm(a, axis=1, keepdims=True))(  # noqa: E731
+        rng.normal(size=(n, 128)).astype(np.float32))
     queries, pages = [unit(7), unit(12)], [unit(30), unit(5), unit(60)]
     expected = np.array([[float(processor.score_retrieval([torch.from_numpy(q)], [torch.from_numpy(p)])[0, 0])
                           for p in pages] for q in queries])
@@ -270,7 +272,8 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
         {"height": 644, "width": 924, "tokens": 776, "graph": "page_644x924/model.onnx"}]}
     engine_module.ColQwen2Engine(spec, StoreEntry(tag="t", path=tmp_path, metadata={}, settings=settings))
 
-    assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == ["query/model.onnx", "page_924x644/model.onnx", "page_644x924/model.onnx"]
+    assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == [
+        "query/model.onnx", "page_924x644/model.onnx", "page_644x924/model.onnx"]
     for session in recorder.sessions:
         assert session["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         trt, cuda, cpu = session["options"]

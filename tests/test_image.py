@@ -63,7 +63,8 @@ def test_gpu_image_spec_uses_cuda_13_and_the_gpu_engines():
     tag, path = build("gpu")
     try:
         dockerfile = (path / "env/docker/Dockerfile").read_text()
-        assert re.search(r"^FROM nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04 AS base-container$", dockerfile, re.M)
+        assert re.search(r"^FROM nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04 AS base-container$", dockerfile,
+                         re.M)
         assert "build-essential" in dockerfile  # Triton compiles its launcher with gcc at run time
         requirements = (path / "env/python/requirements.txt").read_text()
         assert "--extra-index-url https://pypi.nvidia.com" in requirements

@@ -39,7 +39,8 @@ async def concurrent_run(url, texts):
                 i = w * ROUNDS + k
                 # every fourth request carries three texts, to mix request sizes in a batch
                 group = [i] if i % 4 else [i, (i + 1) % len(texts), (i + 2) % len(texts)]
-                status, _, body = await post(session, url, {"model": "all-MiniLM-L6-v2", "input": [texts[j] for j in group]})
+                status, _, body = await post(session, url,
+                                             {"model": "all-MiniLM-L6-v2", "input": [texts[j] for j in group]})
                 results[i] = (status, group, body)
 
         await asyncio.gather(*(worker(w) for w in range(CLIENTS)))
@@ -69,9 +70,9 @@ def test_128_clients_get_their_own_vectors(server):
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) == len(statuses)  # 128 one-text requests fit the admission limit
     worst = 1.0
-    for status, group, body in results.values():
+    for _status, group, body in results.values():
         assert [d["index"] for d in body["data"]] == list(range(len(group)))
-        for item, j in zip(body["data"], group):
+        for item, j in zip(body["data"], group, strict=True):
             vector = np.array(item["embedding"])
             worst = min(worst, float(vector @ reference[j] / np.linalg.norm(vector) / np.linalg.norm(reference[j])))
     assert worst >= 0.9999, worst

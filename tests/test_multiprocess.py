@@ -21,8 +21,8 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import API_KEY, ROOT, bentoml_server, own_bentoml_home, serve_process
 from deploy.stop_tree import stop_tree
+from tests.conftest import API_KEY, ROOT, bentoml_server, own_bentoml_home, serve_process
 
 pytestmark = pytest.mark.slow
 

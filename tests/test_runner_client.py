@@ -47,7 +47,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_results():
         return requests, answers
 
     requests, answers = asyncio.run(scenario())
-    for i, (request, answer) in enumerate(zip(requests, answers)):
+    for i, (request, answer) in enumerate(zip(requests, answers, strict=True)):
         assert answer == [f"m{i % 2}:{row.tolist()}" for row in request]
     assert runner.most_active <= 2
     assert len(runner.calls) < 40 and all(len(call) <= 16 for call in runner.calls)
@@ -94,3 +94,32 @@ def test_inputs_of_a_cancelled_request_are_not_sent():
 
     assert asyncio.run(scenario()) == ["m:[1]"]
     assert [job["ids"] for call in runner.calls for job in call] == [[1]]
+
+
+def test_a_short_answer_from_the_runner_fails_its_call_at_once():
+    """A runner answering fewer results than jobs must not leave requests waiting for the timeout."""
+    runner = FakeRunner(delay=0)
+    runner.to_async = SimpleNamespace(embed=lambda jobs: _short(jobs))
+    client = RunnerClient("ort", runner)
+
+    async def scenario():
+        return await asyncio.wait_for(client.embed("m", [ids(1), ids(2)]), timeout=5)
+
+    with pytest.raises(EngineError):
+        asyncio.run(scenario())
+
+
+async def _short(jobs):
+    return EmbedResults(results=["only-one"])
+
+
+def test_the_batcher_fails_a_batch_whose_engine_returned_too_few_results():
+    from runners.batcher import ContinuousBatcher
+
+    batcher = ContinuousBatcher(lambda items: items[:-1], max_batch_size=8)
+
+    async def scenario():
+        return await asyncio.wait_for(batcher.submit([1, 2, 3]), timeout=5)
+
+    with pytest.raises(RuntimeError, match="2 results for 3 inputs"):
+        asyncio.run(scenario())

@@ -2,7 +2,6 @@
 OpenAI client and raw HTTP: vectors against sentence-transformers, every error case, health,
 metrics and the OpenAPI document."""
 
-import base64
 import json
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def test_openai_sdk_default_base64_matches_sentence_transformers(client, referen
     response = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS)  # SDK asks for base64
     reference = reference_model.encode(TEXTS, normalize_embeddings=True)
     assert [d.index for d in response.data] == list(range(len(TEXTS)))
-    for item, expected in zip(response.data, reference):
+    for item, expected in zip(response.data, reference, strict=True):
         assert len(item.embedding) == 384
         assert cosine(item.embedding, expected) >= 0.999
     assert response.model == "all-MiniLM-L6-v2"
@@ -55,7 +54,7 @@ def test_openai_sdk_default_base64_matches_sentence_transformers(client, referen
 def test_openai_sdk_float_equals_base64(client):
     floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=TEXTS, encoding_format="float")
     packed = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=TEXTS)
-    for a, b in zip(floats.data, packed.data):
+    for a, b in zip(floats.data, packed.data, strict=True):
         np.testing.assert_allclose(a.embedding, b.embedding, rtol=1e-6, atol=1e-7)
     assert np.isclose(np.linalg.norm(floats.data[0].embedding), 1.0, atol=1e-5)
 
@@ -116,7 +115,8 @@ def test_malformed_and_oversized_bodies(http):
     error(http.post("/v1/embeddings", content=b'{"model": "all-Mi', headers={"Content-Type": "application/json"}), 400)
     error(http.post("/v1/embeddings", content=b"model=x", headers={"Content-Type": "text/plain"}), 400)
     big = json.dumps({"model": "all-MiniLM-L6-v2", "input": "x" * (17 * 1024 * 1024)})
-    error(http.post("/v1/embeddings", content=big, headers={"Content-Type": "application/json"}), 413, "payload_too_large")
+    error(http.post("/v1/embeddings", content=big, headers={"Content-Type": "application/json"}), 413,
+          "payload_too_large")
 
 
 def test_api_key_is_required_on_v1_only(server):

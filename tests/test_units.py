@@ -103,20 +103,24 @@ def test_token_budget_batches_are_the_cheapest_grouping():
         ours = [[lengths[i] for i in b] for b in token_budget_batches(lengths, budget, max_rows, call_cost)]
         ordered = sorted(lengths)
         assert sorted(x for g in ours for x in g) == ordered
-        valid = lambda g: (len(g) == 1 or len(g) * max(g) <= budget) and (max_rows is None or len(g) <= max_rows)  # noqa: E731
-        assert all(valid(g) for g in ours)
+        assert all(_fits(g, budget, max_rows) for g in ours)
         best = min(
             cost(groups, call_cost)
             for cuts in itertools.product([False, True], repeat=len(ordered) - 1)
             for groups in [_split(ordered, cuts)]
-            if all(valid(g) for g in groups)
+            if all(_fits(g, budget, max_rows) for g in groups)
         )
         assert cost(ours, call_cost) == best, (lengths, budget, max_rows, call_cost, ours)
 
 
+def _fits(group: list[int], budget: int, max_rows: int | None) -> bool:
+    """Within the token budget (or alone) and the row limit."""
+    return (len(group) == 1 or len(group) * max(group) <= budget) and (max_rows is None or len(group) <= max_rows)
+
+
 def _split(values: list[int], cuts: tuple[bool, ...]) -> list[list[int]]:
     groups = [[values[0]]]
-    for value, cut in zip(values[1:], cuts):
+    for value, cut in zip(values[1:], cuts, strict=True):
         groups.append([value]) if cut else groups[-1].append(value)
     return groups
 

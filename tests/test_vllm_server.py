@@ -116,7 +116,7 @@ def test_64_concurrent_clients_get_their_own_vectors(vllm_server, reference_mode
                 "/v1/embeddings", json={"model": VLLM, "input": [texts[i] for i in indices]}
             )
             assert response.status_code == 200, response.text
-            got.extend(zip(indices, (d["embedding"] for d in response.json()["data"])))
+            got.extend(zip(indices, (d["embedding"] for d in response.json()["data"]), strict=True))
         return got
 
     async def main():

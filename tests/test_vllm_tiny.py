@@ -46,7 +46,8 @@ models:
     pooling: mean
     max_tokens: 48
     dimensions: 64
-    vllm: {{dtype: float32, gpu_memory_utilization: 0.06, enforce_eager: true, hf_overrides: {{architectures: [BertModel]}}}}
+    vllm: {{dtype: float32, gpu_memory_utilization: 0.06, enforce_eager: true,
+           hf_overrides: {{architectures: [BertModel]}}}}
 profiles:
   tiny:
     models: [tiny-qwen3, tiny-bert]
@@ -68,7 +69,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm-tiny")
     folders = {"tiny-qwen3": tiny_qwen3(root / "qwen3"), "tiny-bert": tiny_bert_mlm(root / "bert")}
     (root / "registry.yaml").write_text(REGISTRY.replace("BERT_FOLDER", str(folders["tiny-bert"])))
-    env = {"BENTOML_HOME": str(root / "bentoml"), "EMBED_REGISTRY": str(root / "registry.yaml"), "EMBED_PROFILE": "tiny"}
+    env = {"BENTOML_HOME": str(root / "bentoml"), "EMBED_REGISTRY": str(root / "registry.yaml"),
+           "EMBED_PROFILE": "tiny"}
     qwen = ["--source", str(folders["tiny-qwen3"]), "--name", "tiny-qwen3", "--pooling", "last", "--revision", "test-1"]
     for command in (["vllm", *qwen, "--max-tokens", "32"], ["ensure"]):
         subprocess.run([sys.executable, "-m", "export", *command], cwd=ROOT, env={**os.environ, **env}, check=True)
@@ -129,7 +131,8 @@ def assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
 def test_store_entries_record_source_and_revision(tiny):
     env = {**os.environ, "BENTOML_HOME": str(Path(tiny[3]).parent / "bentoml")}
     listed = subprocess.run(
-        [sys.executable, "-m", "export", "list", "--json"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "export", "list", "--json"], cwd=ROOT, env=env, check=True, capture_output=True,
+        text=True,
     )
     entries = {e["tag"].split(":")[0]: e for e in json.loads(listed.stdout)}
     assert entries["tiny-qwen3"]["labels"]["engine"] == "vllm"
@@ -172,7 +175,8 @@ def test_qwen3_query_instruction_and_its_override(tiny, http):
 def test_qwen3_long_input_truncates_or_is_refused(tiny, http):
     folder = tiny[1]["tiny-qwen3"]
     ids = tokenize(folder, [LONG], 32)
-    assert len(ids[0]) == 32 and ids[0][-1] == Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("<|endoftext|>")
+    assert len(ids[0]) == 32 and ids[0][-1] == Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(
+        "<|endoftext|>")
     response = http.post("/v1/embeddings", json={"model": "tiny-qwen3", "input": LONG})
     assert response.json()["usage"]["prompt_tokens"] == 32
     assert_close(np.asarray([response.json()["data"][0]["embedding"]]), reference(folder, ids, "last"))

@@ -75,8 +75,10 @@ def test_shipped_vllm_models_use_the_documented_settings():
         (("vllm: {gpu_memory_utilization", "vllm: {max_model_len: 32, gpu_memory_utilization"), "below max_tokens"),
         (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 1.5"), "models.q.vllm.gpu_memory_utilization"),
         (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.5, dtype: fp8"), "models.q.vllm.dtype"),
-        (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.5, quantization: awq"), "models.q.vllm.quantization"),
-        (("vllm: {resources: {gpu: 1}}", "vllm: {resources: {gpu: 1}, batching: {mode: adaptive}}"), "only 'continuous'"),
+        (("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.5, quantization: awq"),
+         "models.q.vllm.quantization"),
+        (("vllm: {resources: {gpu: 1}}", "vllm: {resources: {gpu: 1}, batching: {mode: adaptive}}"),
+         "only 'continuous'"),
     ],
 )
 def test_bad_vllm_settings_name_the_problem(change, message):

@@ -43,8 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import (MAX_TOKENS, MODEL, ROOT, drain, free_port, load_sets, log, machine, server,
-                          wrk, write_bodies)
+from bench.common import MAX_TOKENS, MODEL, ROOT, drain, free_port, load_sets, log, machine, server, write_bodies, wrk
 
 INT8_MODEL = "all-MiniLM-L6-v2-int8"
 VLLM_MODEL = "all-MiniLM-L6-v2-vllm"
@@ -359,7 +358,8 @@ def run(args) -> Results:
                 log(f"== starting infinity-emb ({engine} engine)")
                 name = f"infinity {engine}"
                 if not (PEERS_VENV / "bin" / "infinity_emb").exists():
-                    results.server(name, status=f"not measured: {PEERS_VENV}/bin/infinity_emb missing (make bench-setup)")
+                    results.server(name, status=f"not measured: {PEERS_VENV}/bin/infinity_emb missing "
+                                                "(make bench-setup)")
                     continue
                 try:
                     url, ctx = infinity_server(engine)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "matrix.json")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    results = run(args)
+    run(args)
     log(f"done in {time.monotonic() - started:.0f} s; results in {args.out}")
     return 0
 

@@ -58,7 +58,8 @@ def build(fp32: Path, folder: Path) -> dict[str, Path]:
         (folder / name).mkdir(parents=True, exist_ok=True)
         return paths.setdefault(name, folder / name / "model.onnx")
 
-    for name, kept in [("dynamic int8", None), *((f"dynamic int8, {kind} fp32", p) for kind, p in MATMUL_KINDS.items())]:
+    for name, kept in [("dynamic int8", None),
+                       *((f"dynamic int8, {kind} fp32", p) for kind, p in MATMUL_KINDS.items())]:
         log(f"building {name}")
         excluded = [m for m in matmuls if kept and re.search(kept, m)]
         quantize_dynamic(str(fp32), str(target(name)), per_channel=True, weight_type=QuantType.QInt8,
@@ -92,7 +93,8 @@ def run(seconds: float, rounds: int) -> dict:
                 log(f"quality: {name}")
                 rows[name]["quality"] = asdict(quality.compare(reference, quality.embed(path, *args), len(passages)))
         sets = load_sets()
-        cases = {"query x32": inprocess.tokenize(sets["query"][:256]), "p128 x32": inprocess.tokenize(sets["p128"][:256])}
+        cases = {"query x32": inprocess.tokenize(sets["query"][:256]),
+                 "p128 x32": inprocess.tokenize(sets["p128"][:256])}
         engines = {name: inprocess.engine_for(path) for name, path in paths.items()}
         samples = {name: {case: [] for case in cases} for name in paths}
         for r in range(rounds):
@@ -111,8 +113,10 @@ def markdown(result: dict) -> str:
              "queries x32 (vs fp32) | 128-token passages x32 (vs fp32) |", "|---|---|---|---|---|---|---|"]
     for name, row in result["variants"].items():
         q = row.get("quality")
-        cells = [f"{q['mean_cosine']:.5f}", f"{q['min_cosine']:.5f}", f"{q['same_top10']:.0%}", f"{q['top10_overlap']:.1%}"] if q else ["1", "1", "100%", "100%"]
-        speed = [f"{row['inputs_per_s'][c]:,.0f}/s ({row['inputs_per_s'][c] / base[c]:.2f}x)" for c in ("query x32", "p128 x32")]
+        cells = ([f"{q['mean_cosine']:.5f}", f"{q['min_cosine']:.5f}", f"{q['same_top10']:.0%}",
+                  f"{q['top10_overlap']:.1%}"] if q else ["1", "1", "100%", "100%"])
+        speed = [f"{row['inputs_per_s'][c]:,.0f}/s ({row['inputs_per_s'][c] / base[c]:.2f}x)"
+                 for c in ("query x32", "p128 x32")]
         lines.append(f"| {name} | " + " | ".join(cells + speed) + " |")
     return "\n".join(lines)
 

@@ -114,7 +114,8 @@ def run(seconds: float, rounds: int, work: Path, out: Path) -> dict:
         for step, engine in engines.items():
             log(f"round {r + 1}/{rounds}: {step}")
             for set_name, batch in CASES:
-                samples[step][f"{set_name}x{batch}"].append(inprocess.bare(engine, inputs[set_name], batch, seconds).__dict__)
+                samples[step][f"{set_name}x{batch}"].append(
+                    inprocess.bare(engine, inputs[set_name], batch, seconds).__dict__)
         result = summarize(samples, variants, seconds, r + 1)
         out.write_text(json.dumps(result, indent=2))
     return result

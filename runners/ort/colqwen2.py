@@ -3,7 +3,8 @@
 One session for queries (``query/model.onnx``: dynamic batch and length) and one per page
 bucket (``page_<H>x<W>/model.onnx``: dynamic batch, fixed image size); see ``export/colqwen2.py``
 for the graphs. Each graph has a folder of its own because a real checkpoint's graphs exceed
-protobuf's 2 GB and keep their weights in external data files next to them. Inputs are either int64 query ids ``(tokens,)`` (formatted and validated by the gateway)
+protobuf's 2 GB and keep their weights in external data files next to them. Inputs are either
+int64 query ids ``(tokens,)`` (formatted and validated by the gateway)
 or uint8 RGB pages ``(H, W, 3)`` already resized to a bucket. Each result is float32
 ``(tokens, 128)`` with L2-normalised rows: a query's own tokens, or every token of the page
 prompt. Queries are right-padded into length-sorted sub-batches (at most ``max_batch_tokens``
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from models.registry import ModelSpec
-from models.store import QUERY_GRAPH, StoreEntry, page_graph
+from models.store import QUERY_GRAPH, StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers
 from runners.ort.engine import right_padded, token_budget_batches
@@ -42,7 +43,9 @@ def query_profile(spec: ModelSpec) -> tuple[providers.Shapes, providers.Shapes, 
     return shape(1, 1), shape(rows, min(QUERY_OPT_TOKENS, spec.max_tokens)), shape(rows, spec.max_tokens)
 
 
-def page_profile(spec: ModelSpec, height: int, width: int) -> tuple[providers.Shapes, providers.Shapes, providers.Shapes]:
+def page_profile(
+    spec: ModelSpec, height: int, width: int
+) -> tuple[providers.Shapes, providers.Shapes, providers.Shapes]:
     """TensorRT (min, opt, max) shapes of one bucket's page graph."""
     pages = spec.vision.max_batch_pages
     return (
@@ -80,7 +83,7 @@ class ColQwen2Engine:
             lengths, self.spec.max_batch_tokens, self.spec.vision.max_batch_queries, self.spec.batch_call_cost_tokens
         ):
             rows = [queries[b] for b in batch]
-            for index, result in zip(rows, self._run_queries([inputs[i] for i in rows])):
+            for index, result in zip(rows, self._run_queries([inputs[i] for i in rows]), strict=True):
                 results[index] = result
         by_bucket: dict[tuple[int, int], list[int]] = {}
         for index, value in enumerate(inputs):
@@ -90,7 +93,7 @@ class ColQwen2Engine:
         for bucket, indices in by_bucket.items():
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
-                for index, result in zip(chunk, self._run_pages(bucket, [inputs[i] for i in chunk])):
+                for index, result in zip(chunk, self._run_pages(bucket, [inputs[i] for i in chunk]), strict=True):
                     results[index] = result
         return results
 

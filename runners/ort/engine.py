@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class OrtEngine:
         lengths = [len(ids) for ids in inputs]
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
         for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, None, self.spec.batch_call_cost_tokens):
-            for index, result in zip(batch, self._run([inputs[i] for i in batch])):
+            for index, result in zip(batch, self._run([inputs[i] for i in batch]), strict=True):
                 results[index] = result
         return results
 

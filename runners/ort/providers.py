@@ -12,7 +12,7 @@ TensorRT options; ``create_session`` builds a session from a model's registry se
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from models.registry import ModelSpec, ProviderSpec
 
@@ -53,7 +53,7 @@ def choose(
     ]
     for name, options in chosen:
         if name == "TensorrtExecutionProvider" and profile is not None:
-            for key, shapes in zip(("min", "opt", "max"), profile):
+            for key, shapes in zip(("min", "opt", "max"), profile, strict=True):
                 options[f"trt_profile_{key}_shapes"] = shape_string(shapes)
     if not any(name == "CPUExecutionProvider" for name, _ in chosen):
         chosen.append(("CPUExecutionProvider", {}))

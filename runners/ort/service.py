@@ -22,7 +22,7 @@ import bentoml
 
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import EmbedJob, EmbedResults, EmbeddingEngine, encode_array
+from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -64,7 +64,7 @@ class OrtRunner:
         results: list[str] = [""] * len(jobs)
         for model, indices in by_model.items():
             vectors = self.engines[model].embed([jobs[i].array() for i in indices])
-            for index, vector in zip(indices, vectors):
+            for index, vector in zip(indices, vectors, strict=True):
                 results[index] = encode_array(vector)
         return results
 

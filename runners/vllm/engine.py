@@ -21,7 +21,8 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,13 +97,15 @@ class VllmEngine:
 
         output = None
         request_id = f"{self.spec.name}-{next(self._ids)}"
-        async for output in self._engine.encode(
+        async for update in self._engine.encode(
             TokensPrompt(prompt_token_ids=list(ids)), PoolingParams(task="embed"), request_id=request_id
         ):
-            pass
+            output = update  # a pooling request yields once, when it is finished
         vector = np.asarray(output.outputs.data, dtype=np.float32)
         if vector.shape != (self.spec.dimensions,):
-            raise RuntimeError(f"{self.spec.name}: vLLM returned shape {vector.shape}, expected ({self.spec.dimensions},)")
+            raise RuntimeError(
+                f"{self.spec.name}: vLLM returned shape {vector.shape}, expected ({self.spec.dimensions},)"
+            )
         return vector
 
     def shutdown(self) -> None:

@@ -85,7 +85,7 @@ class VllmRunner:
             metrics.engine_seconds.labels(model).observe(time.perf_counter() - begin)
             metrics.batch_size.labels(model).observe(len(indices))
             metrics.batch_tokens.labels(model).observe(sum(len(jobs[i].ids) for i in indices))
-            for index, vector in zip(indices, vectors):
+            for index, vector in zip(indices, vectors, strict=True):
                 results[index] = encode_array(vector)
 
         await asyncio.gather(*(run(model, indices) for model, indices in by_model.items()))
