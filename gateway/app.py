@@ -2,11 +2,14 @@
 
 Routes: ``POST /embeddings``, ``POST /rerank``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
 Every request under ``/v1`` passes the API-key check (when keys are configured). Bodies are read
-with a size limit (413) and parsed with the protocol models (400).
+with a size limit (413) and parsed with the protocol models (400). A request not answered within
+the request timeout gets 504; one whose client went away (disconnected while sending) is counted
+as 499, without a traceback, and answered to nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,12 +18,21 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import ApiKeys
-from gateway.errors import ApiError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+from gateway.errors import (
+    CLIENT_GONE,
+    ApiError,
+    GatewayTimeout,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+)
 from gateway.metrics import gateway_metrics
 from gateway.openapi import openapi_document
 from gateway.protocol import EmbeddingRequest, ModelCard, ModelList, RerankRequest
@@ -94,6 +106,8 @@ def json_response(content: bytes) -> Response:
 
 def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     limit = serving.served.gateway.max_body_bytes
+    timeout_s = serving.served.request_timeout_s
+    retry_after_s = serving.served.gateway.retry_after_s
     metrics = gateway_metrics()
 
     def guarded(
@@ -108,6 +122,8 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
                 return await handler(request)
             except ApiError as error:
                 return error_response(error)
+            except ClientDisconnect:  # nobody to answer; counted in `counted`
+                return Response(status_code=CLIENT_GONE)
             except Exception:
                 logger.exception("unexpected error on %s %s", request.method, request.url.path)
                 return error_response(ApiError("The server had an error while processing your request."))
@@ -117,23 +133,35 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     async def counted(
         request: Request, schema: type[BaseModel], run: Callable[[BaseModel, ModelSpec], Awaitable[EmbeddingResult]]
     ) -> Response:
-        """Parse with ``schema``, then ``run`` it on its model, counting the request by model and
-        status (401s too: the API key is checked here, not in ``guarded``), its inputs and tokens,
-        and its latency when it succeeds."""
+        """Parse with ``schema``, then ``run`` it on its model within the request timeout (504),
+        counting the request by model and status (401s too: the API key is checked here, not in
+        ``guarded``; 499 when the client went away), its inputs and tokens, and its latency when
+        it succeeds."""
         started = time.perf_counter()
         model, status = "unknown", 500
         try:
-            keys.check(request.headers.get("authorization"))
-            parsed = parse_request(await read_body(request, limit), schema)
-            spec = serving.model(parsed.model)
-            model = spec.name
-            result = await run(parsed, spec)
+            async with asyncio.timeout(timeout_s) as deadline:
+                keys.check(request.headers.get("authorization"))
+                parsed = parse_request(await read_body(request, limit), schema)
+                spec = serving.model(parsed.model)
+                model = spec.name
+                result = await run(parsed, spec)
             status = 200
             metrics.inputs.labels(model).inc(result.inputs)
             metrics.input_tokens.labels(model).inc(result.tokens)
             return json_response(result.body)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            status = GatewayTimeout.status
+            raise GatewayTimeout(
+                f"The request was not answered within {timeout_s:g} s; retry later.", retry_after_s
+            ) from None
         except ApiError as error:
             status = error.status
+            raise
+        except ClientDisconnect:
+            status = CLIENT_GONE
             raise
         finally:
             metrics.requests.labels(model, str(status)).inc()

@@ -9,9 +9,14 @@ and two calls in flight keep its engine busy: one computing, the next one waitin
 
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
-runner closed a kept-alive connection just as it was reused, or restarted) is retried once;
-then its requests get 503 with ``Retry-After``, never a 500. Runner-side failures on valid input
-are engine faults (500, logged). Either way only the requests in that call fail.
+runner closed a kept-alive connection just as it was reused) is retried once if the runner
+still answers its readiness probe within ``PROBE_TIMEOUT_S``. If it does not (its worker died:
+a socket whose worker is gone accepts connections that nobody answers), the call's requests get
+503 with ``Retry-After`` at once, and the runner is marked down: new requests for its models get
+503 at once too, never a wait, until a probe every ``RECOVERY_PROBE_S`` finds it ready again.
+A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
+logged). Either way only the requests in that call fail; and a job the runner failed alone
+(``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from gateway.errors import ApiError, EngineError, EngineUnavailable
-from runners.engine import job_payload
+from gateway.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
+from runners.engine import JobFailure, job_failure, job_payload
 
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
+PROBE_TIMEOUT_S = 1.0  # a live runner answers /readyz in milliseconds
+RECOVERY_PROBE_S = 0.5
 
 
 def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -64,10 +71,13 @@ class RunnerClient:
         self.max_inputs_per_call = max_inputs_per_call
         self._queue: collections.deque[tuple[dict[str, Any], asyncio.Future[str]]] = collections.deque()
         self._calls_in_flight = 0
+        self._recovery: asyncio.Task | None = None  # set while the runner is marked down
 
     async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
         """One base64 float32 result per input (token ids, or a uint8 image for vision models),
         in order (see ``runners/engine.py``)."""
+        if self._recovery is not None:
+            raise self._unavailable("is down (its last call failed on the connection); it is being probed")
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
@@ -102,11 +112,49 @@ class RunnerClient:
                     future.set_exception(exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                failure = job_failure(result)
+                if failure is None:
                     future.set_result(result)
+                else:
+                    future.set_exception(self._job_error(*failure))
         finally:
             self._calls_in_flight -= 1
             self._dispatch()
+
+    def _unavailable(self, why: str) -> EngineUnavailable:
+        return EngineUnavailable(f"The {self.engine} runner {why}.", self.retry_after_s)
+
+    def _job_error(self, kind: JobFailure, message: str) -> ApiError:
+        if kind is JobFailure.UNAVAILABLE:
+            return self._unavailable(f"cannot run this input now ({message})")
+        logger.error("%s runner failed an input (%s): %s", self.engine, kind.value, message)
+        if kind is JobFailure.INVALID:
+            return EngineError(f"The {self.engine} runner refused this input: {message}")
+        return EngineError(f"The {self.engine} engine failed on this request.")
+
+    async def _answers_probe(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.handle.is_ready(1), PROBE_TIMEOUT_S))
+        except Exception:  # refused, reset, timed out: not answering
+            return False
+
+    def _mark_down(self) -> None:
+        if self._recovery is None:
+            logger.warning("%s runner marked down; its models answer 503 until it is ready again", self.engine)
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        from gateway.metrics import gateway_metrics
+
+        gateway_metrics().runner_ready.labels(self.engine).set(0)
+        started = time.monotonic()
+        while not await self._answers_probe():
+            await asyncio.sleep(RECOVERY_PROBE_S)
+        gateway_metrics().runner_ready.labels(self.engine).set(1)
+        logger.warning("%s runner ready again after %.1f s", self.engine, time.monotonic() - started)
+        self._recovery = None
 
     async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
         call = getattr(self.handle.to_async, self.endpoint)
@@ -114,16 +162,17 @@ class RunnerClient:
             try:
                 answer = await call(jobs)
             except CONNECTION_ERRORS as exc:
+                if not await self._answers_probe():
+                    self._mark_down()
+                    raise
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
                 answer = await call(jobs)
         except CONNECTION_ERRORS as exc:
-            raise EngineUnavailable(
-                f"The {self.engine} runner is unreachable ({type(exc).__name__}).", self.retry_after_s
-            ) from exc
-        except (TimeoutError, ServiceUnavailable) as exc:
-            raise EngineUnavailable(
-                f"The {self.engine} runner is not ready or overloaded.", self.retry_after_s
-            ) from exc
+            raise self._unavailable(f"is unreachable ({type(exc).__name__})") from exc
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"The {self.engine} runner did not answer in time.", self.retry_after_s) from exc
+        except ServiceUnavailable as exc:
+            raise self._unavailable("is not ready or overloaded") from exc
         except BentoMLException as exc:
             logger.error("%s runner failed: %s", self.engine, exc)
             raise EngineError(f"The {self.engine} engine failed on this request.") from exc

@@ -13,6 +13,11 @@ gateway cuts ``dimensions`` (truncate, then re-normalise) for every engine alike
 ``AsyncLLM`` runs its engine core (and, on CPU, a worker) in child processes: ``start`` must run
 inside the serving process after start-up (a BentoML start hook), never at import, and
 ``shutdown`` stops those processes.
+
+When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
+what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
+``restart`` replaces the engine with a new one in a worker thread; the runner reports not ready
+meanwhile (``runners/vllm/service.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from models.registry import ModelSpec
 from models.store import StoreEntry
+from runners.guard import EngineDown
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,8 @@ class VllmEngine:
         self.spec = spec
         self.entry = entry
         self._engine: Any = None
+        self._restart: asyncio.Task | None = None
+        self.restarts = 0
 
     def start(self) -> None:
         """Create the engine: loads the weights, profiles memory, starts the engine core
@@ -85,11 +93,53 @@ class VllmEngine:
     def ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
+    @property
+    def dead(self) -> bool:
+        """The engine ran and died (its core process is gone); ``restart`` replaces it."""
+        return self._engine is not None and self._engine.errored
+
+    def restart(self) -> asyncio.Task:
+        """Replace a dead engine (at most one restart at a time; the same task while one runs).
+        The old engine is shut down first, so its processes and memory are gone before the new
+        one loads."""
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._replace())
+        return self._restart
+
+    async def _replace(self) -> None:
+        logger.warning("vllm engine for %s died; restarting it", self.spec.name)
+        started = time.perf_counter()
+        old, self._engine = self._engine, None
+        if old is not None:
+            await asyncio.to_thread(old.shutdown)
+        try:
+            await asyncio.to_thread(self.start)
+        except Exception:
+            logger.exception("vllm engine for %s failed to restart; the runner stays not ready", self.spec.name)
+            return
+        self.restarts += 1
+        logger.warning("vllm engine for %s serves again %.1f s after its restart began",
+                       self.spec.name, time.perf_counter() - started)
+
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Token ids per input -> float32 ``(dimensions,)`` per input, in input order. All
-        inputs go to vLLM at once (it batches them with whatever else is running); raises
-        vLLM's error when the engine fails (the caller's whole call then fails)."""
-        return list(await asyncio.gather(*(self._one(ids) for ids in inputs)))
+        inputs go to vLLM at once (it batches them with whatever else is running). Raises
+        ``EngineDown`` when the engine is not running or dies meanwhile (and starts its
+        restart), vLLM's error for other failures."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not self.ready:
+            if self.dead:
+                self.restart()
+            state = "restarting" if self._restart else "not running"
+            raise EngineDown(f"the vLLM engine for {self.spec.name} is {state}")
+        try:
+            return list(await asyncio.gather(*(self._one(ids) for ids in inputs)))
+        except Exception as exc:
+            if isinstance(exc, EngineDeadError) or self.dead:
+                self.restart()
+                raise EngineDown(f"the vLLM engine for {self.spec.name} died; it is restarting") from exc
+            raise
 
     async def _one(self, ids: Sequence[int]) -> np.ndarray:
         from vllm import PoolingParams
