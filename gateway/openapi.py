@@ -28,7 +28,9 @@ ERRORS = {
     "413": "Body larger than the configured limit",
     "429": "Too much work in flight; retry after `Retry-After` seconds",
     "500": "The engine failed on valid input (a fault; see the server logs)",
-    "503": "The model's runner is not ready or unreachable",
+    "503": "The model's runner is not ready or unreachable, or the server is at its connection limit; "
+           "retry after `Retry-After` seconds",
+    "504": "Not answered within the request timeout; retry after `Retry-After` seconds",
 }
 
 
@@ -57,7 +59,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("EmbeddingRequest")},
                     "responses": {
                         "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
-                        **_errors(["400", "401", "404", "413", "429", "500", "503"]),
+                        **_errors(["400", "401", "404", "413", "429", "500", "503", "504"]),
                     },
                 }
             },
@@ -69,7 +71,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("RerankRequest")},
                     "responses": {
                         "200": {"description": "Results sorted by relevance_score", **_ref("RerankResponse")},
-                        **_errors(["400", "401", "404", "413", "429", "500", "503"]),
+                        **_errors(["400", "401", "404", "413", "429", "500", "503", "504"]),
                     },
                 }
             },

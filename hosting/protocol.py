@@ -59,6 +59,7 @@ class ReadDeadline:
     with ``more_body``, ``response_started``, ``response_complete``)."""
 
     _deadline: asyncio.TimerHandle | None = None
+    _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
@@ -66,13 +67,15 @@ class ReadDeadline:
         server = served().server
         if len(self.connections) > server.max_connections:
             _closed().labels("too_many_connections").inc()
-            self._answer_and_close(ServerBusy(
+            self._refuse(ServerBusy(
                 f"This server holds its limit of {server.max_connections} connections; retry shortly."
             ))
             return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the request of a refused connection is read and dropped
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()  # the first bytes of a further request on a kept-alive connection
         super().data_received(data)
@@ -114,6 +117,16 @@ class ReadDeadline:
     def _answer_and_close(self, error: Exception) -> None:
         self.transport.write(http_bytes(error))
         self.transport.close()
+
+    def _refuse(self, error: Exception) -> None:
+        """Answer ``error`` before reading anything, then close our side only and drop what the
+        client still sends for a moment: closing at once with its request unread would reset the
+        connection and lose the answer."""
+        self._refused = True
+        self.transport.write(http_bytes(error))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(1.0, self.transport.close)
 
 
 class GuardedHTTPProtocol(ReadDeadline, AutoHTTPProtocol):
