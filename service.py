@@ -81,6 +81,7 @@ V1 = DeferredApp()
     logging={"access": {"enabled": False}},
     tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
     image=image(),
+    envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],  # no usage reports from the image (or its workers)
 )
 @declare_store_models(SERVED.models)
 @depend_on_runners

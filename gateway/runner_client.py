@@ -10,10 +10,13 @@ and two calls in flight keep its engine busy: one computing, the next one waitin
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
 runner closed a kept-alive connection just as it was reused) is retried once if the runner
-still answers its readiness probe within ``PROBE_TIMEOUT_S``. If it does not (its worker died:
-a socket whose worker is gone accepts connections that nobody answers), the call's requests get
-503 with ``Retry-After`` at once, and the runner is marked down: new requests for its models get
-503 at once too, never a wait, until a probe every ``RECOVERY_PROBE_S`` finds it ready again.
+still answers its readiness probe within ``PROBE_TIMEOUT_S``; no new call goes out while that
+probe runs. If the runner does not answer (its worker died: a socket whose worker is gone accepts
+connections that nobody answers, so a call sent there would wait for the respawn), it is marked
+down: the failed call's requests, those queued here and new ones for its models get 503 with
+``Retry-After`` at once, never a wait, until a probe every ``RECOVERY_PROBE_S`` finds it ready
+again. ``watch_readiness`` marks a runner down the same way when its periodic probe gets no
+answer (a runner that answers "not ready", such as one draining, is not down).
 A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
 logged). Either way only the requests in that call fail; and a job the runner failed alone
 (``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
@@ -71,13 +74,14 @@ class RunnerClient:
         self.max_inputs_per_call = max_inputs_per_call
         self._queue: collections.deque[tuple[dict[str, Any], asyncio.Future[str]]] = collections.deque()
         self._calls_in_flight = 0
+        self._probe: asyncio.Task | None = None  # set while a failed call's probe runs: nothing is sent
         self._recovery: asyncio.Task | None = None  # set while the runner is marked down
 
     async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
         """One base64 float32 result per input (token ids, or a uint8 image for vision models),
         in order (see ``runners/engine.py``)."""
         if self._recovery is not None:
-            raise self._unavailable("is down (its last call failed on the connection); it is being probed")
+            raise self._unavailable("is down (it does not answer its readiness probe)")
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
@@ -90,6 +94,8 @@ class RunnerClient:
             settle(futures)
 
     def _dispatch(self) -> None:
+        if self._probe is not None or self._recovery is not None:
+            return
         while self._queue and self._calls_in_flight < self.max_calls_in_flight:
             batch = []
             while self._queue and len(batch) < self.max_inputs_per_call:
@@ -134,27 +140,52 @@ class RunnerClient:
             return EngineError(f"The {self.engine} runner refused this input: {message}")
         return EngineError(f"The {self.engine} engine failed on this request.")
 
-    async def _answers_probe(self) -> bool:
+    async def _ready(self) -> bool | None:
+        """The runner's readiness probe: True (ready), False (answered: not ready), None (no
+        answer within ``PROBE_TIMEOUT_S``: refused, reset, or accepted and never answered)."""
         try:
             return bool(await asyncio.wait_for(self.handle.is_ready(1), PROBE_TIMEOUT_S))
-        except Exception:  # refused, reset, timed out: not answering
-            return False
+        except Exception:
+            return None
 
-    def _mark_down(self) -> None:
-        if self._recovery is None:
-            logger.warning("%s runner marked down; its models answer 503 until it is ready again", self.engine)
-            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+    async def _still_there(self) -> bool:
+        """After a call failed on its connection: does the runner still answer? One probe for all
+        the calls that failed together; no call is sent while it runs."""
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._ready())
+        probe = self._probe
+        try:
+            answered = await asyncio.shield(probe) is not None
+        finally:
+            if self._probe is probe:
+                self._probe = None
+        if not answered:
+            self.mark_down()
+        self._dispatch()
+        return answered
+
+    def mark_down(self) -> None:
+        """Fail what is queued here and every new request with 503 until the runner is ready."""
+        if self._recovery is not None:
+            return
+        logger.warning("%s runner does not answer; its models get 503 until it is ready again", self.engine)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(self._unavailable("does not answer"))
 
     async def _recover(self) -> None:
         from gateway.metrics import gateway_metrics
 
         gateway_metrics().runner_ready.labels(self.engine).set(0)
         started = time.monotonic()
-        while not await self._answers_probe():
+        while not await self._ready():
             await asyncio.sleep(RECOVERY_PROBE_S)
         gateway_metrics().runner_ready.labels(self.engine).set(1)
         logger.warning("%s runner ready again after %.1f s", self.engine, time.monotonic() - started)
         self._recovery = None
+        self._dispatch()
 
     async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
         call = getattr(self.handle.to_async, self.endpoint)
@@ -162,8 +193,7 @@ class RunnerClient:
             try:
                 answer = await call(jobs)
             except CONNECTION_ERRORS as exc:
-                if not await self._answers_probe():
-                    self._mark_down()
+                if not await self._still_there():
                     raise
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
                 answer = await call(jobs)
@@ -193,8 +223,9 @@ async def watch_readiness(clients: Sequence[RunnerClient], interval_s: float = 5
     async def probe(client: RunnerClient) -> None:
         try:
             ready = await client.handle.is_ready(max(1, int(interval_s)))
-        except Exception:  # refused, reset, DNS: not ready
+        except Exception:  # refused, reset, DNS, no answer: down
             ready = False
+            client.mark_down()
         gauge.labels(client.engine).set(1 if ready else 0)
 
     while True:

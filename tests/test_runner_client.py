@@ -90,7 +90,7 @@ def test_a_runner_that_stops_answering_fails_fast_until_it_is_ready_again(monkey
         started = loop.time()
         with pytest.raises(EngineUnavailable):
             await client.embed("m", [ids(1)])
-        with pytest.raises(EngineUnavailable, match="down"):
+        with pytest.raises(EngineUnavailable, match="is down"):
             await client.embed("m", [ids(2)])
         failed_within = loop.time() - started
         runner.ready = True
