@@ -60,11 +60,13 @@ class ReadDeadline:
 
     _deadline: asyncio.TimerHandle | None = None
     _refused = False
+    _timeout_s = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         _open.add(self)
         server = served().server
+        self._timeout_s = server.read_timeout_s
         if len(self.connections) > server.max_connections:
             _closed().labels("too_many_connections").inc()
             self._refuse(ServerBusy(
@@ -93,7 +95,7 @@ class ReadDeadline:
         self._answer_and_close(InvalidRequest(f"{msg} The request is not valid HTTP/1.1."))
 
     def _arm(self) -> None:
-        self._deadline = asyncio.get_running_loop().call_later(served().server.read_timeout_s, self._expired)
+        self._deadline = self.loop.call_later(self._timeout_s, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -108,9 +110,7 @@ class ReadDeadline:
         cycle = self.cycle
         waiting_for_request = cycle is None or (cycle.response_complete and not cycle.more_body)
         if waiting_for_request or not cycle.response_started:
-            self._answer_and_close(RequestTimeout(
-                f"The request did not arrive in full within {served().server.read_timeout_s:g} s."
-            ))
+            self._answer_and_close(RequestTimeout(f"The request did not arrive in full within {self._timeout_s:g} s."))
         else:
             self.transport.close()
 
@@ -126,7 +126,7 @@ class ReadDeadline:
         self.transport.write(http_bytes(error))
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        asyncio.get_running_loop().call_later(1.0, self.transport.close)
+        self.loop.call_later(1.0, self.transport.close)
 
 
 class GuardedHTTPProtocol(ReadDeadline, AutoHTTPProtocol):

@@ -1,6 +1,7 @@
 """Hostile clients, faults and shutdown on a real ``bentoml serve`` (the ``cpu`` profile), run as in
 the image (``BENTOML_CONTAINERIZED`` set), with a 2 s read timeout, a 3 s request timeout and a
-cap of 32 connections so the tests stay short. One server for the module; the last test stops it
+cap of 32 connections so the tests stay short, and its metrics on a port of their own (as in
+deploy/k8s; the session's server keeps them on /metrics, the default). One server for the module; the last test stops it
 with SIGTERM under load.
 
 What each test shows is in its name; the numbers they print (time for a killed runner to serve
@@ -27,13 +28,14 @@ from starlette.testclient import TestClient
 from gateway.auth import ApiKeys
 from gateway.edge import Edge
 from hosting import routes
-from tests.conftest import API_KEY, Load, own_bentoml_home, process_tree, serve_process, wait_ready
+from tests.conftest import API_KEY, Load, free_port, own_bentoml_home, process_tree, serve_process, wait_ready
 
 pytestmark = pytest.mark.slow
 
 MODEL = "all-MiniLM-L6-v2"
 READ_TIMEOUT_S, REQUEST_TIMEOUT_S, MAX_CONNECTIONS = 2, 3, 32
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def served(tmp_path_factory):
         "EMBED_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "BENTOML_CONTAINERIZED": "true",  # as in the image: BentoML alone would not respawn a dead worker
         "BENTOML_HOME": own_bentoml_home(folder / "home"),
+        "EMBED_METRICS_PORT": str(METRICS_PORT),
     }
     log = folder / "serve.log"
     with serve_process(env, log) as (process, url):
@@ -65,7 +68,9 @@ def openai_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 def metric_lines(url: str, prefix: str) -> list[str]:
-    return [line for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines() if line.startswith(prefix)]
+    """The server's metric lines starting with ``prefix``, from its metrics port."""
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
 def counter(url: str, line_prefix: str) -> float:
@@ -139,8 +144,15 @@ def test_bentoml_index_and_schema_pages_are_off(served):
     _, url, _ = served
     for path in ("/", "/docs.json", "/schema.json", "/static_content/index.css"):
         openai_error(httpx.get(f"{url}{path}"), 404, "not_found")
-    assert httpx.get(f"{url}/metrics").status_code == 200  # open by default, as Prometheus expects
     assert httpx.get(f"{url}/livez").status_code == 200
+
+
+def test_metrics_on_their_own_port_leave_the_api_port(served):
+    _, url, _ = served
+    openai_error(httpx.get(f"{url}/metrics"), 404, "not_found")
+    lines = metric_lines(url, "embedding_")
+    assert any(line.startswith("embedding_runner_ready{") for line in lines)  # the gateway's
+    assert any(line.startswith("embedding_model_info{") for line in lines)  # and the runner's
 
 
 @pytest.mark.parametrize("what, data", [
