@@ -4,9 +4,10 @@
 
 Two uvicorn servers of the same trivial ASGI app (200, 2 bytes), one with uvicorn's own
 protocol (httptools) and one with ``GuardedHTTPProtocol``, each pinned to the same core; ``wrk``
-on the other core drives them in interleaved rounds (stock, guarded, stock, ...), so machine
-noise hits both alike. Prints each round and the medians: requests/s, and the per-request cost
-difference ``1/rps_guarded - 1/rps_stock`` (a server saturating one core spends 1/rps seconds of
+on the other core drives them in interleaved rounds, the order swapped every round (stock
+then guarded, guarded then stock, ...), so machine noise and its trends hit both alike. Prints
+each round and the medians: requests/s, and the per-request cost difference
+``1/rps_guarded - 1/rps_stock`` per round (a server saturating one core spends 1/rps seconds of
 it per request). The app does nothing, so this is the protocol's cost against the cheapest
 request there is; a real /v1/embeddings request costs milliseconds.
 """
@@ -82,7 +83,8 @@ def main() -> None:
         for port in ports.values():  # warm-up
             wrk(port, 1, args.clients, load_core)
         for round_ in range(args.rounds):
-            for kind, port in ports.items():
+            order = list(ports.items()) if round_ % 2 == 0 else list(ports.items())[::-1]
+            for kind, port in order:
                 rps[kind].append(wrk(port, args.seconds, args.clients, load_core))
             print(f"round {round_ + 1}: stock {rps['stock'][-1]:.0f} req/s, guarded {rps['guarded'][-1]:.0f} req/s",
                   flush=True)
@@ -96,8 +98,9 @@ def main() -> None:
           f"rounds of {args.seconds} s, {args.clients} connections, server and wrk on one core each")
     print(f"median stock {stock:.0f} req/s, guarded {guarded:.0f} req/s; guarded/stock per round: "
           f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
-    print(f"per-request cost: stock {1e6 / stock:.1f} us, guarded {1e6 / guarded:.1f} us, "
-          f"difference {1e6 / guarded - 1e6 / stock:+.1f} us")
+    costs = [1e6 / g - 1e6 / s for g, s in zip(rps["guarded"], rps["stock"], strict=True)]
+    print(f"per-request cost: stock {1e6 / stock:.1f} us, guarded {1e6 / guarded:.1f} us; guarded minus stock "
+          f"per round: median {statistics.median(costs):+.1f} us (min {min(costs):+.1f}, max {max(costs):+.1f})")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ class uvicorn would pick (httptools when installed, else h11) with ``ReadDeadlin
   more is answered 503 ``server_busy`` with ``Retry-After`` and closed at once.
 - **Malformed HTTP** gets an OpenAI-shaped 400 instead of uvicorn's plain text.
 
-Cost: one timer armed and cancelled per request (``loop.call_later``); measured in
-docs/runbook.md ("Slow clients").
+Cost: a timestamp written when a request starts and cleared when it is in, per request; one
+sweep per second over the worker's open connections closes the late ones (so a deadline fires
+within a second after it passes). A timer per request (``loop.call_later``) cost more: both
+measured in docs/runbook.md ("Slow clients").
 
 ``embedding_connections_closed_total{reason}`` counts what this closes: ``read_timeout``,
 ``too_many_connections``, ``invalid_http``. ``open_connections()`` is what ``drain`` waits on.
@@ -38,6 +40,8 @@ from models.registry import served
 PROTOCOL = "hosting.protocol:GuardedHTTPProtocol"
 
 _open: set[Any] = set()  # this worker's open connections
+SWEEP_S = 1.0
+_sweeping = False
 
 
 def open_connections() -> int:
@@ -58,13 +62,14 @@ class ReadDeadline:
     ``connections`` (the server's set of open connections) and ``cycle`` (the current request,
     with ``more_body``, ``response_started``, ``response_complete``)."""
 
-    _deadline: asyncio.TimerHandle | None = None
+    _since: float | None = None  # loop time at which the request being received began; None: none is
     _refused = False
     _timeout_s = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         _open.add(self)
+        _sweep_soon(self.loop)
         server = served().server
         self._timeout_s = server.read_timeout_s
         if len(self.connections) > server.max_connections:
@@ -78,16 +83,16 @@ class ReadDeadline:
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the request of a refused connection is read and dropped
-        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+        if self._since is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()  # the first bytes of a further request on a kept-alive connection
         super().data_received(data)
         cycle = self.cycle
-        if self._deadline is not None and cycle is not None and not cycle.more_body and not cycle.response_complete:
-            self._disarm()  # the whole request is in
+        if self._since is not None and cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._since = None  # the whole request is in
 
     def connection_lost(self, exc: Exception | None) -> None:
         _open.discard(self)
-        self._disarm()
+        self._since = None
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -95,15 +100,13 @@ class ReadDeadline:
         self._answer_and_close(InvalidRequest(f"{msg} The request is not valid HTTP/1.1."))
 
     def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self._timeout_s, self._expired)
+        self._since = self.loop.time()
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def _late(self, now: float) -> bool:
+        return self._since is not None and now - self._since > self._timeout_s
 
     def _expired(self) -> None:
-        self._deadline = None
+        self._since = None
         if self.transport.is_closing():
             return
         _closed().labels("read_timeout").inc()
@@ -127,6 +130,23 @@ class ReadDeadline:
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(1.0, self.transport.close)
+
+
+def _sweep_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Start this worker's sweep (once): every ``SWEEP_S`` s, expire connections whose request
+    is late."""
+    global _sweeping
+    if _sweeping:
+        return
+    _sweeping = True
+
+    def sweep() -> None:
+        now = loop.time()
+        for connection in [c for c in _open if c._late(now)]:
+            connection._expired()
+        loop.call_later(SWEEP_S, sweep)
+
+    loop.call_later(SWEEP_S, sweep)
 
 
 class GuardedHTTPProtocol(ReadDeadline, AutoHTTPProtocol):
