@@ -118,6 +118,16 @@ def test_edge_serves_metrics_behind_the_key_when_asked(monkeypatch):
         served.cache_clear()
 
 
+def test_edge_gives_any_non_json_error_below_it_the_openai_shape():
+    async def plain(scope, receive, send):
+        status = {"/v1/x\n": 404, "/readyz": 503}[scope["path"]]
+        await PlainTextResponse("Not Found", status_code=status)(scope, receive, send)
+
+    client = TestClient(Edge(plain, ApiKeys(())))
+    openai_error(client.get("/v1/x%0A"), 404, "not_found")
+    assert openai_error(client.get("/readyz"), 503, "service_unavailable")["type"] == "server_error"
+
+
 def test_the_server_refuses_to_start_without_keys_when_required(tmp_path):
     env = {"EMBED_PROFILE": "cpu", "EMBED_REQUIRE_API_KEYS": "1", "EMBED_API_KEYS": "",
            "BENTOML_HOME": own_bentoml_home(tmp_path / "home")}

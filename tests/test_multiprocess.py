@@ -23,12 +23,13 @@ import yaml
 
 from deploy.stop_tree import stop_tree
 from runners.engine import job_failure
-from tests.conftest import API_KEY, ROOT, bentoml_server, own_bentoml_home, serve_process
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home, serve_process
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings map text to vectors.", "short"]
 MODEL_A, MODEL_B = "all-MiniLM-L6-v2", "minilm-b"
+RUNNER_A_METRICS_PORT = free_port()
 
 
 def split_registry(path) -> str:
@@ -51,7 +52,8 @@ def layout(tmp_path_factory):
     base = {"EMBED_REGISTRY": split_registry(tmp / "registry.yaml"), "EMBED_PROFILE": "split"}
     runner = "runners.ort.service:OrtRunner"
     with (
-        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "BENTOML_HOME": own_bentoml_home(tmp / "home-a")},
+        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "BENTOML_HOME": own_bentoml_home(tmp / "home-a"),
+                        "EMBED_METRICS_PORT": str(RUNNER_A_METRICS_PORT)},
                        tmp / "runner-a.log", runner) as url_a,
         serve_process({**base, "EMBED_RUNNER_MODELS": MODEL_B, "BENTOML_HOME": own_bentoml_home(tmp / "home-b")},
                       tmp / "runner-b.log", runner) as (process_b, url_b),
@@ -131,6 +133,11 @@ def test_a_runner_called_directly_fails_each_bad_job_alone(layout):
     series = {line.split('model="')[1].split('"')[0] for line in httpx.get(f"{runner}/metrics").text.splitlines()
               if line.startswith("embedding_queue_wait_seconds_count{")}
     assert series == {MODEL_A}  # the unknown model made no series
+
+
+def test_a_runner_on_its_own_serves_metrics_on_their_own_port(layout):
+    text = httpx.get(f"http://127.0.0.1:{RUNNER_A_METRICS_PORT}/metrics", timeout=10).text
+    assert any(line.startswith("embedding_model_info{") and f'model="{MODEL_A}"' in line for line in text.splitlines())
 
 
 def test_a_runner_refuses_a_call_past_its_queue_limit(layout):

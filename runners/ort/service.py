@@ -27,6 +27,7 @@ from collections import defaultdict
 import bentoml
 
 from hosting import drain
+from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
@@ -67,7 +68,9 @@ class OrtRunner:
 
     @bentoml.on_startup
     def drain_on_sigterm(self) -> None:
+        """Drain on SIGTERM; serve metrics on their own port when configured (as the entry service)."""
         drain.install(drain.runner_done())
+        serve_metrics_port()
 
     def __is_ready__(self) -> bool:
         return not drain.draining()

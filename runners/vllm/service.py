@@ -32,6 +32,7 @@ from collections import defaultdict
 import bentoml
 
 from hosting import drain
+from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, JobFailure, encode_array, job_error
@@ -69,6 +70,7 @@ class VllmRunner:
     @bentoml.on_startup
     def start_engines(self) -> None:
         drain.install(drain.runner_done())
+        serve_metrics_port()
         for name, engine in self.engines.items():
             try:
                 engine.start()
