@@ -16,7 +16,11 @@ connections that nobody answers, so a call sent there would wait for the respawn
 down: the failed call's requests, those queued here and new ones for its models get 503 with
 ``Retry-After`` at once, never a wait, until a probe every ``RECOVERY_PROBE_S`` finds it ready
 again. ``watch_readiness`` marks a runner down the same way when its periodic probe gets no
-answer (a runner that answers "not ready", such as one draining, is not down).
+answer (a runner that answers "not ready", such as one draining, is not down). And a call still
+out after ``WATCH_S`` probes the runner (allowing ``WATCH_PROBE_TIMEOUT_S``) every ``WATCH_S``: a
+call sent into a dead worker's socket (the worker died between calls, so no connection failed)
+ends with 503 within seconds, not when the worker has been replaced or the runner's timeout
+passed; a live runner answers its probe while it computes, so long calls go on.
 A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
 logged). Either way only the requests in that call fail; and a job the runner failed alone
 (``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
@@ -43,6 +47,8 @@ logger = logging.getLogger(__name__)
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
 PROBE_TIMEOUT_S = 1.0  # a live runner answers /readyz in milliseconds
 RECOVERY_PROBE_S = 0.5
+WATCH_S = 2.0  # a call out longer than this checks that its runner still answers, every WATCH_S
+WATCH_PROBE_TIMEOUT_S = 5.0  # no evidence of a failure yet: a busy machine may answer slowly
 
 
 def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -140,11 +146,13 @@ class RunnerClient:
             return EngineError(f"The {self.engine} runner refused this input: {message}")
         return EngineError(f"The {self.engine} engine failed on this request.")
 
-    async def _ready(self) -> bool | None:
+    async def _ready(self, timeout_s: float | None = None) -> bool | None:
         """The runner's readiness probe: True (ready), False (answered: not ready), None (no
-        answer within ``PROBE_TIMEOUT_S``: refused, reset, or accepted and never answered)."""
+        answer within ``timeout_s`` (``PROBE_TIMEOUT_S``): refused, reset, or accepted and never
+        answered)."""
+        timeout_s = timeout_s or PROBE_TIMEOUT_S
         try:
-            return bool(await asyncio.wait_for(self.handle.is_ready(1), PROBE_TIMEOUT_S))
+            return bool(await asyncio.wait_for(self.handle.is_ready(max(1, int(timeout_s))), timeout_s))
         except Exception:
             return None
 
@@ -187,16 +195,30 @@ class RunnerClient:
         self._recovery = None
         self._dispatch()
 
+    async def _watched(self, jobs: list[dict[str, Any]]) -> Any:
+        """The runner's answer to one call; every ``WATCH_S`` the call is out, a probe: no answer
+        means the worker is gone, and the call ends with 503 (the runner is marked down)."""
+        call = asyncio.ensure_future(getattr(self.handle.to_async, self.endpoint)(jobs))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=WATCH_S)
+                if done:
+                    return call.result()
+                if await self._ready(WATCH_PROBE_TIMEOUT_S) is None and not call.done():
+                    self.mark_down()
+                    raise self._unavailable("stopped answering")
+        finally:
+            call.cancel()
+
     async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
-        call = getattr(self.handle.to_async, self.endpoint)
         try:
             try:
-                answer = await call(jobs)
+                answer = await self._watched(jobs)
             except CONNECTION_ERRORS as exc:
                 if not await self._still_there():
                     raise
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
-                answer = await call(jobs)
+                answer = await self._watched(jobs)
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(f"is unreachable ({type(exc).__name__})") from exc
         except TimeoutError as exc:

@@ -183,3 +183,23 @@ def test_the_batcher_fails_a_batch_whose_engine_returned_too_few_results():
 
     with pytest.raises(RuntimeError, match="2 results for 3 inputs"):
         asyncio.run(scenario())
+
+
+def test_a_call_into_a_silent_runner_ends_in_503_but_a_slow_live_one_is_waited_for(monkeypatch):
+    """A worker that died between calls leaves no failed connection: the call just gets no
+    answer. The watchdog's probe tells that apart from a runner that is only slow."""
+    monkeypatch.setattr(runner_client, "WATCH_S", 0.05)
+    monkeypatch.setattr(runner_client, "WATCH_PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(runner_client, "PROBE_TIMEOUT_S", 0.05)
+    slow = FakeRunner(delay=0.3)
+    assert asyncio.run(asyncio.wait_for(RunnerClient("ort", slow).embed("m", [ids(1)]), 5)) == ["m:[1]"]
+    assert slow.probes >= 2  # probed while it computed, and it answered
+    silent = FakeRunner(delay=30, ready=False)
+
+    async def scenario():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(EngineUnavailable, match="stopped answering"):
+            await RunnerClient("ort", silent).embed("m", [ids(1)])
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) < 1

@@ -20,6 +20,7 @@ import time
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
 from tests.conftest import API_KEY, ROOT, SERVER_ENV, Load, process_tree, serve_process, stop_gracefully, wait_ready
@@ -196,6 +197,31 @@ def test_dead_vllm_engine_core_is_restarted_while_ort_keeps_serving(vllm_server)
     assert f"vllm engine for {VLLM} serves again" in log.read_text()
     assert [p.pid for p in engine_cores(process)] != [core.pid]
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_killed_vllm_runner_worker_gets_503_at_once_and_its_engine_core_is_stopped(vllm_server, http):
+    """kill -9 of the vLLM runner worker while idle: no connection fails, so the next request's
+    call goes into the dead worker's socket; the gateway's watchdog answers 503 within seconds
+    instead of waiting for the new worker. The new worker stops the orphaned engine core (its
+    memory, on a GPU, is needed) before it starts its own."""
+    process, url, log = vllm_server
+    old_cores = engine_cores(process)
+    (worker,) = [p for p in process_tree(process) if "vllm_runner" in p.cmdline() and "--service-name" in p.cmdline()]
+    killed_at = time.monotonic()
+    worker.send_signal(signal.SIGKILL)
+    first = http.post("/v1/embeddings", json={"model": VLLM, "input": "right after the kill"})
+    answered_in = time.monotonic() - killed_at
+    assert first.status_code == 503 and first.headers["retry-after"], first.text
+    assert answered_in < 15, answered_in
+    assert http.post("/v1/embeddings", json={"model": ORT, "input": "the other runner"}).status_code == 200
+    while (status := http.post("/v1/embeddings", json={"model": VLLM, "input": "back?"}).status_code) != 200:
+        assert status == 503 and time.monotonic() - killed_at < 400
+        time.sleep(1)
+    back = time.monotonic() - killed_at
+    print(f"\nvLLM runner worker kill -9: 503 after {answered_in:.1f} s, serves again after {back:.1f} s")
+    assert not [p for p in old_cores if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert len(engine_cores(process)) == 1
+    assert "left by a worker that died" in log.read_text()
 
 
 def test_zz_shutdown_under_load_loses_nothing_and_leaves_no_process(vllm_server, client, http):

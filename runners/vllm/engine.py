@@ -14,6 +14,12 @@ gateway cuts ``dimensions`` (truncate, then re-normalise) for every engine alike
 inside the serving process after start-up (a BentoML start hook), never at import, and
 ``shutdown`` stops those processes.
 
+When the runner's worker itself dies (``kill -9``), its engine cores live on, orphaned, holding
+their memory (on a GPU, the memory the new worker's engines need): vLLM does not stop them when
+their parent dies. ``stop_orphaned_engines`` (called before a worker starts its engines) stops
+the orphaned engine cores of this server, told apart by the ``PROMETHEUS_MULTIPROC_DIR`` they
+inherited (one per ``bentoml serve`` home).
+
 When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
 what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
 ``restart`` replaces the engine with a new one in a worker thread; the runner reports not ready
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +72,40 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
     if options.kv_cache_memory_bytes is not None:
         args["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes
     return args
+
+
+WORKER_MODULE = "_bentoml_impl.worker.service"  # what a live BentoML worker runs
+
+
+def stop_orphaned_engines() -> list[int]:
+    """Kill (with their children) the vLLM engine cores that a dead worker of this server left
+    behind: processes named ``VLLM::EngineCore...`` whose parent is not a BentoML worker and whose
+    ``PROMETHEUS_MULTIPROC_DIR`` is this process's. Returns their pids."""
+    import psutil
+
+    home = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not home:
+        return []
+    stopped = []
+    for process in psutil.process_iter(["name"]):
+        try:
+            if not (process.info["name"] or "").startswith("VLLM::EngineCor"):
+                continue
+            parent = process.parent()
+            if parent is not None and WORKER_MODULE in " ".join(parent.cmdline()):
+                continue  # a live worker's engine
+            if process.environ().get("PROMETHEUS_MULTIPROC_DIR") != home:
+                continue  # another server's
+            tree = [process, *process.children(recursive=True)]
+            for member in tree:
+                member.kill()
+            psutil.wait_procs(tree, timeout=10)
+            stopped.append(process.pid)
+        except psutil.Error:
+            continue
+    if stopped:
+        logger.warning("stopped vllm engine cores %s left by a worker that died", stopped)
+    return stopped
 
 
 class VllmEngine:

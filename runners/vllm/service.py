@@ -69,8 +69,11 @@ class VllmRunner:
 
     @bentoml.on_startup
     def start_engines(self) -> None:
+        from runners.vllm.engine import stop_orphaned_engines
+
         drain.install(drain.runner_done())
         serve_metrics_port()
+        stop_orphaned_engines()  # a previous worker's, if it was killed: their memory is needed now
         for name, engine in self.engines.items():
             try:
                 engine.start()
