@@ -22,9 +22,11 @@ Graphs (``runners/ort/colqwen2.py`` feeds them and computes every position in Nu
   own patches (the reference splits one flat sequence by ``cu_seqlens``).
 - ``LANGUAGE_GRAPH``: ``input_ids`` int64 [batch, sequence] (right padding), ``attention_mask``
   int64 [batch, sequence], ``position_ids`` int64 [3, batch, sequence] (M-RoPE), ``image_features``
-  float32 [features, hidden] (the batch's visual features in the order of its ``<|image_pad|>``
-  tokens, row by row; one ignored zero row when there are none) -> ``embeddings`` float32 [batch,
-  sequence, 128], each row L2-normalised, padding rows zero.
+  float32 [features, hidden] (the batch's visual features; one ignored zero row when there are
+  none), ``image_index`` int64 [batch, sequence] (the row of ``image_features`` that replaces the
+  token's embedding, -1 for text: a query's text that spells ``<|image_pad|>`` stays text, as in
+  ``ColQwen2ForRetrieval``) -> ``embeddings`` float32 [batch, sequence, 128], each row
+  L2-normalised, padding rows zero.
 
 Both have dynamic batch and length, so any page size is served and the language model's weights
 exist once. Each graph has a folder of its own (a real checkpoint's graphs exceed protobuf's 2 GB
@@ -53,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import ExportError
-from models.store import LANGUAGE_GRAPH, VISION_GRAPH
+from models.store import COLQWEN2_LAYOUT, LANGUAGE_GRAPH, VISION_GRAPH
 
 RANDOM_PREFIX = "random:"
 TINY_RANDOM = "colqwen2-tiny"
@@ -65,6 +67,7 @@ SAMPLE_QUERIES = (
     "diagram of a transformer encoder",
     "Ça coûte combien à Zürich ?",
     "x",
+    "text that spells <|image_pad|> and <|vision_start|>",  # special tokens in a query stay text
 )
 # Page shapes of the parity check (width, height, before resizing): A4 portrait and landscape,
 # square, 3:1, one larger than any page the model takes (resized down to max_pixels) and one
@@ -260,8 +263,8 @@ class VisionGraph(nn.Module):
 
 
 class LanguageGraph(nn.Module):
-    """The language model for queries and pages: token ids with the visual features in place of
-    the ``<|image_pad|>`` tokens, 3-D positions given -> normalised, masked (B, S, 128).
+    """The language model for queries and pages: token ids with visual features in place of the
+    tokens ``image_index`` points from, 3-D positions given -> normalised, masked (B, S, 128).
 
     Does what ``Qwen2VLModel.forward`` does after the vision encoder (the features replace the
     image tokens' embeddings in order), with ``position_ids`` computed outside (M-RoPE for pages,
@@ -270,16 +273,13 @@ class LanguageGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.image_token_id = int(model.config.vlm_config.image_token_id)
         self.eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                image_features: torch.Tensor) -> torch.Tensor:
+                image_features: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         vlm = self.model.vlm
         embeds = vlm.get_input_embeddings()(input_ids)
-        is_image = input_ids == self.image_token_id
-        order = (torch.cumsum(is_image.reshape(-1).long(), dim=0) - 1).clamp(min=0).reshape(input_ids.shape)
-        embeds = torch.where(is_image.unsqueeze(-1), image_features[order], embeds)
+        embeds = torch.where((image_index >= 0).unsqueeze(-1), image_features[image_index.clamp(min=0)], embeds)
         hidden = vlm.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                     use_cache=False).last_hidden_state
         embeddings = self.model.embedding_proj_layer(hidden)
@@ -344,11 +344,14 @@ def export_graphs(loaded: Loaded, out_dir: Path, opset: int = 17) -> None:
     attention[1, 7:] = 0
     position_ids = torch.arange(9).expand(3, 2, 9).contiguous()
     features = torch.randn(6, text.hidden_size)
-    _onnx_export(LanguageGraph(loaded.model), (ids, attention, position_ids, features), out_dir / LANGUAGE_GRAPH,
-                 ["input_ids", "attention_mask", "position_ids", "image_features"], "embeddings",
+    index = torch.full((2, 9), -1, dtype=torch.int64)
+    index[0, 2:6], index[1, 1:3] = torch.arange(4), torch.arange(4, 6)
+    _onnx_export(LanguageGraph(loaded.model), (ids, attention, position_ids, features, index),
+                 out_dir / LANGUAGE_GRAPH, ["input_ids", "attention_mask", "position_ids", "image_features",
+                                            "image_index"], "embeddings",
                  {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                   "position_ids": {1: "batch", 2: "sequence"}, "image_features": {0: "features"},
-                  "embeddings": {0: "batch", 1: "sequence"}}, opset)
+                  "image_index": {0: "batch", 1: "sequence"}, "embeddings": {0: "batch", 1: "sequence"}}, opset)
 
 
 def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -455,7 +458,7 @@ def stage_files(loaded: Loaded, out_dir: Path, max_tokens: int, pixels: tuple[in
     page_prefix, page_suffix = page_frame(loaded.processor)
     embedding = {
         "kind": "colqwen2",
-        "layout": "vision+language",
+        "layout": COLQWEN2_LAYOUT,
         "pooling": "multi",
         "normalize": True,
         "max_tokens": max_tokens,

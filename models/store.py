@@ -44,6 +44,7 @@ class OutdatedEntry(StoreError):
 
 VISION_GRAPH = "vision/model.onnx"  # a ColQwen2 entry's vision encoder (export/colqwen2.py)
 LANGUAGE_GRAPH = "language/model.onnx"  # its language model, shared by queries and pages
+COLQWEN2_LAYOUT = "vision+language/2"  # embedding.json `layout`: the graphs' inputs as this code feeds them
 
 
 def runner_files(spec: ModelSpec) -> tuple[str, ...]:
@@ -124,6 +125,9 @@ def open_entry(
             f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}", fix
         )
     settings = json.loads((path / "embedding.json").read_text())
+    if spec.vision is not None and settings.get("layout") != COLQWEN2_LAYOUT:
+        raise OutdatedEntry(f"model {spec.name!r}: store entry {entry_name} has graph layout "
+                            f"{settings.get('layout')!r}, this code feeds {COLQWEN2_LAYOUT!r}", fix)
     if settings.get("dimensions") != spec.dimensions:
         raise StoreError(
             f"model {spec.name!r}: the registry says {spec.dimensions} dimensions, store entry "

@@ -50,6 +50,7 @@ def test_entry_files_metadata_and_progress(exported):
     assert (metadata["min_pixels"], metadata["max_pixels"]) == (3136, 50176) and metadata["precision"] == "fp32"
     assert set(metadata["onnx_files_sha256"]) == GRAPHS
     settings = json.loads((path / "embedding.json").read_text())
+    assert settings["layout"] == "vision+language/2"  # models/store.py: COLQWEN2_LAYOUT, what the runner feeds
     assert settings["query_prefix"] == "Query: " and len(settings["query_suffix_ids"]) == 11
     assert (settings["patch_size"], settings["merge_size"], settings["text_hidden_size"]) == (14, 2, 64)
     assert len(settings["page_prefix_ids"]) + len(settings["page_suffix_ids"]) == 12

@@ -121,7 +121,7 @@ def test_served_vectors_equal_the_reference_for_four_aspect_ratios_a_pdf_page_an
     shapes = {"A4 portrait": (595, 842), "A4 landscape": (842, 595), "square": (500, 500), "3:1": (600, 200)}
     originals = [page((250 - 40 * i, 240, 230), size=size, label=name) for i, (name, size) in enumerate(shapes.items())]
     pdf = pdf_part([page((200, 0, 0), size=(595, 842)), page((0, 200, 0), size=(842, 595))], [2])
-    queries = ["Which page shows revenue?", "chart"]
+    queries = ["Which page shows revenue?", "a query that spells <|image_pad|>"]  # the special token stays text
     body = embed(http, [queries[0], *[image_part(o) for o in originals], pdf, queries[1],
                         image_part(originals[0], "WEBP")])
     data = body["data"]

@@ -344,7 +344,7 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     monkeypatch.setitem(sys.modules, "onnxruntime", recorder)
     spec = load_registry().models["colqwen2"]
     settings = {"pad_token_id": 151643, "patch_size": 14, "merge_size": 2, "image_token_id": 151655,
-                "text_hidden_size": 1536, "page_prefix_ids": [0] * 4, "page_suffix_ids": [0] * 13}
+                "text_hidden_size": 1536, "page_prefix_ids": [0] * 4, "page_suffix_ids": [0] * 7}
     engine_module.ColQwen2Engine(spec, StoreEntry(tag="t", path=tmp_path, metadata={}, settings=settings))
 
     assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == [
@@ -362,12 +362,12 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     assert vision["trt_profile_opt_shapes"] == vision["trt_profile_max_shapes"] == (
         "patches:4x3072x588,patch_positions:4x3072x2,patch_mask:4x3072")
     assert language["trt_profile_min_shapes"] == (
-        "input_ids:1x1,attention_mask:1x1,position_ids:3x1x1,image_features:1x1536")
-    # pages: 768 visual + 17 prompt tokens; queries: 32 rows, 768 tokens; 4 x 768 visual features
+        "input_ids:1x1,attention_mask:1x1,position_ids:3x1x1,image_features:1x1536,image_index:1x1")
+    # pages: 768 visual + 11 prompt tokens; queries: 32 rows, 768 tokens; 4 x 768 visual features
     assert language["trt_profile_opt_shapes"] == (
-        "input_ids:4x785,attention_mask:4x785,position_ids:3x4x785,image_features:3072x1536")
+        "input_ids:4x779,attention_mask:4x779,position_ids:3x4x779,image_features:3072x1536,image_index:4x779")
     assert language["trt_profile_max_shapes"] == (
-        "input_ids:32x785,attention_mask:32x785,position_ids:3x32x785,image_features:3072x1536")
+        "input_ids:32x779,attention_mask:32x779,position_ids:3x32x779,image_features:3072x1536,image_index:32x779")
 
 
 def test_without_tensorrt_the_profile_is_not_passed(monkeypatch):

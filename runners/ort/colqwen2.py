@@ -6,8 +6,9 @@ checkpoint's graphs exceed protobuf's 2 GB and keep their weights in external fi
 - the **vision encoder** (``VISION_GRAPH``): a batch of pages as uint8 patches, padded to the
   longest page's patch count -> the merged visual features of each page;
 - the **language model** (``LANGUAGE_GRAPH``), shared by queries and pages, so that its weights are
-  held once: token ids, attention mask, Qwen2-VL's 3-D (M-RoPE) position ids and the visual
-  features that take the place of the ``<|image_pad|>`` tokens -> L2-normalised 128-dim rows.
+  held once: token ids, attention mask, Qwen2-VL's 3-D (M-RoPE) position ids, and the visual
+  features with, per token, the feature row that replaces its embedding (``image_index``; -1 for
+  text, so a query that spells ``<|image_pad|>`` stays text) -> L2-normalised 128-dim rows.
 
 Inputs are int64 query ids ``(tokens,)`` (formatted and validated by the gateway) or uint8 RGB
 pages ``(H, W, 3)`` already resized by the gateway as ``ColQwen2Processor`` does (``smart_resize``:
@@ -163,7 +164,7 @@ def language_profile(spec: ModelSpec, layout: PageLayout) -> Profile:
 
     def shape(b: int, s: int, f: int) -> providers.Shapes:
         return {"input_ids": (b, s), "attention_mask": (b, s), "position_ids": (3, b, s),
-                "image_features": (f, layout.hidden_size)}
+                "image_features": (f, layout.hidden_size), "image_index": (b, s)}
 
     return shape(1, 1, 1), shape(vision.max_batch_pages, page_tokens, features), shape(rows, length, features)
 
@@ -206,7 +207,7 @@ class ColQwen2Engine:
     def _run_queries(self, rows: list[np.ndarray]) -> list[np.ndarray]:
         started = time.perf_counter()
         ids, mask = right_padded(rows, self.pad_id)
-        out = self._language(ids, mask, text_positions(*ids.shape), self.no_features)
+        out = self._language(ids, mask, text_positions(*ids.shape), self.no_features, np.full(ids.shape, -1))
         self._observe(started, len(rows), ids.size)
         return [out[r, : len(row)] for r, row in enumerate(rows)]
 
@@ -233,14 +234,21 @@ class ColQwen2Engine:
         prompts = [page_ids(layout, *p.shape[:2]) for p in pages]
         ids, attention = right_padded(prompts, self.pad_id)
         position_ids = np.zeros((3, *ids.shape), np.int64)
+        index = np.full(ids.shape, -1, np.int64)
+        first = 0  # the page's first row in `merged`
         for i, page in enumerate(pages):
             position_ids[:, i, : len(prompts[i])] = page_positions(layout, *page.shape[:2])
-        out = self._language(ids, attention, position_ids, merged)
+            start, count = len(layout.prefix_ids), counts[i] // merge**2
+            index[i, start : start + count] = np.arange(first, first + count)
+            first += count
+        out = self._language(ids, attention, position_ids, merged, index)
         self._observe(started, len(pages), ids.size)
         return [out[i, : len(prompt)] for i, prompt in enumerate(prompts)]
 
-    def _language(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "image_features": features}
+    def _language(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features: np.ndarray,
+                  index: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "image_features": features,
+                "image_index": index.astype(np.int64, copy=False)}
         return self.language.run(["embeddings"], feed)[0]
 
     def _observe(self, started: float, rows: int, padded_tokens: int) -> None:
