@@ -191,12 +191,18 @@ class ColQwen2Engine:
         )
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Queries (int64 ids) and pages (uint8 H x W x 3) in any mix -> float32 (tokens, 128) each,
+        in input order. Queries and pages are cut into sub-batches of their own by length (a
+        page's length is its prompt's, which grows with its patch count)."""
         results: list[np.ndarray] = [np.empty((0, self.spec.dimensions), np.float32)] * len(inputs)
         vision = self.spec.vision
-        for kind, rows_allowed, run in ((1, vision.max_batch_queries, self._run_queries),
-                                        (3, vision.max_batch_pages, self._run_pages)):
-            indices = [i for i, x in enumerate(inputs) if x.ndim == kind]
-            lengths = [len(inputs[i]) if kind == 1 else self.layout.page_tokens(*inputs[i].shape[:2]) for i in indices]
+        queries = [i for i, x in enumerate(inputs) if x.ndim == 1]
+        pages = [i for i, x in enumerate(inputs) if x.ndim == 3]
+        for indices, lengths, rows_allowed, run in (
+            (queries, [len(inputs[i]) for i in queries], vision.max_batch_queries, self._run_queries),
+            (pages, [self.layout.page_tokens(*inputs[i].shape[:2]) for i in pages], vision.max_batch_pages,
+             self._run_pages),
+        ):
             for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, rows_allowed,
                                               self.spec.batch_call_cost_tokens):
                 rows = [indices[b] for b in batch]
