@@ -1,15 +1,16 @@
 """Image and PDF preprocessing for vision models (ColQwen2), in the gateway, before batching.
 
-A request's image and file parts become uint8 RGB arrays ``(height, width, 3)`` at one of the
-model's page buckets, or an ``InvalidRequest`` (400) naming the input: only ``data:`` URLs
+A request's image and file parts become uint8 RGB arrays ``(height, width, 3)`` resized as the
+model's processor does, or an ``InvalidRequest`` (400) naming the input: only ``data:`` URLs
 (remote URLs are not fetched), base64 payloads of at most ``max_image_bytes`` decoded bytes,
 PNG/JPEG/WebP images and PDF files, at most ``max_image_pixels`` per image or rendered page
 (checked from the header or the page size before anything is decoded: decompression bombs),
 pages that exist. A corrupt file fails only its own request.
 
 Images are converted to RGB (transparency composited onto white, as transformers'
-``convert_to_rgb`` does), then resized with bicubic resampling (the Qwen2-VL processor's) to the
-bucket closest in aspect ratio. PDF pages are rendered with PDFium (pypdfium2) at the model's
+``convert_to_rgb`` does), then resized as ``ColQwen2Processor`` does (``resize_page``: Qwen2-VL's
+``smart_resize`` keeps the aspect ratio within the registry's min/max pixels in multiples of 28,
+then bicubic resampling). PDF pages are rendered with PDFium (pypdfium2) at the model's
 ``pdf_dpi``, then treated as images. PDFium is not thread-safe: rendering holds one lock.
 """
 
@@ -154,15 +155,49 @@ def render_pdf(
             document.close()
 
 
-def choose_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The (height, width) bucket closest to the image's aspect ratio (log ratio)."""
-    ratio = math.log(width / height)
-    return min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - ratio))
+@dataclass(frozen=True)
+class PageGrid:
+    """How a vision model's pages are resized: sides multiples of ``factor`` (patch x merge, 28 for
+    Qwen2-VL) and ``min_pixels`` <= height x width <= ``max_pixels`` (registry ``vision``)."""
+
+    factor: int
+    min_pixels: int
+    max_pixels: int
 
 
-def to_bucket(image: Image.Image, buckets: Sequence[tuple[int, int]]) -> np.ndarray:
-    """uint8 (height, width, 3) of ``image`` resized (bicubic) to its bucket."""
-    height, width = choose_bucket(image.width, image.height, buckets)
+def smart_resize(height: int, width: int, grid: PageGrid) -> tuple[int, int]:
+    """(height, width) a page is resized to, computed as transformers 5.19's Qwen2-VL ``smart_resize``
+    does: each side rounded to a multiple of ``factor``, then, when that is outside the pixel
+    range, both scaled by one factor (aspect kept) and floored (too large) or ceiled (too small)
+    to multiples. ``ValueError`` when one side is over 200 times the other (as the processor)."""
+    factor = grid.factor
+    if (ratio := max(height, width) / min(height, width)) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > grid.max_pixels:
+        beta = math.sqrt(height * width / grid.max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < grid.min_pixels:
+        beta = math.sqrt(grid.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_page(image: Image.Image, grid: PageGrid, param: str) -> np.ndarray:
+    """uint8 (height, width, 3) of an RGB ``image`` resized as the model's processor does
+    (``smart_resize``, then PIL bicubic, as ``Qwen2VLImageProcessorPil``); 400 for a page so
+    narrow that no size within the grid's pixel range keeps its aspect ratio."""
+    try:
+        height, width = smart_resize(image.height, image.width, grid)
+    except ValueError:
+        height = width = 0
+    if not height or height * width > grid.max_pixels:
+        raise InvalidRequest(
+            f"{param} is {image.width}x{image.height} pixels: too narrow to resize within "
+            f"{grid.max_pixels} pixels in multiples of {grid.factor}.", param=param, code="invalid_image",
+        )
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)

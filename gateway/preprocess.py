@@ -150,19 +150,27 @@ class VisionPreprocessor(TextPreprocessor):
     ``tokenize(query_prefix + text)`` (no special tokens added) followed by the processor's suffix
     (its pad token 10 times, then "\\n"); truncation cuts the text, never the suffix. Token-id
     inputs are refused (they would skip that formatting). Image and file parts become uint8 pages
-    at the entry's buckets (``gateway/images.py``); each costs its bucket's prompt length in
-    ``usage``.
+    resized as the model's processor does, within the registry's ``vision.min_pixels`` and
+    ``max_pixels`` (``grid``; ``gateway/images.py: resize_page``); a page of h x w pixels costs
+    ``page_tokens(h, w)`` = (h/28) x (w/28) visual tokens plus the visual prompt's own in ``usage``.
     """
 
     def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+        from gateway.images import PageGrid
+
         super().__init__(spec, entry)
         settings = entry.settings
         self.query_prefix = settings["query_prefix"]
         self.query_suffix = np.asarray(settings["query_suffix_ids"], dtype=np.int64)
-        self.buckets = [(b["height"], b["width"]) for b in settings["buckets"]]
-        self.bucket_tokens = {(b["height"], b["width"]): int(b["tokens"]) for b in settings["buckets"]}
+        factor = int(settings["patch_size"]) * int(settings["merge_size"])
+        self.grid = PageGrid(factor=factor, min_pixels=spec.vision.min_pixels, max_pixels=spec.vision.max_pixels)
+        self.prompt_tokens = len(settings["page_prefix_ids"]) + len(settings["page_suffix_ids"])
         if self.spec.max_tokens <= len(self.query_suffix):
             raise ValueError(f"model {spec.name}: max_tokens must exceed the query suffix ({len(self.query_suffix)})")
+
+    def page_tokens(self, height: int, width: int) -> int:
+        """Tokens the model sees for a resized page of ``height`` x ``width`` pixels."""
+        return (height // self.grid.factor) * (width // self.grid.factor) + self.prompt_tokens
 
     def texts(
         self, texts: Sequence[str], input_type: str | None, truncate: bool, override: str | None = None

@@ -195,7 +195,7 @@ class EmbeddingServing:
             for array, number in by_index[index]:
                 arrays.append(array)
                 numbers.append(number)
-        tokens = sum(len(a) if a.ndim == 1 else preprocessor.bucket_tokens[a.shape[:2]] for a in arrays)
+        tokens = sum(len(a) if a.ndim == 1 else preprocessor.page_tokens(*a.shape[:2]) for a in arrays)
         return Prepared(arrays, numbers, tokens)
 
     def _pages(
@@ -220,12 +220,13 @@ class EmbeddingServing:
                     raise too_many
                 media_type, data = images.decode_data_url(part.image_url.url, list(images.IMAGE_TYPES), where, limits)
                 image = images.open_image(data, media_type, where, limits)
-                result[i] = [(images.to_bucket(image, preprocessor.buckets), None)]
+                result[i] = [(images.resize_page(image, preprocessor.grid, where), None)]
             else:
                 _, data = images.decode_data_url(part.file.file_data, [images.PDF_TYPE], where, limits)
                 rendered = images.render_pdf(data, part.file.pages, spec.vision.pdf_dpi, limit - produced, where,
                                              limits)
-                result[i] = [(images.to_bucket(page, preprocessor.buckets), number) for number, page in rendered]
+                result[i] = [(images.resize_page(page, preprocessor.grid, f"{where} page {number}"), number)
+                             for number, page in rendered]
             produced += len(result[i])
         return result
 

@@ -102,23 +102,30 @@ class OrtOptions(_Frozen):
 class VisionSpec(_Frozen):
     """Image and PDF inputs of a vision model (ColQwen2).
 
-    ``buckets``: the page resolutions (height, width; multiples of 28) exported as fixed-shape
-    page graphs; each image is resized to the bucket closest to its aspect ratio (the store
-    entry's ``embedding.json`` lists what was exported). ``pdf_dpi``: resolution at which PDF
-    pages are rendered before that resize. ``max_batch_pages``: pages per engine call (also the
-    TensorRT profile's max batch); ``max_batch_queries``: the same for queries."""
+    Pages are resized as the model's processor does (``ColQwen2Processor`` with Qwen2-VL's
+    ``smart_resize``): aspect ratio kept, both sides multiples of 28 (patch 14 x merge 2), and
+    ``min_pixels`` <= height x width <= ``max_pixels``; any size in that range is served (no
+    fixed buckets). A page of h x w pixels costs (h/28) x (w/28) visual tokens plus the visual
+    prompt's own. ``pdf_dpi``: resolution at which PDF pages are rendered before that resize.
+    ``max_batch_pages``: pages per engine call (also the TensorRT profiles' page batch);
+    ``max_batch_queries``: the same for queries."""
 
-    buckets: tuple[tuple[int, int], ...] = Field(min_length=1)
+    min_pixels: int = Field(ge=28 * 28, description="smallest page area after resizing (processor: shortest_edge)")
+    max_pixels: int = Field(ge=28 * 28, description="largest page area after resizing (processor: longest_edge)")
     pdf_dpi: int = Field(default=144, ge=36, le=600)
     max_batch_pages: int = Field(default=8, ge=1)
     max_batch_queries: int = Field(default=32, ge=1)
 
-    @field_validator("buckets")
-    @classmethod
-    def _multiples_of_28(cls, value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-        if any(h % 28 or w % 28 or h <= 0 or w <= 0 for h, w in value):
-            raise ValueError("bucket sides are positive multiples of 28 (patch 14 x merge 2)")
-        return value
+    @model_validator(mode="after")
+    def _pixel_range(self) -> VisionSpec:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+    @property
+    def max_visual_tokens(self) -> int:
+        """Visual tokens of the largest page (one token per 28 x 28 pixels)."""
+        return self.max_pixels // (28 * 28)
 
 
 class VllmOptions(_Frozen):
