@@ -103,6 +103,12 @@ class _Worker:
         if self.alive:
             self.process.kill()
 
+    async def discard(self) -> None:
+        """Kill, reap, and close the pipes (asyncio closes its transport only then)."""
+        self.kill()
+        await self.process.wait()
+        self.process.stdin.close()
+
 
 class ImagePool:
     def __init__(
@@ -128,11 +134,10 @@ class ImagePool:
 
     async def close(self) -> None:
         self._closing = True
-        for worker in list(self._all):
-            worker.kill()
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*(w.process.wait() for w in list(self._all)), return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(worker.discard() for worker in list(self._all)), return_exceptions=True)
 
     async def run(self, task: PartTask, budget: RequestBudget) -> list[tuple[int | None, np.ndarray]]:
         """The part's pages, in order; the part's own ``ApiError`` otherwise (400, 422, 429, 503)."""
@@ -211,11 +216,11 @@ class ImagePool:
         try:
             kind, used = await asyncio.wait_for(worker.receive(), START_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError):
-            worker.kill()
+            await worker.discard()
             raise RuntimeError("an image worker (python -m gateway.image_worker) did not start; its log is above") \
                 from None
         if used + MIN_HEADROOM_BYTES > self.memory_bytes:
-            worker.kill()
+            await worker.discard()
             raise RuntimeError(
                 f"image_worker_memory_bytes ({self.memory_bytes}) leaves an image worker no room: it uses {used} "
                 f"bytes of address space after start-up; set EMBED_IMAGE_WORKER_MEMORY_BYTES to at least "
@@ -228,6 +233,7 @@ class ImagePool:
     async def _watch(self, worker: _Worker) -> None:
         """When ``worker`` exits (after a crash, a kill or a MemoryError): start another."""
         code = await worker.process.wait()
+        worker.process.stdin.close()  # with the process gone, this lets asyncio close its transport
         self._all.discard(worker)
         if self._closing:
             return
