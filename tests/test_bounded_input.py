@@ -124,10 +124,30 @@ def reference() -> Tokenizer:
     return tokenizer
 
 
-def test_truncation_equals_the_tokenizers_own(minilm, reference):
-    texts = ["hello world", "a " * 100, "Ünïcödé, punctuation! and numbers 12345 " * 3, "x"]
-    for ours, theirs in zip(minilm.texts(texts, None, True), reference.encode_batch(texts), strict=True):
-        assert ours.tolist() == theirs.ids
+@pytest.mark.parametrize("tokenizer", ["minilm", "qwen-like"])
+def test_truncation_equals_the_tokenizers_own(tokenizer, tmp_path):
+    """Texts of every length, many far past the first window (30 tokens x 8 characters), cut at
+    32 tokens: the same ids as the tokenizer's own truncation of the whole text."""
+    folder = Path(get_model_path())
+    if tokenizer == "qwen-like":
+        from tests.tiny_models import qwen_like_tokenizer
+
+        qwen_like_tokenizer(tmp_path)
+        folder = tmp_path
+    spec = ModelSpec(engine="ort", store_tag="x", pooling="mean", max_tokens=32, dimensions=8)
+    ours = TextPreprocessor(spec, StoreEntry(tag="x", path=folder, metadata={}, settings={}))
+    theirs = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs.no_padding()
+    theirs.enable_truncation(32)
+    rng = np.random.default_rng(0)
+    words = ["hello", "world,", "Ünïcödé", "  ", "tab\there", "emoji🙂", "a.b-c", "supercalifragilistic", "\n", "12345"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 400, size=300)]
+    texts += ["x" * 5000, "word " * 5000, " " * 900 + "words after 900 spaces"]
+    for mine, reference in zip(ours.texts(texts, None, True), theirs.encode_batch(texts), strict=True):
+        assert mine.tolist() == reference.ids
+    # the price of cutting by characters first (32 tokens x 32 = 1024 characters here): text that
+    # only starts after the cut is not seen
+    assert ours.texts([" " * 1100 + "late words"], None, True)[0].tolist() == theirs.encode(" " * 1024).ids
 
 
 def test_a_long_text_is_cut_by_characters_before_tokenizing(minilm, reference):
