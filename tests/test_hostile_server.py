@@ -47,7 +47,8 @@ MEASURED: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
     registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
-    registry["profiles"] = {"hostile-test": {"models": [MODEL, VISION], "runners": registry["profiles"]["cpu"]["runners"]}}
+    runners = registry["profiles"]["cpu"]["runners"]
+    registry["profiles"] = {"hostile-test": {"models": [MODEL, VISION], "runners": runners}}
     path = tmp_path_factory.mktemp("registry") / "registry.yaml"
     path.write_text(yaml.safe_dump(registry))
     env = {"EMBED_REGISTRY": str(path), "EMBED_PROFILE": "hostile-test", **ENV}
@@ -134,7 +135,8 @@ def test_livez_and_metrics_answer_while_a_16_mib_request_is_handled(server, http
     assert response.status_code == status, response.text[:300]
     livez, metrics = prober.latencies["/livez"], prober.latencies["/metrics"]
     MEASURED[f"/livez under {name} (handled in {handled_s:.2f} s)"] = (
-        f"median {ms(livez):.1f} ms, max {ms(livez, 1):.0f} ms; /metrics median {ms(metrics):.1f} ms ({len(livez)} probes)")
+        f"median {ms(livez):.1f} ms, max {ms(livez, 1):.0f} ms; /metrics median {ms(metrics):.1f} ms "
+        f"({len(livez)} probes)")
     assert ms(livez) < 100 and ms(metrics) < 100, MEASURED
 
 
@@ -225,9 +227,10 @@ def test_a_worker_crash_fails_only_its_request_and_the_pool_recovers(http):
     replaced_after = time.monotonic() - answered
     text = http.get("/metrics").text
     assert 'embedding_image_worker_exits_total{reason="crash"}' in text
+    start_s = metric(http, "embedding_image_worker_start_seconds_sum") / metric(
+        http, "embedding_image_worker_start_seconds_count")
     MEASURED["image worker crash: replacement ready"] = (
-        f"{replaced_after:.2f} s after the 422 (a worker starts in "
-        f"{metric(http, 'embedding_image_worker_start_seconds_sum') / metric(http, 'embedding_image_worker_start_seconds_count'):.2f} s on average)")
+        f"{replaced_after:.2f} s after the 422 (a worker starts in {start_s:.2f} s on average)")
     assert post(http, good[0]).status_code == 200
 
 
