@@ -184,3 +184,23 @@ def test_a_request_budget_stops_a_worker_without_killing_it():
 def test_a_worker_that_cannot_start_names_the_fix():
     with pytest.raises(RuntimeError, match="EMBED_IMAGE_WORKER_MEMORY_BYTES"):
         run(lambda pool: asyncio.sleep(0), memory_bytes=50 * 2**20)
+
+
+def test_too_many_waiting_parts_get_429():
+    from gateway.errors import Overloaded
+
+    slow = part(pdf_url(runaway_pdf(2_000)), "file")  # about 1 s to render
+    quick = part(image_url(Image.new("RGB", (30, 40))))
+
+    async def scenario(pool):
+        running = asyncio.ensure_future(pool.run(slow, budget()))
+        await asyncio.sleep(0.1)  # the slow part holds the one worker
+        waiting = asyncio.ensure_future(pool.run(quick, budget()))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as info:
+            await pool.run(quick, budget())
+        return info.value, await running, await waiting
+
+    error, slow_pages, quick_pages = run(scenario, max_waiting=1)
+    assert error.status == 429 and error.headers == {"Retry-After": "1"}
+    assert len(slow_pages) == 1 and len(quick_pages) == 1
