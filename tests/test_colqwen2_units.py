@@ -23,6 +23,7 @@ from gateway.serving import EmbeddingServing
 from models.registry import load_registry
 from runners.engine import EmbedJob, job_payload
 from runners.ort.engine import token_budget_batches
+from tests.hostile_files import lying_page_tree
 
 LIMITS = images.ImageLimits(max_bytes=100_000, max_pixels=1_000_000)
 BUCKETS = [(224, 168), (168, 224)]
@@ -223,22 +224,6 @@ def test_request_budget_counts_pages_and_pixels_over_its_parts():
     budget.closed = True  # the request ended: its parts' next pages are refused
     with pytest.raises(InvalidRequest):
         budget.admit(0, 0, "input[2]")
-
-
-def lying_page_tree() -> bytes:
-    """A PDF whose page tree claims 3 pages (/Count 3) but holds one."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 3 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] >>"]
-    out, offsets = io.BytesIO(), []
-    out.write(b"%PDF-1.7\n")
-    for number, body in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
 
 
 def test_a_page_tree_that_claims_more_pages_than_it_holds_is_a_400():

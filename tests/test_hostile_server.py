@@ -26,9 +26,8 @@ import yaml
 from PIL import Image
 
 from tests.conftest import ROOT, bentoml_server
+from tests.hostile_files import lying_page_tree, runaway_pdf
 from tests.test_colqwen2_server import image_part, page
-from tests.test_colqwen2_units import lying_page_tree
-from tests.test_image_pool import runaway_pdf
 
 pytestmark = pytest.mark.slow
 

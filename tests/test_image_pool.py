@@ -9,7 +9,6 @@ import asyncio
 import base64
 import io
 import time
-import zlib
 
 import pytest
 from PIL import Image
@@ -17,6 +16,7 @@ from PIL import Image
 from gateway import images
 from gateway.errors import InvalidRequest, Unprocessable
 from gateway.image_pool import ImagePool, RequestBudget
+from tests.hostile_files import runaway_pdf
 
 pytestmark = pytest.mark.slow
 
@@ -41,25 +41,6 @@ def part(url: str, kind: str = "image", pages=None, **extra) -> images.PartTask:
 
 def budget(pages: int = 32) -> RequestBudget:
     return RequestBudget("input", pages, 10**9)
-
-
-def runaway_pdf(curves: int = 20_000) -> bytes:
-    """A 4 KB PDF whose one page strokes 20,000 Bezier curves: about 10 s to render at 72 dpi
-    with PDFium on this machine (Flate makes the repeated drawing operators tiny)."""
-    content = zlib.compress(b"1 w\n" + b"10 10 m 90 190 190 10 290 190 c 590 10 390 590 10 790 c S\n" * curves, 9)
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-               b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content) + content + b"\nendstream"]
-    out, offsets = io.BytesIO(), []
-    out.write(b"%PDF-1.7\n")
-    for number, body in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
 
 
 def three_page_pdf() -> bytes:
