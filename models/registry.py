@@ -303,6 +303,37 @@ class GatewaySpec(_Frozen):
     max_image_pixels: int = Field(
         default=40_000_000, gt=0, description="width x height of a decoded image or rendered page (decompression bombs)"
     )
+    max_tokens_per_request: int = Field(
+        default=300_000, gt=0, description="tokens of all inputs of one request after truncation (OpenAI's limit), "
+        "and token ids given in one request, counted before they are parsed"
+    )
+    max_chars_per_token: int = Field(
+        default=32, gt=0, description="a text is cut (truncate) or refused at the model's max_tokens x this many "
+        "characters before it is tokenized, and an instruction may have at most that many; 4x the most measured "
+        "on real text (8.6 chars per token over 256-token windows of Python sources and docs, all-MiniLM-L6-v2)"
+    )
+    max_image_aspect_ratio: float = Field(
+        default=200, gt=1, description="longer side / shorter side of an image or page (Qwen2-VL's processor "
+        "refuses more than 200), from the header before decoding"
+    )
+    max_request_pixels: int = Field(
+        default=200_000_000, gt=0, description="width x height summed over the images and pages of one request"
+    )
+    image_workers: int = Field(
+        default=2, ge=1, description="worker processes that decode images and render PDF pages (gateway/image_pool.py)"
+    )
+    image_task_timeout_s: float = Field(
+        default=30, gt=0, description="wall-clock budget of one image or PDF part in a worker; past it the worker "
+        "is killed and replaced, and the request gets 422"
+    )
+    image_worker_memory_bytes: int = Field(
+        default=1024**3, gt=0, description="address space of one worker process (RLIMIT_AS); a part that needs "
+        "more fails with 422 (a worker starts at about 130 MiB; a 40 Mpx RGBA PNG decodes within 768 MiB)"
+    )
+    image_test_faults: bool = Field(
+        default=False, description="TEST ONLY: a data URL with the parameter ';fault=crash' (or 'hang') makes the "
+        "image worker crash (or hang) on it, so tests can show that a crash fails only its own request"
+    )
 
     @model_validator(mode="after")
     def _admits_largest_request(self) -> GatewaySpec:

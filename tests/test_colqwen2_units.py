@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 
 from gateway import images
-from gateway.app import parse_request
 from gateway.errors import InvalidRequest
+from gateway.parsing import parse_request
 from gateway.protocol import FilePart, ImagePart, RerankRequest
 from gateway.serving import EmbeddingServing
 from models.registry import load_registry
 from runners.engine import EmbedJob, job_payload
 from runners.ort.engine import token_budget_batches
+from tests.hostile_files import lying_page_tree
 
 LIMITS = images.ImageLimits(max_bytes=100_000, max_pixels=1_000_000)
 GRID = images.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # colqwen2-tiny-random
@@ -94,9 +95,72 @@ def test_decompression_bomb_is_refused_from_the_header():
     assert info.value.code == "image_too_large" and "4000x4000" in info.value.message
 
 
-def test_transparency_is_composited_onto_white():
-    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert images.to_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+def test_aspect_ratio_is_limited_from_the_header():
+    strip = encoded(Image.new("L", (1, 50_000)), "PNG")  # 50,000 px: inside the pixel limit
+    with pytest.raises(InvalidRequest) as info:
+        images.open_image(strip, "image/png", "input[0]", LIMITS)
+    assert info.value.code == "image_too_large" and "200 times" in info.value.message
+    ok = images.open_image(encoded(Image.new("L", (1, 200)), "PNG"), "image/png", "input[0]", LIMITS)
+    assert ok.size == (1, 200)
+
+
+def reference_rgb(data: bytes) -> np.ndarray:
+    """The image as transformers 5.19 loads it for Qwen2-VL/ColQwen2: load_image (EXIF transpose,
+    convert("RGB")), then the image processor's convert_to_rgb."""
+    from transformers.image_transforms import convert_to_rgb
+    from transformers.image_utils import load_image
+
+    return np.asarray(convert_to_rgb(load_image(base64.b64encode(data).decode())))
+
+
+def exif_rotated() -> bytes:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 10, 20))  # a blue left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def palette_with_transparency() -> bytes:
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([255, 0, 0, 0, 128, 255])
+    image.paste(0, (0, 0, 4, 8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, media_type",
+    [
+        (exif_rotated(), "image/jpeg"),
+        (palette_with_transparency(), "image/png"),
+        (encoded(Image.new("CMYK", (8, 6), (0, 255, 255, 30)), "JPEG"), "image/jpeg"),
+        (encoded(Image.new("RGBA", (8, 6), (200, 10, 10, 0)), "PNG"), "image/png"),
+        (encoded(Image.new("LA", (8, 6), (90, 120)), "PNG"), "image/png"),
+        (encoded(Image.new("RGBA", (8, 6), (10, 200, 10, 100)), "WEBP"), "image/webp"),
+    ],
+    ids=["exif-orientation", "palette-transparency", "cmyk", "rgba", "gray-alpha", "webp-alpha"],
+)
+def test_modes_read_as_transformers_reads_them(data, media_type):
+    ours = np.asarray(images.open_image(data, media_type, "input[0]", LIMITS))
+    assert ours.shape == reference_rgb(data).shape and (ours == reference_rgb(data)).all()
+
+
+def test_exif_orientation_is_applied():
+    image = images.open_image(exif_rotated(), "image/jpeg", "input[0]", LIMITS)
+    assert image.size == (20, 40)  # portrait once rotated
+    assert np.abs(np.subtract(image.getpixel((10, 2)), (0, 0, 255))).max() <= 40  # the blue edge is on top
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white():
+    ramp = np.repeat(np.linspace(0, 65535, 64).astype(np.uint16)[None, :], 4, axis=0)
+    data = encoded(Image.fromarray(ramp), "PNG")
+    ours = np.asarray(images.open_image(data, "image/png", "input[0]", LIMITS))[0, :, 0]
+    np.testing.assert_array_equal(ours, ramp[0] >> 8)
+    assert (reference_rgb(data)[0, 1:, 0] == 255).all()  # transformers' convert("RGB") clips: a white page
 
 
 @pytest.mark.parametrize("pixels", [(3136, 50176), (3136, 602112)], ids=["tiny", "colqwen2-v1.0"])
@@ -142,15 +206,30 @@ def test_a_page_too_narrow_for_the_pixel_range_is_a_400():
 
 # ---- PDF pages ----
 
+def admit_up_to(pages: int, pixels: int = 10**9):
+    """A request budget as the image pool keeps it, and what it was asked."""
+    from gateway.image_pool import RequestBudget
+
+    budget, asked = RequestBudget("input", pages, pixels), []
+
+    def admit(n: int, p: int, param: str) -> None:
+        asked.append((n, p))
+        budget.admit(n, p, param)
+
+    return admit, asked
+
+
 def test_pdf_pages_render_in_the_requested_order_at_the_dpi():
     pdf = pdf_bytes([(200, 300), (300, 200), (200, 300)], [(255, 0, 0), (0, 255, 0), (0, 0, 255)])
-    pages = images.render_pdf(pdf, [3, 1], dpi=144, max_pages=4, param="input[0]", limits=LIMITS)
+    admit, asked = admit_up_to(4)
+    pages = list(images.render_pdf(pdf, [3, 1], dpi=144, param="input[0]", limits=LIMITS, admit=admit))
     assert [number for number, _ in pages] == [3, 1]
     assert pages[0][1].size == (400, 600)  # 200x300 pt at 144 dpi
+    assert asked == [(2, 0), (0, 400 * 600), (0, 400 * 600)]  # pages first, then each page's pixels
     # Pillow stores PDF pages as JPEG: colours within a few levels
     assert np.abs(np.subtract(pages[0][1].getpixel((200, 300)), (0, 0, 255))).max() <= 3
     assert np.abs(np.subtract(pages[1][1].getpixel((10, 10)), (255, 0, 0))).max() <= 3
-    assert len(images.render_pdf(pdf, None, 72, 4, "input[0]", LIMITS)) == 3
+    assert len(list(images.render_pdf(pdf, None, 72, "input[0]", LIMITS, admit_up_to(4)[0]))) == 3
 
 
 @pytest.mark.parametrize(
@@ -158,20 +237,44 @@ def test_pdf_pages_render_in_the_requested_order_at_the_dpi():
     [
         ([4], 4, 72, "invalid_request", "page 4 does not exist (the PDF has 3)"),
         ([], 4, 72, "invalid_request", "no pages selected"),
-        (None, 2, 72, "too_many_images", "selects 3 pages"),
+        (None, 2, 72, "too_many_images", "selects 3 images and pages"),
         ([1], 4, 600, "image_too_large", "page 1"),  # 200x300 pt at 600 dpi = 4.2 Mpx
     ],
 )
 def test_pdf_selection_and_limits(pages, max_pages, dpi, code, fragment):
     pdf = pdf_bytes([(200, 300)] * 3, [(0, 0, 0)] * 3)
     with pytest.raises(InvalidRequest) as info:
-        images.render_pdf(pdf, pages, dpi, max_pages, "input[1]", LIMITS)
+        list(images.render_pdf(pdf, pages, dpi, "input[1]", LIMITS, admit_up_to(max_pages)[0]))
     assert info.value.code == code and fragment in info.value.message
+
+
+def test_request_budget_counts_pages_and_pixels_over_its_parts():
+    from gateway.image_pool import RequestBudget
+
+    budget = RequestBudget("input", max_pages=3, max_pixels=1000)
+    budget.admit(2, 400, "input[0]")
+    with pytest.raises(InvalidRequest) as info:
+        budget.admit(2, 0, "input[1]")  # 4 pages in all
+    assert info.value.param == "input" and info.value.code == "too_many_images"
+    with pytest.raises(InvalidRequest) as info:
+        budget.admit(0, 2000, "input[1]")  # over the request's pixels by itself
+    assert info.value.param == "input[1]" and info.value.code == "image_too_large"
+    budget.admit(1, 600, "input[2]")
+    budget.closed = True  # the request ended: its parts' next pages are refused
+    with pytest.raises(InvalidRequest):
+        budget.admit(0, 0, "input[2]")
+
+
+def test_a_page_tree_that_claims_more_pages_than_it_holds_is_a_400():
+    assert len(list(images.render_pdf(lying_page_tree(), [1], 72, "input[0]", LIMITS, admit_up_to(4)[0]))) == 1
+    with pytest.raises(InvalidRequest) as info:
+        list(images.render_pdf(lying_page_tree(), None, 72, "input[0]", LIMITS, admit_up_to(4)[0]))
+    assert info.value.code == "invalid_file" and "page 2" in info.value.message
 
 
 def test_corrupt_pdf_is_a_400():
     with pytest.raises(InvalidRequest) as info:
-        images.render_pdf(b"%PDF-1.7 not really", None, 72, 4, "input[0]", LIMITS)
+        list(images.render_pdf(b"%PDF-1.7 not really", None, 72, "input[0]", LIMITS, admit_up_to(4)[0]))
     assert info.value.code == "invalid_file"
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from gateway.admission import Admission
-from gateway.app import parse_request
 from gateway.auth import ApiKeys, load_keys
 from gateway.errors import InvalidRequest, Overloaded, Unauthorized
+from gateway.parsing import parse_request
 from models.registry import Pooling, ProviderSpec
 from runners.engine import decode_array, encode_array
 from runners.ort.engine import token_budget_batches
@@ -46,7 +46,8 @@ def test_input_shapes_of_the_openai_spec(body, expected):
         (b'{"model":"m","input":"x","dimensions":0}', "dimensions", "Invalid value"),
         (b'{"model":"m","input":"x","temperature":1}', "temperature", "Unrecognized request argument"),
         (b'{"model":7,"input":"x"}', "model", "Invalid value"),
-        (b'{"model":"m","input":[99999999999999999999]}', "input", "from 0 to"),
+        (b'{"model":"m","input":[9999999999999999999]}', "input", "from 0 to"),  # 64 bits (unsigned)
+        (b'{"model":"m","input":[99999999999999999999]}', None, "outside the 64-bit range"),
         (b'{"model":"m","input":"x","truncate":"yes"}', "truncate", "Invalid value"),
     ],
 )
