@@ -252,10 +252,16 @@ class RecordingOrt:
     def get_available_providers(self):
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    def InferenceSession(self, path, sess_options=None, providers=None, provider_options=None):  # noqa: N802
+    def preload_dlls(self):
+        pass
+
+    def InferenceSession(self, path, sess_options=None, providers=None, provider_options=None, **_):  # noqa: N802
         self.sessions.append({"path": path, "providers": providers, "options": provider_options,
                               "sess_options": sess_options})
-        return type("Session", (), {"get_providers": lambda _: providers})()
+        node = type("Node", (), {"op_type": "MatMul"})()
+        info = [type("Subgraph", (), {"ep_name": providers[0], "get_nodes": lambda _: [node]})()]
+        return type("Session", (), {"get_providers": lambda _: providers,
+                                    "get_provider_graph_assignment_info": lambda _: info})()
 
 
 def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeypatch, tmp_path):
@@ -263,9 +269,12 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
 
     from models.store import StoreEntry
     from runners.ort import colqwen2 as engine_module
+    from runners.ort import providers
 
     recorder = RecordingOrt(onnxruntime)
     monkeypatch.setitem(sys.modules, "onnxruntime", recorder)
+    monkeypatch.setattr(providers, "_unloadable_libraries", lambda name: [])  # as if TensorRT were installed
+    monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
     spec = load_registry().models["colqwen2"]
     settings = {"pad_token_id": 151643, "buckets": [
         {"height": 924, "width": 644, "tokens": 776, "graph": "page_924x644/model.onnx"},
@@ -275,12 +284,12 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == [
         "query/model.onnx", "page_924x644/model.onnx", "page_644x924/model.onnx"]
     for session in recorder.sessions:
-        assert session["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-        trt, cuda, cpu = session["options"]
-        assert trt["trt_fp16_enable"] == "1" and trt["trt_engine_cache_enable"] == "1"
-        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == ".cache/tensorrt/colqwen2"
-        assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "2147483648"
-        assert cuda == {} and cpu == {}
+        assert session["providers"] == ["TensorrtExecutionProvider"]  # never CUDA for the fp32 graphs
+        (trt,) = session["options"]
+        assert trt["trt_bf16_enable"] == "1" and "trt_fp16_enable" not in trt
+        assert trt["trt_load_user_initializer"] == "1" and trt["trt_engine_cache_enable"] == "1"
+        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "cache/tensorrt/colqwen2")
+        assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "1073741824"
         assert session["sess_options"].intra_op_num_threads == 0
     query, portrait, landscape = (s["options"][0] for s in recorder.sessions)
     assert query["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
@@ -289,14 +298,3 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     assert portrait["trt_profile_min_shapes"] == "pixel_values:1x924x644x3"
     assert portrait["trt_profile_max_shapes"] == portrait["trt_profile_opt_shapes"] == "pixel_values:4x924x644x3"
     assert landscape["trt_profile_max_shapes"] == "pixel_values:4x644x924x3"
-
-
-def test_without_tensorrt_the_profile_is_not_passed(monkeypatch):
-    from models.registry import ProviderSpec
-    from runners.ort.providers import choose
-
-    specs = [ProviderSpec(name="tensorrt", options={"trt_fp16_enable": True}), ProviderSpec(name="cuda"),
-             ProviderSpec(name="cpu")]
-    profile = ({"x": (1, 1)}, {"x": (2, 2)}, {"x": (4, 4)})
-    assert choose(specs, ["CUDAExecutionProvider", "CPUExecutionProvider"], profile) == [
-        ("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})]
