@@ -115,6 +115,36 @@ class OrtOptions(_Frozen):
     )
 
 
+class NetworkShape(_Frozen):
+    """One network of a checkpoint as the GPU memory plan sees it (``models/memory_plan.py``). The
+    checkpoints cannot be read where the plan is checked (no hub), so their sizes are written here,
+    from the checkpoint's config.json.
+
+    ``calls``: the largest engine calls this network must hold, (rows, sequence) each (TensorRT sizes
+    its activation memory for its optimisation profile's maximum); unset, the plan derives them from
+    the model's ``max_batch_tokens`` and ``max_tokens`` (vLLM: ``max_num_batched_tokens``)."""
+
+    name: str = "model"
+    params: int = Field(gt=0, description="every parameter")
+    embedding_params: int = Field(default=0, ge=0, description="of which in the token embedding table "
+                                  "(vLLM's fp8_per_tensor keeps it at 16 bits)")
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int | None = Field(default=None, gt=0, description="decoders: key/value heads (KV cache)")
+    head_dim: int | None = Field(default=None, gt=0)
+    calls: tuple[tuple[int, int], ...] = ()
+
+
+class MemorySpec(_Frozen):
+    """The inputs of a model's GPU memory plan besides its serving settings."""
+
+    networks: tuple[NetworkShape, ...] = Field(min_length=1)
+    cuda_graphs_bytes: int = Field(default=0, ge=0, description="vLLM: what its captured CUDA graphs hold "
+                                   "(an estimate; none with enforce_eager)")
+
+
 class VisionSpec(_Frozen):
     """Image and PDF inputs of a vision model (ColQwen2).
 
@@ -218,6 +248,7 @@ class ModelSpec(_Frozen):
         default=None, description="image/PDF inputs (multi-vector vision models such as ColQwen2)"
     )
     vllm: VllmOptions = VllmOptions()
+    memory: MemorySpec | None = Field(default=None, description="sizes for the GPU memory plan (models/memory_plan.py)")
 
     @field_validator("store_tag")
     @classmethod
@@ -290,10 +321,19 @@ class RunnerSpec(_Frozen):
         return bool(self.resources.get("gpu"))
 
 
+class GpuSpec(_Frozen):
+    """The card a GPU profile is planned for (``models/memory_plan.py``)."""
+
+    name: str
+    memory_bytes: int = Field(gt=0, description="as NVML reports it")
+    headroom_bytes: int = Field(ge=0, description="kept free of the plan: the driver's own use, fragmentation")
+
+
 class ProfileSpec(_Frozen):
     description: str = ""
     models: tuple[str, ...] = Field(min_length=1)
     runners: dict[Engine, RunnerSpec] = Field(default_factory=dict)
+    gpu: GpuSpec | None = None
 
     @model_validator(mode="after")
     def _vllm_batches_itself(self) -> ProfileSpec:
