@@ -5,9 +5,13 @@
 1. vLLM, torch and ONNX Runtime import; ONNX Runtime lists the CUDA and TensorRT providers.
 2. Every shared library that ONNX Runtime's providers and vLLM's compiled extensions need resolves
    (``ldd``, under the ``LD_LIBRARY_PATH`` the image sets), except the driver's ``libcuda.so.1``
-   (the host's) and, where TensorRT is not installed, TensorRT's own libraries.
+   (the host's) and, where TensorRT is not installed, TensorRT's own libraries; and the libraries
+   ONNX Runtime's CUDA provider opens only when it runs (cuDNN, cuFFT, NVRTC) are on that path.
 3. The TensorRT libraries the provider needs are the major version requirements-tensorrt.txt records.
 4. The installed distributions equal requirements-gpu.lock (``gpu_lock.py check``).
+5. This checkout's provider check (``runners/ort/providers.py``) with the image's onnxruntime-gpu, on
+   the image's packed all-MiniLM-L6-v2: CUDA refused naming the missing driver library (no GPU
+   here), TensorRT likewise where it is not installed, and the CPU session loads and runs.
 
 Prints one line per check and exits 1 if any failed.
 """
@@ -15,12 +19,15 @@ Prints one line per check and exits 1 if any failed.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 DRIVER = {"libcuda.so.1"}  # mounted from the host by the NVIDIA container toolkit
+# opened with dlopen by ONNX Runtime's CUDA provider (not NEEDED, so ldd does not see them)
+OPENED_AT_RUN_TIME = ("libcudnn.so.9", "libcufft.so.12", "libnvrtc.so.13", "libcurand.so.10")
 TENSORRT = re.compile(r"libnv(infer|infer_plugin|onnxparser)\.so\.\d+")
 failures: list[str] = []
 
@@ -56,15 +63,19 @@ def main(repo: Path) -> int:
     capi = site / "onnxruntime/capi"
     libraries = sorted(capi.glob("*.so*")) + sorted(Path(vllm.__file__).parent.rglob("*.so"))
     for library in libraries:
-        allowed = set(DRIVER)
+        allowed = {name: "the host driver's" for name in DRIVER}
         if not tensorrt_installed and library.name == "libonnxruntime_providers_tensorrt.so":
-            allowed |= {name for name in needed(library) if TENSORRT.fullmatch(name)}
+            allowed |= {name: "TensorRT not installed" for name in needed(library) if TENSORRT.fullmatch(name)}
         missing = unresolved(library)
-        name = library.relative_to(site)
-        report(missing <= allowed, f"ldd {name}: " + (
-            f"not found: {', '.join(sorted(missing))}" + (" (allowed: the driver's / TensorRT not installed)"
-                                                          if missing and missing <= allowed else "")
+        reasons = sorted({allowed[name] for name in missing if name in allowed})
+        report(missing <= set(allowed), f"ldd {library.relative_to(site)}: " + (
+            f"not found: {', '.join(sorted(missing))}" + (f" ({'; '.join(reasons)})" if missing <= set(allowed) else "")
             if missing else "all resolve"))
+    path = [Path(folder) for folder in os.environ.get("LD_LIBRARY_PATH", "").split(":") if folder]
+    found = {name: next((str(d / name) for d in path if (d / name).exists()), None) for name in OPENED_AT_RUN_TIME}
+    report(all(found.values()), "opened at run time by the CUDA provider: " + ", ".join(
+        f"{name} {'in ' + str(Path(where).parent.relative_to(site)) if where else 'NOT on LD_LIBRARY_PATH'}"
+        for name, where in found.items()))
 
     record = (repo / "requirements-tensorrt.txt").read_text()
     recorded = set(re.search(r"links (libnvinfer\S+) (libnvonnxparser\S+)", record).groups())
@@ -79,8 +90,34 @@ def main(repo: Path) -> int:
     report(lock.returncode == 0, "versions: " + (lock.stdout.strip().splitlines() or ["(no output)"])[-1])
     if lock.returncode:
         print(lock.stdout + lock.stderr)
+    provider_check(repo, tensorrt_installed)
     print(f"{len(failures)} check(s) failed" if failures else "all checks passed")
     return 1 if failures else 0
+
+
+def provider_check(repo: Path, tensorrt_installed: bool) -> None:
+    import numpy as np
+
+    sys.path.insert(0, str(repo))
+    from models.registry import ProviderSpec, served
+    from runners.ort.providers import ProviderError, create_session
+
+    spec = served("cpu").find("all-MiniLM-L6-v2")
+    graph = str(next(Path(os.environ["BENTO_PATH"], "models", spec.store_tag).glob("*/model.onnx")))
+    expected = {"cuda": "libcuda.so.1"} | ({} if tensorrt_installed else {"tensorrt": "libnvinfer.so.10"})
+    for name, library in expected.items():
+        listed = (ProviderSpec(name=name),)
+        try:
+            create_session(graph, spec.model_copy(update={"ort": spec.ort.model_copy(update={"providers": listed})}))
+            report(False, f"provider check: {name} alone was not refused without a GPU")
+        except ProviderError as exc:
+            report(library in str(exc), f"provider check: {name} refused: {str(exc)[:160]}...")
+    session = create_session(graph, spec)
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)  # [CLS] hello world [SEP]
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    out = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    report(session.get_providers() == ["CPUExecutionProvider"] and out[0].shape[-1] == 384,
+           f"provider check: cpu as listed runs {spec.store_tag} on {session.get_providers()}: {out[0].shape}")
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ PROVIDER_LIBRARIES = {
 FIXES = {
     "tensorrt": "install TensorRT 10 (requirements-tensorrt.txt; the GPU image with IMAGE_TENSORRT=1) and put its "
                 "site-packages/tensorrt_libs on LD_LIBRARY_PATH",
-    "cuda": "install onnxruntime-gpu with its CUDA 13 libraries (requirements-gpu.txt; the GPU image) on a host "
-            "with an NVIDIA driver >= 580",
+    "cuda": "run on a host with an NVIDIA driver >= 580 (it provides libcuda.so.1; in a container the NVIDIA "
+            "container toolkit mounts it) and onnxruntime-gpu with its CUDA 13 libraries (requirements-gpu.txt; "
+            "the GPU image)",
     "cpu": "use an onnxruntime build with the CPU provider",
 }
 
