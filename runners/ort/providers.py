@@ -99,6 +99,12 @@ def provider_arguments(
     return arguments
 
 
+def listed_providers(spec: ModelSpec) -> tuple[ProviderSpec, ...]:
+    """``spec.ort.providers``; a spec taken outside any profile (``load_registry().models``) that
+    lists none runs on the CPU."""
+    return spec.ort.providers or (ProviderSpec(name="cpu"),)
+
+
 def session_options(spec: ModelSpec):
     """``onnxruntime.SessionOptions`` from ``spec.ort``, recording which provider gets each node."""
     import onnxruntime as ort
@@ -122,7 +128,7 @@ def create_session(path: str, spec: ModelSpec, profile: tuple[Shapes, Shapes, Sh
     docstring says. Raises ``ProviderError``; ONNX Runtime's own errors (a bad graph) pass through."""
     import onnxruntime as ort
 
-    specs: Sequence[ProviderSpec] = spec.ort.providers or (ProviderSpec(name="cpu"),)  # outside a profile: CPU
+    specs = listed_providers(spec)
     listed = [s.name for s in specs]
     if any(name in GPU_PROVIDERS for name in listed) and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels, where the library path lacks them
