@@ -499,15 +499,21 @@ class Served:
 def check_vision_providers(providers: tuple[ProviderSpec, ...]) -> None:
     """A vision model's (ColQwen2's) graphs are an fp32 master: on a GPU only TensorRT runs them,
     building bf16 engines. The CUDA provider would run them in fp32 (about 9 GB of weights beside
-    vLLM), and fp16 overflows on a Qwen2-VL backbone (transformers #33294, #33312)."""
+    vLLM), fp16 overflows on a Qwen2-VL backbone (transformers #33294, #33312), and graphs over 2 GB
+    need ``trt_load_user_initializer``."""
     names = [p.name for p in providers]
     if "cuda" in names:
         raise ValueError("a vision model's fp32 graphs must not run on the CUDA provider (fp32 weights on the GPU); "
                          "list tensorrt (bf16 engines: trt_bf16_enable) or cpu")
     for p in providers:
-        if p.name == "tensorrt" and p.options.get("trt_fp16_enable") in (True, 1, "1", "true", "True"):
+        if p.name != "tensorrt":
+            continue
+        if p.options.get("trt_fp16_enable") in (True, 1, "1", "true", "True"):
             raise ValueError("trt_fp16_enable on a Qwen2-VL backbone overflows (transformers #33294, #33312); "
                              "use trt_bf16_enable")
+        if p.options.get("trt_load_user_initializer") not in (True, 1, "1", "true", "True"):
+            raise ValueError("a vision model's graphs exceed 2 GB: TensorRT needs trt_load_user_initializer "
+                             "(ONNX Runtime PR #25409; TensorRT >= 10.13)")
 
 
 def with_profile_providers(spec: ModelSpec, runner: RunnerSpec | None) -> ModelSpec:

@@ -106,7 +106,7 @@ def test_registry_refuses_inconsistent_provider_lists(yaml_text, message):
         parse_registry(yaml_text)
 
 
-def test_colqwen2_graphs_never_run_on_cuda_nor_in_fp16():
+def test_colqwen2_graphs_never_run_on_cuda_nor_in_fp16_nor_serialized():
     text = (ROOT / "models/registry.yaml").read_text()
     colqwen2 = text[text.index("  colqwen2:\n"):text.index("  colqwen2-tiny-random:")]
     on_cuda = colqwen2.replace("        - name: tensorrt\n", "        - name: cuda\n        - name: tensorrt\n", 1)
@@ -115,6 +115,9 @@ def test_colqwen2_graphs_never_run_on_cuda_nor_in_fp16():
     fp16 = colqwen2.replace("trt_bf16_enable: true", "trt_fp16_enable: true")
     with pytest.raises(RegistryError, match="trt_fp16_enable on a Qwen2-VL backbone overflows"):
         parse_registry(text.replace(colqwen2, fp16))
+    serialized = colqwen2.replace("trt_load_user_initializer: true", "trt_load_user_initializer: false")
+    with pytest.raises(RegistryError, match="graphs exceed 2 GB: TensorRT needs trt_load_user_initializer"):
+        parse_registry(text.replace(colqwen2, serialized))
 
 
 def test_tensorrt_options_profiles_and_cache_folders(tmp_path, monkeypatch):
