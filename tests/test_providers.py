@@ -281,6 +281,7 @@ def cuda_only_env(tmp_path):
     return {"EMBED_REGISTRY": str(registry), "EMBED_PROFILE": "cuda-only"}
 
 
+@pytest.mark.slow
 def test_preflight_and_make_serve_exit_with_the_message(cuda_only_env):
     env = {**os.environ, **cuda_only_env}
     done = subprocess.run([sys.executable, "-m", "runners.ort.preflight"], cwd=ROOT, env=env,
@@ -294,6 +295,7 @@ def test_preflight_and_make_serve_exit_with_the_message(cuda_only_env):
     assert "bentoml serve" not in done.stdout  # make stopped before serving
 
 
+@pytest.mark.slow
 def test_bentoml_serve_logs_the_error_and_never_reports_ready(cuda_only_env, tmp_path):
     env = {**cuda_only_env, "BENTOML_HOME": own_bentoml_home(tmp_path / "home")}
     log_path = tmp_path / "serve.log"
