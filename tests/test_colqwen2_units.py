@@ -428,10 +428,16 @@ class RecordingOrt:
     def get_available_providers(self):
         return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
-    def InferenceSession(self, path, sess_options=None, providers=None, provider_options=None):  # noqa: N802
+    def preload_dlls(self):
+        pass
+
+    def InferenceSession(self, path, sess_options=None, providers=None, provider_options=None, **_):  # noqa: N802
         self.sessions.append({"path": path, "providers": providers, "options": provider_options,
                               "sess_options": sess_options})
-        return type("Session", (), {"get_providers": lambda _: providers})()
+        node = type("Node", (), {"op_type": "MatMul"})()
+        info = [type("Subgraph", (), {"ep_name": providers[0], "get_nodes": lambda _: [node]})()]
+        return type("Session", (), {"get_providers": lambda _: providers,
+                                    "get_provider_graph_assignment_info": lambda _: info})()
 
 
 def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeypatch, tmp_path):
@@ -442,9 +448,12 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
 
     from models.store import StoreEntry
     from runners.ort import colqwen2 as engine_module
+    from runners.ort import providers
 
     recorder = RecordingOrt(onnxruntime)
     monkeypatch.setitem(sys.modules, "onnxruntime", recorder)
+    monkeypatch.setattr(providers, "_unloadable_libraries", lambda name: [])  # as if TensorRT were installed
+    monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
     spec = load_registry().models["colqwen2"]
     settings = {"pad_token_id": 151643, "patch_size": 14, "merge_size": 2, "image_token_id": 151655,
                 "text_hidden_size": 1536, "page_prefix_ids": [0] * 4, "page_suffix_ids": [0] * 7}
@@ -453,11 +462,12 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
     assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == [
         "vision/model.onnx", "language/model.onnx"]
     for session in recorder.sessions:
-        assert session["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-        trt, cuda, cpu = session["options"]
-        assert trt["trt_engine_cache_enable"] == "1"
-        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == ".cache/tensorrt/colqwen2"
-        assert cuda == {} and cpu == {}
+        assert session["providers"] == ["TensorrtExecutionProvider"]  # never CUDA for the fp32 graphs
+        (trt,) = session["options"]
+        assert trt["trt_bf16_enable"] == "1" and "trt_fp16_enable" not in trt
+        assert trt["trt_load_user_initializer"] == "1" and trt["trt_engine_cache_enable"] == "1"
+        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "cache/tensorrt/colqwen2")
+        assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "1073741824"
         assert session["sess_options"].intra_op_num_threads == 0
     vision, language = (s["options"][0] for s in recorder.sessions)
     # 602112 pixels = 3072 patches of 14 x 14 = 768 visual tokens; 4 pages per call
@@ -471,14 +481,3 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
         "input_ids:4x779,attention_mask:4x779,position_ids:3x4x779,image_features:3072x1536,image_index:4x779")
     assert language["trt_profile_max_shapes"] == (
         "input_ids:32x779,attention_mask:32x779,position_ids:3x32x779,image_features:3072x1536,image_index:32x779")
-
-
-def test_without_tensorrt_the_profile_is_not_passed(monkeypatch):
-    from models.registry import ProviderSpec
-    from runners.ort.providers import choose
-
-    specs = [ProviderSpec(name="tensorrt", options={"trt_fp16_enable": True}), ProviderSpec(name="cuda"),
-             ProviderSpec(name="cpu")]
-    profile = ({"x": (1, 1)}, {"x": (2, 2)}, {"x": (4, 4)})
-    assert choose(specs, ["CUDAExecutionProvider", "CPUExecutionProvider"], profile) == [
-        ("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})]

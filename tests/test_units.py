@@ -10,10 +10,9 @@ from gateway.admission import Admission
 from gateway.auth import ApiKeys, load_keys
 from gateway.errors import InvalidRequest, Overloaded, Unauthorized
 from gateway.parsing import parse_request
-from models.registry import Pooling, ProviderSpec
+from models.registry import Pooling
 from runners.engine import decode_array, encode_array
 from runners.ort.engine import token_budget_batches
-from runners.ort.providers import choose
 from runners.pooling import normalize, pool
 
 
@@ -133,22 +132,6 @@ def test_wire_format_round_trips_float32_little_endian():
     np.testing.assert_array_equal(decode_array(payload, 3), vector)
     matrix = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(decode_array(encode_array(matrix), 3, multi=True), matrix)
-
-
-def test_providers_keep_priority_and_fall_back_to_cpu():
-    specs = (
-        ProviderSpec(name="tensorrt", options={"trt_fp16_enable": True, "trt_max_workspace_size": 1 << 30}),
-        ProviderSpec(name="cuda", options={"device_id": 0}),
-        ProviderSpec(name="cpu"),
-    )
-    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose(specs, everything) == [
-        ("TensorrtExecutionProvider", {"trt_fp16_enable": "1", "trt_max_workspace_size": str(1 << 30)}),
-        ("CUDAExecutionProvider", {"device_id": "0"}),
-        ("CPUExecutionProvider", {}),
-    ]
-    assert choose(specs, ["CPUExecutionProvider"]) == [("CPUExecutionProvider", {})]
-    assert choose(specs[:1], ["CPUExecutionProvider"]) == [("CPUExecutionProvider", {})]
 
 
 def test_api_keys(tmp_path):

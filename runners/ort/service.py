@@ -9,12 +9,18 @@ base64 float32 result per job (see ``runners/engine.py``):
 Both group a batch's jobs by model, and each engine cuts them into length-sorted,
 token-budgeted sub-batches.
 
+Start-up loads every model as ``python -m runners.ort.preflight`` does (``load_engine``). A model
+that cannot load (a store entry or an execution provider not as the registry says) is logged with
+its fix and leaves the runner not ready (``__is_ready__``), so the server never reports ready with
+a model missing or running elsewhere than configured.
+
 Service settings (connections, tracing, logging) are the runners' shared ones
 (``runners/service_options.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 
@@ -25,6 +31,8 @@ from models.topology import runner_models
 from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
+
+logger = logging.getLogger(__name__)
 
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
@@ -37,21 +45,27 @@ MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MO
 class OrtRunner:
     def __init__(self) -> None:
         from models import configure_logging
-        from models.store import open_entry, runner_files
         from runners.batcher import ContinuousBatcher
         from runners.gpu_metrics import start_gpu_sampler
-        from runners.ort.colqwen2 import ColQwen2Engine
-        from runners.ort.engine import OrtEngine
+        from runners.ort.preflight import LOAD_ERRORS, load_engine
 
         configure_logging()
         start_gpu_sampler("ort")
         self.engines: dict[str, EmbeddingEngine] = {}
+        self.failed: list[str] = []
         for spec in MODELS:
-            entry = open_entry(spec, required=runner_files(spec))
-            engine = (ColQwen2Engine if spec.vision is not None else OrtEngine)(spec, entry)
+            try:
+                engine, entry = load_engine(spec)
+            except LOAD_ERRORS as exc:  # logged; the runner stays not ready (see the module docstring)
+                logger.error("ort runner cannot serve model %s and will not become ready: %s", spec.name, exc)
+                self.failed.append(spec.name)
+                continue
             self.engines[spec.name] = engine
             runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
+
+    def __is_ready__(self) -> bool:
+        return not self.failed
 
     def _run(self, jobs: list[EmbedJob]) -> list[str]:
         """One engine pass over ``jobs`` (any mix of models): results in job order."""
