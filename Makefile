@@ -9,9 +9,12 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup extras models build clean lock openapi image test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
+.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
 
+# preflight: every ONNX Runtime model loads on exactly the providers the registry lists (else exit 1
+# with the reason and the fix), as the store was checked by `models` (runners/ort/preflight.py)
 serve: models
+	$(PY) -m runners.ort.preflight --profile $(PROFILE)
 	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
 
 # The tests get a Bento store of their own (their prerequisite `models` fills it too): what a person
@@ -58,6 +61,9 @@ lock: $(VENV)/.installed-vllm  ## after changing requirements*.txt: pin the whol
 	(echo "# Exact versions of everything installed (pip freeze); regenerate with 'make lock' after changing requirements*.txt."; \
 	 $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//') > constraints.txt
 
+lock-gpu: $(VENV)/.installed  ## after changing requirements-gpu.txt: resolve the GPU image's lock again (needs PyPI)
+	$(PY) deploy/image/gpu_lock.py write
+
 openapi: setup  ## after a deliberate change of the public contract
 	$(PY) -m gateway.openapi > tests/golden/openapi.json
 
@@ -72,12 +78,18 @@ image-tools:
 	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { $(APT_INSTALL) buildah debootstrap; }
 
 # One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
-# IMAGE_CA_BUNDLE (see deploy/image/build.sh). The cpu image is then run and smoke-tested.
+# IMAGE_TENSORRT=1 (gpu: TensorRT from NVIDIA's index), IMAGE_CA_BUNDLE (see deploy/image/build.sh).
+# The cpu image is then run and smoke-tested; the gpu image is checked without a GPU (image-check).
 IMAGE_VARIANT ?= cpu
 IMAGE_BACKEND ?= buildah
+IMAGE_TENSORRT ?= 0
 image: models image-tools
-	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) deploy/image/build.sh
-	@if [ "$(IMAGE_VARIANT)" = cpu ] && [ "$(IMAGE_BACKEND)" = buildah ]; then deploy/image/smoke.sh embedding-platform:cpu; fi
+	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) EMBED_IMAGE_TENSORRT=$(IMAGE_TENSORRT) deploy/image/build.sh
+	@if [ "$(IMAGE_BACKEND)" = buildah ]; then $(MAKE) --no-print-directory image-check; fi
+
+image-check:  ## the built image: cpu served and smoke-tested; gpu checked inside without a GPU
+	@if [ "$(IMAGE_VARIANT)" = gpu ]; then deploy/image/check_gpu.sh embedding-platform:gpu; \
+	else deploy/image/smoke.sh embedding-platform:cpu; fi
 
 # The local stack: the server (with its runners) and Prometheus scraping it (deploy/stack.sh).
 stack-up: models test-tools

@@ -6,8 +6,11 @@ and the profile's models (``bentoml build`` packs them; ``bentoml containerize``
 - ``cpu`` (default): Python 3.11 on Debian, ``requirements-serve.txt`` (ONNX Runtime CPU), each
   package and every package it pulls in pinned to ``constraints.txt`` (``locked``), so the image
   runs the versions the tests ran.
-- ``gpu``: the CUDA 13 runtime image, ``requirements-gpu.txt`` (onnxruntime-gpu, TensorRT and
-  vLLM, all built for CUDA 13; ``tests/test_image.py`` checks the pins agree).
+- ``gpu``: Python 3.11 on Debian, ``requirements-gpu.lock`` (onnxruntime-gpu, vLLM and torch built
+  for CUDA 13, with their CUDA user-space libraries as nvidia-* wheels: only the driver comes from
+  the host). Its base is made here (``deploy/image/base.sh NAME gpu``: gcc and Python's headers for
+  Triton, and the ``LD_LIBRARY_PATH`` of those libraries); there is no Docker Hub image of it.
+  ``EMBED_IMAGE_TENSORRT=1`` adds ``requirements-tensorrt.txt`` (TensorRT 10 from NVIDIA's index).
 
 ``EMBED_BASE_IMAGE`` replaces the variant's base image, for example the local Debian image that
 ``make image`` builds where Docker Hub is out of reach (``deploy/image/base.sh``). Only the
@@ -23,28 +26,33 @@ from pathlib import Path
 from bentoml.images import Image
 
 ROOT = Path(__file__).resolve().parent
+GPU_BASE = "localhost/embedding-platform-base-gpu:bookworm"  # deploy/image/base.sh NAME gpu
 VARIANTS = {
-    # (base image, requirements file, BentoML's default apt packages)
-    "cpu": ("python:3.11-slim", "requirements-serve.txt", False),
-    # build-essential stays: Triton (under vLLM) compiles its launcher with gcc at run time
-    "gpu": ("nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04", "requirements-gpu.txt", True),
+    # (base image, requirements file); no distro defaults: every package is a wheel, and the gpu
+    # base brings its compiler itself
+    "cpu": ("python:3.11-slim", "requirements-serve.txt"),
+    "gpu": (GPU_BASE, "requirements-gpu.lock"),
 }
+TENSORRT_REQUIREMENTS = "requirements-tensorrt.txt"
 
 
 def image(variant: str | None = None) -> Image:
     variant = variant or os.environ.get("EMBED_IMAGE", "cpu")
     if variant not in VARIANTS:
         raise RuntimeError(f"EMBED_IMAGE={variant!r}: expected one of {', '.join(VARIANTS)}")
-    base, requirements, apt_defaults = VARIANTS[variant]
+    base, requirements = VARIANTS[variant]
     lines = requirement_lines(ROOT / requirements)
     if variant == "cpu":
         lines = locked(lines, ROOT / "constraints.txt")
+    if os.environ.get("EMBED_IMAGE_TENSORRT", "") in ("1", "true"):
+        if variant != "gpu":
+            raise RuntimeError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only)")
+        lines += requirement_lines(ROOT / TENSORRT_REQUIREMENTS)
     built = Image(
         base_image=os.environ.get("EMBED_BASE_IMAGE") or base,
         python_version="3.11",
-        # a distro outside BentoML's table skips its default `apt-get install build-essential git`
-        distro="debian" if apt_defaults else "prebuilt",
-        lock_python_packages=False,  # pinned here: `locked` (cpu), the requirements file (gpu)
+        distro="prebuilt",  # a distro outside BentoML's table skips its `apt-get install build-essential git`
+        lock_python_packages=False,  # pinned here: `locked` (cpu), the lock file (gpu)
     )
     return built.python_packages(*lines)
 

@@ -89,6 +89,7 @@ class Gateway:
     def __init__(self) -> None:
         from gateway.admission import Admission
         from gateway.app import create_app
+        from gateway.image_pool import ImagePool
         from gateway.preprocess import TextPreprocessor, VisionPreprocessor
         from gateway.runner_client import RunnerClient
         from gateway.serving import EmbeddingServing
@@ -98,7 +99,8 @@ class Gateway:
         configure_logging()
         limits = SERVED.gateway
         preprocessors = {
-            spec.name: (VisionPreprocessor if spec.vision else TextPreprocessor)(spec, open_entry(spec, verify=False))
+            spec.name: (VisionPreprocessor if spec.vision else TextPreprocessor)(
+                spec, open_entry(spec, verify=False), limits.max_chars_per_token)
             for spec in SERVED.models
         }
         runners = {}  # served model name -> the client of the runner that serves it
@@ -114,8 +116,14 @@ class Gateway:
             )
             runners.update(dict.fromkeys(route.models, client))
         self.runner_clients = list(dict.fromkeys(runners.values()))
+        # images and PDF pages are decoded in worker processes, started with the service (below)
+        self.image_pool = ImagePool(
+            limits.image_workers, limits.image_worker_memory_bytes, limits.image_task_timeout_s,
+            limits.retry_after_s, max_waiting=4 * limits.max_images_per_request,
+        ) if any(spec.vision for spec in SERVED.models) else None
         serving = EmbeddingServing(
-            SERVED, preprocessors, runners, Admission(limits.max_inflight_inputs, limits.retry_after_s)
+            SERVED, preprocessors, runners, Admission(limits.max_inflight_inputs, limits.retry_after_s),
+            self.image_pool,
         )
         self.readiness_task: asyncio.Task | None = None
         V1.app = create_app(serving, ApiKeys(KEYS))
@@ -126,6 +134,18 @@ class Gateway:
             ", ".join(f"{r.key} at {r.url or 'local'}" for r in ROUTES),
             "required" if KEYS else "not required",
         )
+
+    @bentoml.on_startup
+    async def start_image_workers(self) -> None:
+        """The image pool's worker processes (vision models only); a worker that cannot start
+        stops the gateway's start with the reason."""
+        if self.image_pool is not None:
+            await self.image_pool.start()
+
+    @bentoml.on_shutdown
+    async def stop_image_workers(self) -> None:
+        if self.image_pool is not None:
+            await self.image_pool.close()
 
     @bentoml.on_startup
     async def watch_runners(self) -> None:

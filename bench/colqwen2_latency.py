@@ -3,8 +3,9 @@
     python bench/colqwen2_latency.py [--model colqwen2-tiny-random] [--url http://127.0.0.1:3000]
 
 Prints medians of ``--repeat`` runs (after one warm-up) for: the runner's engine on 1 and on
-``max_batch_pages`` pages of the first bucket (ms per page), on 1 and 32 queries; gateway-side
-preprocessing (PNG decode + resize to the bucket; PDF page render at the registry's DPI + resize);
+``max_batch_pages`` pages (ms per page) of four page shapes resized as the processor does (A4
+portrait and landscape, square, 3:1), on 1 and 32 queries; gateway-side preprocessing (PNG
+decode + resize; PDF page render at the registry's DPI + resize);
 and, with ``--url``, one-image and one-query requests end to end through a running server.
 Uses the registry (``EMBED_REGISTRY``) and the Bento store (``BENTOML_HOME``) as the server does.
 """
@@ -59,17 +60,20 @@ def main() -> None:
     entry = open_entry(spec, required=runner_files(spec))
     engine = ColQwen2Engine(spec, entry)
     preprocessor = VisionPreprocessor(spec, entry)
-    height, width = preprocessor.buckets[0]
     letter = sample_page((612, 792))  # a US-letter page at 72 dpi
-    pixels = images.to_bucket(letter, preprocessor.buckets)
     batch = spec.vision.max_batch_pages
     queries = preprocessor.texts(["which page shows the quarterly revenue table?"] * 32, None, True)
 
-    print(f"model {spec.name}, bucket {height}x{width} ({preprocessor.bucket_tokens[(height, width)]} tokens), "
-          f"provider {engine.query.get_providers()[0]}, median of {args.repeat}")
-    one = median_ms(lambda: engine.embed([pixels]), args.repeat)
-    many = median_ms(lambda: engine.embed([pixels] * batch), args.repeat)
-    print(f"engine, pages: batch 1 {one:.2f} ms/page; batch {batch} {many / batch:.2f} ms/page")
+    print(f"model {spec.name}, pages {spec.vision.min_pixels}-{spec.vision.max_pixels} pixels, provider "
+          f"{engine.provider}, median of {args.repeat}")
+    for label, size in (("A4 portrait", (595, 842)), ("A4 landscape", (842, 595)), ("square", (700, 700)),
+                        ("3:1", (900, 300))):
+        pixels = images.resize_page(sample_page(size), preprocessor.grid, "x")
+        tokens = preprocessor.page_tokens(*pixels.shape[:2])
+        one = median_ms(lambda pixels=pixels: engine.embed([pixels]), args.repeat)
+        many = median_ms(lambda pixels=pixels: engine.embed([pixels] * batch), args.repeat)
+        print(f"engine, {label} page {pixels.shape[0]}x{pixels.shape[1]} ({tokens} tokens): batch 1 "
+              f"{one:.2f} ms/page; batch {batch} {many / batch:.2f} ms/page")
     q1 = median_ms(lambda: engine.embed(queries[:1]), args.repeat)
     q32 = median_ms(lambda: engine.embed(queries), args.repeat)
     print(f"engine, queries: batch 1 {q1:.2f} ms; batch 32 {q32 / 32:.2f} ms/query")
@@ -78,13 +82,14 @@ def main() -> None:
     letter.save(buffer, "PNG")
     png = buffer.getvalue()
     limits = images.ImageLimits(10 << 20, 40_000_000)
-    decode = median_ms(lambda: images.to_bucket(images.open_image(png, "image/png", "x", limits), preprocessor.buckets),
-                       args.repeat)
+    decode = median_ms(lambda: images.resize_page(images.open_image(png, "image/png", "x", limits), preprocessor.grid,
+                                                  "x"), args.repeat)
     buffer = io.BytesIO()
     letter.save(buffer, "PDF", resolution=72)
     pdf = buffer.getvalue()
-    render = median_ms(lambda: images.to_bucket(images.render_pdf(pdf, [1], spec.vision.pdf_dpi, 1, "x", limits)[0][1],
-                                                preprocessor.buckets), args.repeat)
+    dpi = spec.vision.pdf_dpi
+    render = median_ms(lambda: images.resize_page(images.render_pdf(pdf, [1], dpi, 1, "x", limits)[0][1],
+                                                  preprocessor.grid, "x"), args.repeat)
     print(f"preprocessing: PNG 612x792 decode + resize {decode:.2f} ms; PDF page render at "
           f"{spec.vision.pdf_dpi} dpi + resize {render:.2f} ms")
 

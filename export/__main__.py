@@ -9,9 +9,11 @@
 - ``vllm --source SRC --name NAME [--pooling ...] [--normalize/--no-normalize] [--max-tokens N]
   [--revision R]``: import a Hugging Face checkpoint as it is for the vLLM runner (no
   conversion; ``export/vllm_files.py``) and register it with its source and revision.
-- ``colqwen2 --source SRC --name NAME --bucket HxW [--bucket HxW ...] [--max-tokens N]``:
+- ``colqwen2 --source SRC --name NAME --min-pixels N --max-pixels N [--max-tokens N]``:
   export a ColQwen2 checkpoint (``hf:vidore/colqwen2-v1.0-hf``, a folder, or
-  ``random:colqwen2-tiny``) as a query graph plus one page graph per bucket (``export/colqwen2.py``).
+  ``random:colqwen2-tiny``) as a vision-encoder graph and one language-model graph for queries
+  and pages (``export/colqwen2.py``); pages are served between the given areas (the
+  checkpoint's processor must say the same).
 - ``ensure [--profile NAME]``: import every ``ort`` and ``vllm`` model of the registry profile
   whose ``store_tag`` the store lacks, with the registry's settings; present ones are checked as
   the runners will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
@@ -37,7 +39,7 @@ from pathlib import Path
 import bentoml
 
 from export import ExportError, sources, store
-from models.store import QUERY_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
+from models.store import LANGUAGE_GRAPH, VISION_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
 
 STEPS = 5
 
@@ -174,44 +176,49 @@ def export_model(
 def export_colqwen2(
     source: str,
     name: str,
-    buckets: list[tuple[int, int]],
+    pixels: tuple[int, int],
     *,
     max_tokens: int,
     revision: str | None = None,
     opset: int = 17,
 ) -> bentoml.Model:
-    """Export a ColQwen2 checkpoint (query graph + one page graph per bucket), check parity with
-    PyTorch and register it as ``name``. Raises ``ExportError`` (nothing is registered then)."""
+    """Export a ColQwen2 checkpoint (vision-encoder graph + language-model graph), check parity
+    with the reference for queries and for pages resized within ``pixels`` = (min, max) area, and
+    register it as ``name``. Raises ``ExportError`` (nothing is registered then)."""
     store.check_tag(name)
     steps = Steps(STEPS)
     with steps(f"resolving and loading {source}"):
         from export import colqwen2
 
-        loaded = colqwen2.load(source, revision)
-    with steps(f"loading the processor's prompts for {len(buckets)} bucket(s)"):
-        for height, width in buckets:
-            colqwen2.page_prompt_ids(loaded.processor, height, width)
+        loaded = colqwen2.load(source, revision, pixels)
+    with steps("reading the processor's query and page prompts"):
+        colqwen2.query_frame(loaded.processor)
+        colqwen2.page_frame(loaded.processor)
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         out_dir = Path(tmp)
-        with steps(f"exporting the query graph and {len(buckets)} page graph(s) to ONNX (opset {opset})"):
-            graphs = colqwen2.export_graphs(loaded, buckets, out_dir, opset)
-            embedding = colqwen2.stage_files(loaded, out_dir, graphs, max_tokens)
-        with steps("parity check: ONNX Runtime CPU vs PyTorch (queries and pages)"):
-            parity = colqwen2.check_parity(loaded, out_dir, graphs["buckets"])
+        with steps(f"exporting the vision encoder and the language model to ONNX (opset {opset})"):
+            colqwen2.export_graphs(loaded, out_dir, opset)
+            embedding = colqwen2.stage_files(loaded, out_dir, max_tokens, pixels)
+        with steps("parity check: the runner's engine on ONNX Runtime CPU vs Qwen2-VL with M-RoPE (queries, pages)"):
+            parity = colqwen2.check_parity(loaded, out_dir, embedding, pixels)
         with steps(f"registering {name}"):
-            onnx_files = [QUERY_GRAPH, *(b["graph"] for b in graphs["buckets"])]
+            onnx_files = [VISION_GRAPH, LANGUAGE_GRAPH]
             labels = {"engine": "ort", "format": "onnx", "task": "multi-vector", "pooling": "multi",
                       "weights": "random" if loaded.random_weights else "checkpoint"}
             metadata = {
                 "source": source,
                 "revision": loaded.revision,
-                "reference": "transformers ColQwen2ForRetrieval + ColQwen2Processor",
+                "reference": "ColQwen2Processor + Qwen2-VL with input_ids, pixel_values, image_grid_thw and "
+                             "mm_token_type_ids (M-RoPE positions, as colpali-engine)",
+                "layout": embedding["layout"],
                 "random_weights": loaded.random_weights,
                 "engine": "ort",
                 "pooling": "multi",
+                "precision": "fp32",
                 "dimensions": embedding["dimensions"],
                 "max_tokens": max_tokens,
-                "buckets": [f"{b['height']}x{b['width']}" for b in graphs["buckets"]],
+                "min_pixels": pixels[0],
+                "max_pixels": pixels[1],
                 "opset": opset,
                 "onnx_files_sha256": {f: sha256_of(out_dir / f) for f in onnx_files},
                 **parity,
@@ -219,10 +226,11 @@ def export_colqwen2(
             }
             model = store.register(name, out_dir, labels, metadata)
     print(
-        f"registered {model.tag} (multi-vector x {embedding['dimensions']}, buckets "
-        f"{', '.join(metadata['buckets'])}{', RANDOM WEIGHTS' if loaded.random_weights else ''}; parity max "
-        f"relative error queries {parity['parity_query_max_rel_err']:.2e}, "
-        f"pages {parity['parity_page_max_rel_err']:.2e})",
+        f"registered {model.tag} (multi-vector x {embedding['dimensions']}, pages {pixels[0]}-{pixels[1]} pixels"
+        f"{', RANDOM WEIGHTS' if loaded.random_weights else ''}; parity max relative error queries "
+        f"{parity['parity_query_max_rel_err']:.2e}, pages {parity['parity_page_max_rel_err']:.2e}; transformers' "
+        f"ColQwen2ForRetrieval (1-D positions) differs from the reference by up to "
+        f"{parity['parity_page_vs_1d_positions_rel_err']:.2e})",
         flush=True,
     )
     return model
@@ -322,7 +330,7 @@ def ensure(profile: str | None) -> int:
                 raise ExportError("the registry gives no source")
             if spec.vision is not None:
                 export_colqwen2(
-                    spec.source, spec.store_tag, list(spec.vision.buckets),
+                    spec.source, spec.store_tag, (spec.vision.min_pixels, spec.vision.max_pixels),
                     max_tokens=spec.max_tokens, revision=spec.revision,
                 )
                 continue
@@ -408,11 +416,13 @@ def _parser() -> argparse.ArgumentParser:
     ensure_cmd = commands.add_parser("ensure", help="import the profile's ort and vllm models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
 
-    col = commands.add_parser("colqwen2", help="export a ColQwen2 checkpoint (queries + page buckets)")
+    col = commands.add_parser("colqwen2", help="export a ColQwen2 checkpoint (vision encoder + language model)")
     col.add_argument("--source", required=True, help="hf:vidore/colqwen2-v1.0-hf, a folder, or random:colqwen2-tiny")
     col.add_argument("--name", required=True, help="store name (name or name:version)")
-    col.add_argument("--bucket", action="append", required=True, type=_bucket,
-                     help="page size HxW (multiples of 28); repeat")
+    col.add_argument("--min-pixels", type=_positive_int, required=True,
+                     help="smallest page area after resizing (the processor's size.shortest_edge)")
+    col.add_argument("--max-pixels", type=_positive_int, required=True,
+                     help="largest page area after resizing (the processor's size.longest_edge)")
     col.add_argument("--max-tokens", type=_positive_int, default=768, help="query token limit")
     col.add_argument("--opset", type=_positive_int, default=17)
     col.add_argument("--revision", help="hub revision, or a label for a folder")
@@ -429,16 +439,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _bucket(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HxW") from None
-    if height <= 0 or width <= 0 or height % 28 or width % 28:
-        raise argparse.ArgumentTypeError(f"{text}: height and width are positive multiples of 28")
-    return height, width
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
@@ -448,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         return ensure(args.profile)
     try:
         if args.command == "colqwen2":
-            export_colqwen2(args.source, args.name, args.bucket, max_tokens=args.max_tokens,
-                            revision=args.revision, opset=args.opset)
+            if args.min_pixels > args.max_pixels:
+                print("error: --min-pixels must not exceed --max-pixels", file=sys.stderr)
+                return 2
+            export_colqwen2(args.source, args.name, (args.min_pixels, args.max_pixels),
+                            max_tokens=args.max_tokens, revision=args.revision, opset=args.opset)
             return 0
         common = dict(revision=args.revision, pooling=args.pooling, normalize=args.normalize,
                       max_tokens=args.max_tokens)

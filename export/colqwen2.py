@@ -1,24 +1,37 @@
-"""Export ColQwen2 (transformers' ``ColQwen2ForRetrieval``) to ONNX: one query graph and one page
-graph per image resolution bucket, checked against PyTorch.
+"""Export ColQwen2 to ONNX as trained: a vision-encoder graph and one language-model graph that
+queries and pages share, checked against Qwen2-VL with its 3-D M-RoPE positions.
 
-Reference, pinned: transformers 5.19 ``ColQwen2ForRetrieval`` + ``ColQwen2Processor``, for
-``vidore/colqwen2-v1.0-hf`` (the merged checkpoint of vidore/colqwen2-v1.0). Queries are formatted
-exactly as ``ColQwen2Processor.process_queries`` does: ``query_prefix + text + pad_token * 10 +
-"\\n"``, tokenized without added special tokens. Pages use the processor's visual prompt with
-one ``<|image_pad|>`` per merged visual token. ``ColQwen2ForRetrieval`` calls the VLM with
-``inputs_embeds`` only, so its decoder sees plain 1-D positions (0..S-1) for pages as for
-queries; the graphs reproduce exactly that.
+Reference, pinned: transformers 5.19 ``ColQwen2Processor`` (queries and page resizing) and the
+checkpoint's Qwen2-VL called as colpali-engine (which trained ``vidore/colqwen2-v1.0``) calls it:
+with ``input_ids``, ``pixel_values``, ``image_grid_thw`` and ``mm_token_type_ids``, so that
+``get_rope_index`` gives the image tokens (temporal, row, column) positions; then the 128-dim
+projection, L2 normalisation and the attention mask (``reference_pages``). transformers' own
+``ColQwen2ForRetrieval.forward`` passes only ``inputs_embeds`` to the VLM and so gives image tokens
+1-D positions; the export measures and records how far that is from the reference
+(``parity_page_vs_1d_positions_rel_err``). Queries are formatted exactly as
+``ColQwen2Processor.process_queries`` does (``query_prefix + text + pad_token * 10 + "\\n"``, no
+added special tokens) and keep 1-D text positions, as both implementations give them.
 
-Graphs (the runner depends on them exactly):
+Graphs (``runners/ort/colqwen2.py`` feeds them and computes every position in NumPy):
 
-- ``query/model.onnx``: ``input_ids`` int64 [batch, sequence], ``attention_mask`` int64 [batch,
-  sequence] (right padding) -> ``embeddings`` float32 [batch, sequence, 128], each row
+- ``VISION_GRAPH``: ``patches`` uint8 [batch, patches, 3 * 14 * 14] (each page's patches in
+  Qwen2-VL's order, padded to the batch's largest page), ``patch_positions`` int64 [batch,
+  patches, 2] (row, column), ``patch_mask`` int64 [batch, patches] (1 real, 0 padding) ->
+  ``image_features`` float32 [batch, patches / 4, hidden]. Rescaling, CLIP normalisation, the
+  temporal repeat of each patch and the rotary angles run inside; each page attends only to its
+  own patches (the reference splits one flat sequence by ``cu_seqlens``).
+- ``LANGUAGE_GRAPH``: ``input_ids`` int64 [batch, sequence] (right padding), ``attention_mask``
+  int64 [batch, sequence], ``position_ids`` int64 [3, batch, sequence] (M-RoPE), ``image_features``
+  float32 [features, hidden] (the batch's visual features; one ignored zero row when there are
+  none), ``image_index`` int64 [batch, sequence] (the row of ``image_features`` that replaces the
+  token's embedding, -1 for text: a query's text that spells ``<|image_pad|>`` stays text, as in
+  ``ColQwen2ForRetrieval``) -> ``embeddings`` float32 [batch, sequence, 128], each row
   L2-normalised, padding rows zero.
-- ``page_<H>x<W>/model.onnx`` per bucket: ``pixel_values`` uint8 [batch, H, W, 3] (RGB, already
-  resized to the bucket) -> ``embeddings`` float32 [batch, tokens, 128]. Rescaling, CLIP
-  normalisation and Qwen2-VL's patch layout run inside the graph; the vision encoder attends
-  within each image (batched), and its rotary positions are constants of the bucket (the legacy
-  exporter bakes the image grid in; the dynamo exporter fails on ``cu_seqlens``).
+
+Both have dynamic batch and length, so any page size is served and the language model's weights
+exist once. Each graph has a folder of its own (a real checkpoint's graphs exceed protobuf's 2 GB
+and keep their weights in external data files next to them). fp32: this is the master graph that
+CPU parity is checked on.
 
 Sources: ``hf:<hub id>`` or a local folder holding the checkpoint (``from_pretrained``), or
 ``random:colqwen2-tiny``: a tiny **random-weight** model (hidden 64, 2 layers, vision depth 2)
@@ -42,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import ExportError
-from models.store import QUERY_GRAPH, page_graph
+from models.store import COLQWEN2_LAYOUT, LANGUAGE_GRAPH, VISION_GRAPH
 
 RANDOM_PREFIX = "random:"
 TINY_RANDOM = "colqwen2-tiny"
@@ -54,7 +67,12 @@ SAMPLE_QUERIES = (
     "diagram of a transformer encoder",
     "Ça coûte combien à Zürich ?",
     "x",
+    "text that spells <|image_pad|> and <|vision_start|>",  # special tokens in a query stay text
 )
+# Page shapes of the parity check (width, height, before resizing): A4 portrait and landscape,
+# square, 3:1, one larger than any page the model takes (resized down to max_pixels) and one
+# smaller (resized up to min_pixels).
+SAMPLE_PAGES = ((595, 842), (842, 595), (700, 700), (900, 300), (2480, 3508), (60, 40))
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -64,6 +82,8 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+TINY_MIN_PIXELS = 28 * 28 * 4
+TINY_MAX_PIXELS = 28 * 28 * 64
 
 
 @dataclass
@@ -74,12 +94,16 @@ class Loaded:
     random_weights: bool
 
 
-def load(source: str, revision: str | None = None) -> Loaded:
-    """The model and processor of ``source`` (see the module docstring); ``ExportError`` if not."""
+def load(source: str, revision: str | None = None, pixels: tuple[int, int] | None = None) -> Loaded:
+    """The model and processor of ``source`` (see the module docstring); ``ExportError`` if not.
+
+    ``pixels``: the (min, max) page area the registry serves. The tiny random model's processor is
+    built with it; a checkpoint's processor must already resize within exactly that range
+    (``ExportError`` naming both otherwise), because the gateway resizes as the registry says."""
     from transformers import ColQwen2ForRetrieval, ColQwen2Processor
 
     if source == RANDOM_PREFIX + TINY_RANDOM:
-        model, processor = tiny_random()
+        model, processor = tiny_random(pixels=pixels or (TINY_MIN_PIXELS, TINY_MAX_PIXELS))
         return Loaded(model, processor, revision or "random-seed-0", True)
     if source.startswith(RANDOM_PREFIX):
         raise ExportError(f"source {source!r}: the only random model is {RANDOM_PREFIX}{TINY_RANDOM}")
@@ -90,11 +114,25 @@ def load(source: str, revision: str | None = None) -> Loaded:
         resolved.folder, dtype=torch.float32, attn_implementation="eager"
     ).eval()
     processor = ColQwen2Processor.from_pretrained(resolved.folder)
+    own = processor_pixels(processor)
+    if pixels is not None and own != tuple(pixels):
+        raise ExportError(
+            f"the checkpoint's ColQwen2Processor resizes pages to {own[0]}-{own[1]} pixels "
+            f"(preprocessor_config.json size shortest_edge/longest_edge), the registry asks for "
+            f"{pixels[0]}-{pixels[1]}: set the registry's vision.min_pixels/max_pixels to the processor's"
+        )
     return Loaded(model, processor, resolved.revision or "unknown", False)
 
 
-def tiny_random(seed: int = 0):
-    """A tiny random-weight ``ColQwen2ForRetrieval`` and its ``ColQwen2Processor``, built offline."""
+def processor_pixels(processor: Any) -> tuple[int, int]:
+    """(min, max) page area in pixels that the processor's ``smart_resize`` keeps pages within."""
+    size = processor.image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
+
+
+def tiny_random(seed: int = 0, pixels: tuple[int, int] = (TINY_MIN_PIXELS, TINY_MAX_PIXELS)):
+    """A tiny random-weight ``ColQwen2ForRetrieval`` and its ``ColQwen2Processor`` (pages resized to
+    ``pixels`` = (min, max) area), built offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         ColQwen2Config,
@@ -164,91 +202,89 @@ def tiny_random(seed: int = 0):
     model = ColQwen2ForRetrieval(config).eval()
     # Pages of at most 64 visual tokens by default (the processor's smart_resize), like
     # colqwen2-v1.0's max_num_visual_tokens but small.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1])
     processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer)
     return model, processor
 
 
-class QueryGraph(nn.Module):
-    """``ColQwen2ForRetrieval`` on token ids: (ids, mask) -> normalised, masked (B, S, 128)."""
+
+class VisionGraph(nn.Module):
+    """The vision encoder on a padded batch of pages: uint8 patches -> merged visual features.
+
+    Does what ``Qwen2VLImageProcessorPil`` does after resizing (rescale, CLIP normalisation, the
+    temporal repeat of each patch; ``runners/ort/colqwen2.patchify`` did the layout) and what
+    ``Qwen2VisionTransformerPretrainedModel`` does, for B pages at once. The re-implemented
+    pieces are the rotary angles (from the given (row, column) positions, with the reference's
+    frequencies) and the attention: per page over its own patches, padding patches masked out."""
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        super().__init__()
+        self.visual = model.vlm.visual
+        config = self.visual.config
+        self.patch, self.merge, self.temporal = config.patch_size, config.spatial_merge_size, config.temporal_patch_size
+        rotary = self.visual.rotary_pos_emb
+        if float(rotary.attention_scaling) != 1.0:
+            raise ExportError(f"the vision rotary embedding scales by {rotary.attention_scaling}; only 1.0 is exported")
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone())
+        image_processor = processor.image_processor
+        channels = (1, 1, 3, 1, 1, 1)  # (batch, patch, C, T, row, column)
+        self.register_buffer("mean", torch.tensor(image_processor.image_mean, dtype=torch.float32).view(channels))
+        self.register_buffer("std", torch.tensor(image_processor.image_std, dtype=torch.float32).view(channels))
+        self.rescale = float(image_processor.rescale_factor)
+        self.eval()
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        batch, count = x.shape[0], x.shape[1]
+        q, k, v = attn.qkv(x).reshape(batch, count, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=bias, scale=attn.scaling)
+        return attn.proj(out.transpose(1, 2).reshape(batch, count, -1))
+
+    def forward(self, patches: torch.Tensor, patch_positions: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        batch, count = patches.shape[0], patches.shape[1]
+        p = self.patch
+        x = patches.reshape(batch, count, 3, 1, p, p).float() * self.rescale
+        x = ((x - self.mean) / self.std).expand(-1, -1, -1, self.temporal, -1, -1)
+        h = self.visual.patch_embed(x.reshape(batch * count, -1)).reshape(batch, count, -1)
+        # (B, P, 2, d/4) -> (B, P, d/2): the row's frequencies, then the column's, as the reference
+        freqs = (patch_positions.unsqueeze(-1).float() * self.inv_freq).reshape(batch, count, -1)
+        angles = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        bias = (1.0 - patch_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for block in self.visual.blocks:
+            h = h + self._attention(block.attn, block.norm1(h), cos, sin, bias)
+            h = h + block.mlp(block.norm2(h))
+        merged = self.visual.merger(h.reshape(batch * count, -1))
+        return merged.reshape(batch, count // self.merge**2, -1)
+
+
+class LanguageGraph(nn.Module):
+    """The language model for queries and pages: token ids with visual features in place of the
+    tokens ``image_index`` points from, 3-D positions given -> normalised, masked (B, S, 128).
+
+    Does what ``Qwen2VLModel.forward`` does after the vision encoder (the features replace the
+    image tokens' embeddings in order), with ``position_ids`` computed outside (M-RoPE for pages,
+    text positions for queries), then ``ColQwen2ForRetrieval``'s projection, L2 and mask."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).embeddings
-
-
-class PageGraph(nn.Module):
-    """One bucket's page path: uint8 RGB (B, H, W, 3) -> (B, tokens, 128).
-
-    Does what ``Qwen2VLImageProcessorPil`` (rescale, normalise, patchify; the image is already at
-    the bucket size) and ``ColQwen2ForRetrieval.forward`` (vision encoder, features in place of
-    the ``<|image_pad|>`` tokens, decoder, projection, L2) do for one image, for B images at once.
-    The only re-implemented piece is the vision attention: per image over its own patches (the
-    reference splits one flat sequence by ``cu_seqlens``), with the reference's rotary function.
-    """
-
-    def __init__(self, model: nn.Module, processor: Any, height: int, width: int, prompt_ids: list[int]) -> None:
-        super().__init__()
-        from transformers.vision_utils import get_vision_position_ids
-
-        self.model = model
-        visual = model.vlm.visual
-        config = visual.config
-        self.patch, self.merge, self.temporal = config.patch_size, config.spatial_merge_size, config.temporal_patch_size
-        self.grid_h, self.grid_w = height // self.patch, width // self.patch
-        self.patches = self.grid_h * self.grid_w
-        image_processor = processor.image_processor
-        self.register_buffer("mean", torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.rescale = float(image_processor.rescale_factor)
-        grid = torch.tensor([[1, self.grid_h, self.grid_w]])
-        positions = get_vision_position_ids(grid, self.merge, kwargs={})
-        with torch.no_grad():
-            cos, sin = visual.rotary_pos_emb(torch.zeros(1), positions)
-        self.register_buffer("cos", cos.float())
-        self.register_buffer("sin", sin.float())
-        image_token = model.config.vlm_config.image_token_id
-        first = prompt_ids.index(image_token)
-        count = prompt_ids.count(image_token)
-        if prompt_ids[first : first + count] != [image_token] * count or count != self.patches // self.merge**2:
-            raise ExportError(f"bucket {height}x{width}: the visual prompt does not hold "
-                              f"{self.patches // self.merge**2} image tokens")
-        self.register_buffer("prefix", torch.tensor(prompt_ids[:first]))
-        self.register_buffer("suffix", torch.tensor(prompt_ids[first + count :]))
-        self.eval()
-
-    def _attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
-        batch = x.shape[0]
-        q, k, v = attn.qkv(x).reshape(batch, self.patches, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4).unbind(0)
-        q, k = apply_rotary_pos_emb_vision(q, k, self.cos, self.sin)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             scale=attn.scaling)
-        return attn.proj(out.transpose(1, 2).reshape(batch, self.patches, -1))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        batch = pixel_values.shape[0]
-        m, p = self.merge, self.patch
-        x = (pixel_values.permute(0, 3, 1, 2).float() * self.rescale - self.mean) / self.std
-        x = x.reshape(batch, 3, self.grid_h // m, m, p, self.grid_w // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
-        x = x.reshape(batch * self.patches, 3, 1, p, p).expand(-1, -1, self.temporal, -1, -1)
-        visual = self.model.vlm.visual
-        h = visual.patch_embed(x.reshape(batch * self.patches, -1)).reshape(batch, self.patches, -1)
-        for block in visual.blocks:
-            h = h + self._attention(block.attn, block.norm1(h))
-            h = h + block.mlp(block.norm2(h))
-        features = visual.merger(h.reshape(batch * self.patches, -1)).reshape(batch, self.patches // m**2, -1)
-        embed = self.model.vlm.get_input_embeddings()
-        embeds = torch.cat(
-            [embed(self.prefix).expand(batch, -1, -1), features, embed(self.suffix).expand(batch, -1, -1)], dim=1
-        )
-        mask = torch.ones(embeds.shape[:2], dtype=torch.int64)
-        return self.model(inputs_embeds=embeds, attention_mask=mask).embeddings
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                image_features: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        vlm = self.model.vlm
+        embeds = vlm.get_input_embeddings()(input_ids)
+        embeds = torch.where((image_index >= 0).unsqueeze(-1), image_features[image_index.clamp(min=0)], embeds)
+        hidden = vlm.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False).last_hidden_state
+        embeddings = self.model.embedding_proj_layer(hidden)
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        return embeddings * attention_mask.unsqueeze(-1)
 
 
 def query_frame(processor: Any) -> tuple[str, list[int]]:
@@ -259,115 +295,170 @@ def query_frame(processor: Any) -> tuple[str, list[int]]:
     return processor.query_prefix, suffix
 
 
-def page_prompt_ids(processor: Any, height: int, width: int) -> list[int]:
-    """The token ids ColQwen2Processor makes for one image of exactly ``height`` x ``width``."""
+def page_frame(processor: Any) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the image tokens of the processor's visual prompt."""
     from PIL import Image
 
-    batch = processor.process_images([Image.new("RGB", (width, height))])
-    grid = batch["image_grid_thw"][0].tolist()
-    if grid[1:] != [height // 14, width // 14]:
-        raise ExportError(f"bucket {height}x{width}: the processor resizes it to grid {grid}; pick a size it keeps")
-    return batch["input_ids"][0].tolist()
+    ids = processor.process_images([Image.new("RGB", (56, 56))])["input_ids"][0].tolist()
+    first, count = ids.index(processor.image_token_id), ids.count(processor.image_token_id)
+    if ids[first : first + count] != [processor.image_token_id] * count:
+        raise ExportError("the processor's visual prompt does not hold its image tokens in one run")
+    return ids[:first], ids[first + count :]
 
 
-def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], axes: dict, opset: int) -> None:
+def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str, axes: dict,
+                 opset: int) -> None:
+    path.parent.mkdir(parents=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings are expected; the parity check is the guard
         torch.onnx.export(
-            module, args, str(path), input_names=inputs, output_names=["embeddings"],
+            module, args, str(path), input_names=inputs, output_names=[output],
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )
 
 
-def export_graphs(loaded: Loaded, buckets: list[tuple[int, int]], out_dir: Path, opset: int = 17) -> dict[str, Any]:
-    """Write the query graph and one page graph per bucket under ``out_dir``, each in a folder of
-    its own (external weight files of >2 GB graphs must not collide); returns the bucket table
-    and query frame for ``embedding.json``."""
-    prefix, suffix = query_frame(loaded.processor)
-    sample = loaded.processor.tokenizer([prefix + q for q in SAMPLE_QUERIES[:2]], add_special_tokens=False)["input_ids"]
-    width = max(len(s) for s in sample) + len(suffix)
-    ids = torch.full((2, width), suffix[0], dtype=torch.int64)
-    mask = torch.zeros((2, width), dtype=torch.int64)
-    for row, s in enumerate(sample):
-        ids[row, : len(s) + len(suffix)] = torch.tensor(s + suffix)
-        mask[row, : len(s) + len(suffix)] = 1
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            "embeddings": {0: "batch", 1: "sequence"}}
-    (out_dir / QUERY_GRAPH).parent.mkdir(parents=True)
-    _onnx_export(QueryGraph(loaded.model), (ids, mask), out_dir / QUERY_GRAPH, ["input_ids", "attention_mask"],
-                 axes, opset)
-    table = []
-    for height, width in buckets:
-        prompt = page_prompt_ids(loaded.processor, height, width)
-        graph = PageGraph(loaded.model, loaded.processor, height, width, prompt)
-        name = page_graph(height, width)
-        (out_dir / name).parent.mkdir(parents=True)
-        pixels = torch.zeros((2, height, width, 3), dtype=torch.uint8)
-        _onnx_export(graph, (pixels,), out_dir / name, ["pixel_values"],
-                     {"pixel_values": {0: "batch"}, "embeddings": {0: "batch"}}, opset)
-        table.append({"height": height, "width": width, "tokens": len(prompt), "graph": name})
-    return {"buckets": table, "query_prefix": prefix, "query_suffix_ids": suffix}
+def export_graphs(loaded: Loaded, out_dir: Path, opset: int = 17) -> None:
+    """Write ``VISION_GRAPH`` and ``LANGUAGE_GRAPH`` under ``out_dir``, each in a folder of its own
+    (external weight files of >2 GB graphs must not collide). The sample inputs are two pages of
+    different sizes and padded rows, so that every dynamic axis is traced as one."""
+    from runners.ort.colqwen2 import patch_positions
+
+    visual = loaded.model.vlm.visual.config
+    patch, merge = visual.patch_size, visual.spatial_merge_size
+    grids = [(4, 6), (6, 4)]  # (rows, columns) of patches of two sample pages
+    most = max(r * c for r, c in grids)
+    patches = torch.randint(0, 256, (2, most, 3 * patch * patch), dtype=torch.uint8)
+    positions = torch.zeros((2, most, 2), dtype=torch.int64)
+    mask = torch.zeros((2, most), dtype=torch.int64)
+    for i, (rows, cols) in enumerate(grids):
+        positions[i, : rows * cols] = torch.from_numpy(patch_positions(rows, cols, merge))
+        mask[i, : rows * cols] = 1
+    _onnx_export(VisionGraph(loaded.model, loaded.processor), (patches, positions, mask), out_dir / VISION_GRAPH,
+                 ["patches", "patch_positions", "patch_mask"], "image_features",
+                 {"patches": {0: "batch", 1: "patches"}, "patch_positions": {0: "batch", 1: "patches"},
+                  "patch_mask": {0: "batch", 1: "patches"}, "image_features": {0: "batch", 1: "tokens"}}, opset)
+    text = loaded.model.config.vlm_config.text_config
+    ids = torch.full((2, 9), int(loaded.processor.tokenizer.pad_token_id), dtype=torch.int64)
+    ids[0, 2:6] = ids[1, 1:3] = loaded.processor.image_token_id
+    attention = torch.ones((2, 9), dtype=torch.int64)
+    attention[1, 7:] = 0
+    position_ids = torch.arange(9).expand(3, 2, 9).contiguous()
+    features = torch.randn(6, text.hidden_size)
+    index = torch.full((2, 9), -1, dtype=torch.int64)
+    index[0, 2:6], index[1, 1:3] = torch.arange(4), torch.arange(4, 6)
+    _onnx_export(LanguageGraph(loaded.model), (ids, attention, position_ids, features, index),
+                 out_dir / LANGUAGE_GRAPH, ["input_ids", "attention_mask", "position_ids", "image_features",
+                                            "image_index"], "embeddings",
+                 {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                  "position_ids": {1: "batch", 2: "sequence"}, "image_features": {0: "features"},
+                  "image_index": {0: "batch", 1: "sequence"}, "embeddings": {0: "batch", 1: "sequence"}}, opset)
 
 
 def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-12))
 
 
-def check_parity(loaded: Loaded, out_dir: Path, buckets: list[dict[str, Any]], seed: int = 0) -> dict[str, float]:
-    """ONNX Runtime (CPU) against PyTorch through the reference processor, per query and per page.
+def reference_pages(loaded: Loaded, images: list[Any]) -> list[np.ndarray]:
+    """The reference page vectors, each image alone: ``ColQwen2Processor.process_images``, then
+    Qwen2-VL called as colpali-engine calls it (``input_ids``, ``pixel_values``,
+    ``image_grid_thw``, ``mm_token_type_ids``: M-RoPE positions), the projection, L2 and mask.
+    float32 ``(tokens, 128)`` per image."""
+    model, processor = loaded.model, loaded.processor
+    vlm = model.vlm
+    results = []
+    with torch.no_grad():
+        for image in images:
+            batch = processor.process_images([image])
+            grid = batch["image_grid_thw"]
+            pixel_values = batch["pixel_values"][0, : int(grid[0, 1] * grid[0, 2])]  # the processor pads per batch
+            token_types = (batch["input_ids"] == processor.image_token_id).int()  # text 0, image 1
+            vlm.rope_deltas = None  # Qwen2VLModel caches these between calls
+            hidden = vlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         pixel_values=pixel_values, image_grid_thw=grid, mm_token_type_ids=token_types,
+                         use_cache=False).last_hidden_state
+            vlm.rope_deltas = None
+            embeddings = model.embedding_proj_layer(hidden)
+            embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True) * batch["attention_mask"].unsqueeze(-1)
+            results.append(embeddings[0].numpy())
+    return results
 
-    Queries: each of ``SAMPLE_QUERIES`` alone through ``process_queries`` (no padding) vs the query
-    graph on a right-padded batch of all of them. Pages: two random images per bucket through
-    ``process_images`` vs the page graph on both at once. Relative error = ||ort - torch|| /
-    ||torch|| over each item's (tokens, 128) matrix; raises ``ExportError`` past
-    ``PARITY_MAX_RELATIVE_ERROR`` or on a token-count mismatch."""
+
+def reference_queries(loaded: Loaded, texts: list[str]) -> list[np.ndarray]:
+    """The reference query vectors, each text alone through ``process_queries`` and
+    ``ColQwen2ForRetrieval`` (1-D text positions, as Qwen2-VL gives text-only inputs)."""
+    with torch.no_grad():
+        loaded.model.vlm.rope_deltas = None
+        return [loaded.model(**loaded.processor.process_queries([t])).embeddings[0].numpy() for t in texts]
+
+
+def transformers_pages(loaded: Loaded, images: list[Any]) -> list[np.ndarray]:
+    """What transformers' own ``ColQwen2ForRetrieval`` returns for each image (1-D positions)."""
+    with torch.no_grad():
+        loaded.model.vlm.rope_deltas = None
+        return [loaded.model(**loaded.processor.process_images([image])).embeddings[0].numpy() for image in images]
+
+
+def check_parity(loaded: Loaded, out_dir: Path, settings: dict[str, Any], pixels: tuple[int, int],
+                 seed: int = 0) -> dict[str, float]:
+    """The runner's ColQwen2 engine on these graphs (ONNX Runtime, CPU) against the reference.
+
+    Queries: ``SAMPLE_QUERIES`` in one padded batch vs each alone through ``reference_queries``
+    (and their formatting vs ``process_queries``). Pages: random images of ``SAMPLE_PAGES``'s
+    shapes, resized by the gateway's function, in one batch of mixed sizes vs each original
+    image alone through ``reference_pages``. Relative error = ||ort - ref|| / ||ref|| over each
+    item's (tokens, 128) matrix; raises ``ExportError`` past ``PARITY_MAX_RELATIVE_ERROR`` or on
+    a token-count mismatch. Also returns how far transformers' ``ColQwen2ForRetrieval`` (1-D
+    positions) is from the reference on the same pages (information, not a limit)."""
     from PIL import Image
 
-    processor, model = loaded.processor, loaded.model
-    query = ort.InferenceSession(str(out_dir / QUERY_GRAPH), providers=["CPUExecutionProvider"])
+    from gateway.images import PageGrid, resize_page
+    from models.registry import ModelSpec, VisionSpec
+    from models.store import StoreEntry
+    from runners.ort.colqwen2 import ColQwen2Engine
+
+    spec = ModelSpec(name="parity", engine="ort", store_tag="parity", pooling="multi",
+                     max_tokens=settings["max_tokens"], dimensions=settings["dimensions"],
+                     vision=VisionSpec(min_pixels=pixels[0], max_pixels=pixels[1]))
+    cpu = lambda path, _spec, _profile: ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # noqa: E731
+    engine = ColQwen2Engine(spec, StoreEntry(tag="parity", path=out_dir, metadata={}, settings=settings),
+                            create_session=cpu)
+    processor = loaded.processor
     prefix, suffix = query_frame(processor)
-    rows = [processor.tokenizer(prefix + q, add_special_tokens=False)["input_ids"] + suffix for q in SAMPLE_QUERIES]
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), suffix[0], dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    ort_queries = query.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})[0]
-    query_errors = []
-    with torch.no_grad():
-        for i, text in enumerate(SAMPLE_QUERIES):
-            batch = processor.process_queries([text])
-            if batch["input_ids"][0].tolist() != rows[i]:
-                raise ExportError(f"query formatting differs from ColQwen2Processor for {text!r}")
-            expected = model(**batch).embeddings[0].numpy()
-            query_errors.append(_relative_error(ort_queries[i, : len(rows[i])], expected))
+    rows = [np.asarray(processor.tokenizer(prefix + q, add_special_tokens=False)["input_ids"] + suffix, np.int64)
+            for q in SAMPLE_QUERIES]
+    for text, row in zip(SAMPLE_QUERIES, rows, strict=True):
+        if processor.process_queries([text])["input_ids"][0].tolist() != row.tolist():
+            raise ExportError(f"query formatting differs from ColQwen2Processor for {text!r}")
     rng = np.random.default_rng(seed)
-    page_errors = []
-    for bucket in buckets:
-        session = ort.InferenceSession(str(out_dir / bucket["graph"]), providers=["CPUExecutionProvider"])
-        pixels = rng.integers(0, 256, size=(2, bucket["height"], bucket["width"], 3), dtype=np.uint8)
-        ort_pages = session.run(["embeddings"], {"pixel_values": pixels})[0]
-        with torch.no_grad():
-            for i in range(2):
-                batch = processor.process_images([Image.fromarray(pixels[i])])
-                expected = model(**batch).embeddings[0].numpy()
-                if expected.shape != ort_pages[i].shape:
-                    raise ExportError(f"page graph {bucket['graph']}: shape {ort_pages[i].shape}, "
-                                      f"reference {expected.shape}")
-                page_errors.append(_relative_error(ort_pages[i], expected))
-    result = {"parity_query_max_rel_err": max(query_errors), "parity_page_max_rel_err": max(page_errors)}
+    images = [Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)) for w, h in SAMPLE_PAGES]
+    grid = PageGrid(factor=engine.layout.factor, min_pixels=pixels[0], max_pixels=pixels[1])
+    ours = engine.embed(rows + [resize_page(image, grid, "parity") for image in images])
+    errors: dict[str, list[float]] = {"query": [], "page": [], "1d": []}
+    expected = reference_queries(loaded, list(SAMPLE_QUERIES)) + reference_pages(loaded, images)
+    for i, (actual, reference) in enumerate(zip(ours, expected, strict=True)):
+        if actual.shape != reference.shape:
+            raise ExportError(f"{'query' if i < len(rows) else 'page'} {i}: shape {actual.shape}, "
+                              f"reference {reference.shape}")
+        errors["query" if i < len(rows) else "page"].append(_relative_error(actual, reference))
+    for one_d, reference in zip(transformers_pages(loaded, images), expected[len(rows):], strict=True):
+        errors["1d"].append(_relative_error(one_d, reference))
+    result = {"parity_query_max_rel_err": max(errors["query"]), "parity_page_max_rel_err": max(errors["page"])}
     if max(result.values()) > PARITY_MAX_RELATIVE_ERROR:
-        raise ExportError(f"ONNX Runtime differs from PyTorch: {result} (limit {PARITY_MAX_RELATIVE_ERROR})")
-    return result
+        raise ExportError(f"ONNX Runtime differs from the reference: {result} (limit {PARITY_MAX_RELATIVE_ERROR})")
+    return {**result, "parity_page_vs_1d_positions_rel_err": max(errors["1d"])}
 
 
-def stage_files(loaded: Loaded, out_dir: Path, graphs: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def stage_files(loaded: Loaded, out_dir: Path, max_tokens: int, pixels: tuple[int, int]) -> dict[str, Any]:
     """Write ``tokenizer.json`` and ``embedding.json`` (the settings the gateway and runner read)."""
     tokenizer = loaded.processor.tokenizer
     tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
     config = loaded.model.config
+    visual = config.vlm_config.vision_config
+    query_prefix, query_suffix = query_frame(loaded.processor)
+    page_prefix, page_suffix = page_frame(loaded.processor)
     embedding = {
         "kind": "colqwen2",
+        "layout": COLQWEN2_LAYOUT,
         "pooling": "multi",
         "normalize": True,
         "max_tokens": max_tokens,
@@ -375,8 +466,16 @@ def stage_files(loaded: Loaded, out_dir: Path, graphs: dict[str, Any], max_token
         "vocab_size": int(config.vlm_config.text_config.vocab_size),
         "pad_token_id": int(tokenizer.pad_token_id),
         "image_token_id": int(config.vlm_config.image_token_id),
+        "text_hidden_size": int(config.vlm_config.text_config.hidden_size),
+        "patch_size": int(visual.patch_size),
+        "merge_size": int(visual.spatial_merge_size),
+        "min_pixels": pixels[0],
+        "max_pixels": pixels[1],
+        "query_prefix": query_prefix,
+        "query_suffix_ids": query_suffix,
+        "page_prefix_ids": page_prefix,
+        "page_suffix_ids": page_suffix,
         "random_weights": loaded.random_weights,
-        **graphs,
     }
     (out_dir / "embedding.json").write_text(json.dumps(embedding, indent=2))
     return embedding

@@ -2,9 +2,10 @@
 
 Routes: ``POST /embeddings``, ``POST /rerank``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
 Every request under ``/v1`` passes the API-key check (when keys are configured). Bodies are read
-with a size limit (413) and parsed with the protocol models (400). A request not answered within
-the request timeout gets 504; one whose client went away (disconnected while sending) is counted
-as 499, without a traceback, and answered to nobody.
+with a size limit (413) and parsed with bounded work (``gateway/parsing.py``; 400), in a worker
+thread when large. A request not answered within the request timeout gets 504; one whose client
+went away (disconnected while sending) is counted as 499, without a traceback, and answered to
+nobody.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -27,7 +28,6 @@ from gateway.errors import (
     CLIENT_GONE,
     ApiError,
     GatewayTimeout,
-    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -35,18 +35,14 @@ from gateway.errors import (
 )
 from gateway.metrics import gateway_metrics
 from gateway.openapi import openapi_document
+from gateway.parsing import BodyLimits, parse_request
 from gateway.protocol import EmbeddingRequest, ModelCard, ModelList, RerankRequest
 from gateway.serving import EmbeddingResult, EmbeddingServing
 from models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-INPUT_SHAPES = (
-    "a string, an array of strings, an array of token ids, an array of token-id arrays, or (vision models) "
-    "image_url/file content parts, alone or in an array with strings"
-)
-DOCUMENT_SHAPES = "strings or image_url/file content parts"
-
+PARSE_INLINE_BYTES = 64 * 1024  # a smaller body parses in well under a millisecond: no thread hop
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or ``PayloadTooLarge`` as soon as it passes ``limit`` bytes."""
@@ -63,27 +59,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_request(body: bytes, model: type[BaseModel] = EmbeddingRequest) -> BaseModel:
-    """The validated request, or ``InvalidRequest`` naming the first bad field."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        kind, loc = error["type"], error["loc"]
-        field = str(loc[0]) if loc else None
-        if kind == "json_invalid" or not loc and kind == "model_type":
-            raise InvalidRequest("The request body is not a valid JSON object.") from None
-        if kind == "missing":
-            raise InvalidRequest(f"'{field}' is a required property.", param=field) from None
-        if kind == "extra_forbidden":
-            raise InvalidRequest(f"Unrecognized request argument supplied: {field}.", param=field) from None
-        if field == "input":
-            raise InvalidRequest(f"'input' must be {INPUT_SHAPES}; token ids are integers from 0 to 2^31-1.",
-                                 param="input") from None
-        if field == "documents":
-            raise InvalidRequest(f"'documents' must be a non-empty array of {DOCUMENT_SHAPES}.",
-                                 param="documents") from None
-        raise InvalidRequest(f"Invalid value for '{field}': {error['msg']}.", param=field) from None
+async def parse_body(body: bytes, schema: type[BaseModel], limits: BodyLimits) -> BaseModel:
+    """``parsing.parse_request``, in a worker thread once the body is large enough for its parse and
+    validation to hold up the event loop (and ``/livez``, ``/metrics``, other requests)."""
+    if len(body) < PARSE_INLINE_BYTES:
+        return parse_request(body, schema, limits)
+    return await asyncio.to_thread(parse_request, body, schema, limits)
 
 
 def model_card(spec: ModelSpec) -> ModelCard:
@@ -108,6 +89,7 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     limit = serving.served.gateway.max_body_bytes
     timeout_s = serving.served.request_timeout_s
     retry_after_s = serving.served.gateway.retry_after_s
+    body_limits = BodyLimits.of(serving.served.gateway)
     metrics = gateway_metrics()
 
     def guarded(
@@ -142,7 +124,7 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 keys.check(request.headers.get("authorization"))
-                parsed = parse_request(await read_body(request, limit), schema)
+                parsed = await parse_body(await read_body(request, limit), schema, body_limits)
                 spec = serving.model(parsed.model)
                 model = spec.name
                 result = await run(parsed, spec)

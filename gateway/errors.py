@@ -72,6 +72,15 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class Unprocessable(ApiError):
+    """A well-formed input that could not be processed within its budget: an image or PDF page
+    whose decoding crashed its worker, ran past its time or needed more than its memory."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "image_unprocessable"
+
+
 class Overloaded(ApiError):
     """Admission refused: too much work in flight. The client should retry after a pause."""
 

@@ -1,16 +1,31 @@
-"""Image and PDF preprocessing for vision models (ColQwen2), in the gateway, before batching.
+"""Image and PDF preprocessing for vision models (ColQwen2): the work of one image worker task.
 
-A request's image and file parts become uint8 RGB arrays ``(height, width, 3)`` at one of the
-model's page buckets, or an ``InvalidRequest`` (400) naming the input: only ``data:`` URLs
-(remote URLs are not fetched), base64 payloads of at most ``max_image_bytes`` decoded bytes,
-PNG/JPEG/WebP images and PDF files, at most ``max_image_pixels`` per image or rendered page
-(checked from the header or the page size before anything is decoded: decompression bombs),
-pages that exist. A corrupt file fails only its own request.
+These functions run in an image worker process (``gateway/image_worker.py``, started and replaced
+by ``gateway/image_pool.py``), never in the gateway itself: a crash, a runaway page or a memory
+blow-up in Pillow or PDFium costs a worker, not the gateway. ``prepare_part`` turns one image or
+file part into uint8 RGB arrays ``(height, width, 3)`` resized as the model's processor does, one
+page at a time (render or decode, resize, release: only one page is ever held at full size), or
+raises ``InvalidRequest`` (400) naming the input:
 
-Images are converted to RGB (transparency composited onto white, as transformers'
-``convert_to_rgb`` does), then resized with bicubic resampling (the Qwen2-VL processor's) to the
-bucket closest in aspect ratio. PDF pages are rendered with PDFium (pypdfium2) at the model's
-``pdf_dpi``, then treated as images. PDFium is not thread-safe: rendering holds one lock.
+- only ``data:`` URLs (remote URLs are not fetched), base64 payloads of at most ``max_bytes``
+  decoded bytes, PNG/JPEG/WebP images and PDF files;
+- at most ``max_pixels`` per image or rendered page and at most ``max_aspect_ratio`` between its
+  sides (Qwen2-VL's processor refuses more than 200), checked from the header or the page size
+  before anything is decoded (decompression bombs, 1 x 2,000,000 px strips);
+- pages that exist, and pages that PDFium can load and render (a malformed page is a 400);
+- ``admit(pages, pixels, param)``, a callback of the request, is asked before anything is
+  decoded and may refuse (the request's page and pixel budgets, ``image_pool.RequestBudget``).
+
+Images are read as transformers 5.19 reads them (``image_utils.load_image``: EXIF orientation
+applied, then ``convert("RGB")``, which is also what the Qwen2-VL processors' ``convert_to_rgb``
+does): palette and CMYK images convert as Pillow converts them, and alpha is dropped (transparent
+pixels keep their stored colour, as the reference processor gives them). One deliberate
+difference: 16-bit grayscale is scaled to 8 bits (``>> 8``); ``convert("RGB")`` clips it, so a
+16-bit scan would be a white page. Then each image is resized as ``ColQwen2Processor`` does
+(``resize_page``: Qwen2-VL's ``smart_resize`` keeps the aspect ratio within the registry's min/max
+pixels in multiples of 28, then bicubic resampling). PDF pages are
+rendered with PDFium (pypdfium2) at the model's ``pdf_dpi``. PDFium is not thread-safe: a worker
+process handles one document at a time.
 """
 
 from __future__ import annotations
@@ -19,26 +34,59 @@ import base64
 import binascii
 import io
 import math
+import os
 import re
-import threading
-from collections.abc import Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from gateway.errors import InvalidRequest
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 PDF_TYPE = "application/pdf"
 DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)(?P<params>(;[^,;]*)*),(?P<data>.*)", re.S)
-_PDFIUM = threading.Lock()
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+Admit = Callable[[int, int, str], None]  # (pages, pixels, param): raises InvalidRequest to refuse
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int
     max_pixels: int
+    max_aspect_ratio: float = 200.0
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """One image or file part of a request, as sent to a worker (picklable)."""
+
+    kind: str  # "image" or "file"
+    url: str  # the data URL
+    pages: tuple[int, ...] | None  # file parts: 1-based pages, None for all
+    param: str  # e.g. "input[2]", for errors
+    dpi: int
+    grid: PageGrid  # how pages are resized (the model's processor)
+    limits: ImageLimits
+    test_faults: bool = False  # GatewaySpec.image_test_faults: honour ';fault=crash' in the URL
+
+
+def prepare_part(task: PartTask, admit: Admit) -> Iterator[tuple[int | None, np.ndarray]]:
+    """(1-based page number or None for an image, uint8 page resized as the model's processor does)
+    per image or page, in order, each resized before the next is decoded."""
+    if task.test_faults and ";fault=crash" in task.url[:200]:
+        os.kill(os.getpid(), signal.SIGSEGV)  # as a crash in a decoder's C code would
+    if task.kind == "image":
+        media_type, data = decode_data_url(task.url, list(IMAGE_TYPES), task.param, task.limits)
+        image = open_image(data, media_type, task.param, task.limits, admit)
+        yield None, resize_page(image, task.grid, task.param)
+        return
+    _, data = decode_data_url(task.url, [PDF_TYPE], task.param, task.limits)
+    for number, page in render_pdf(data, task.pages, task.dpi, task.param, task.limits, admit):
+        yield number, resize_page(page, task.grid, f"{task.param} page {number}")
 
 
 def decode_data_url(url: str, allowed: Sequence[str], param: str, limits: ImageLimits) -> tuple[str, bytes]:
@@ -74,26 +122,39 @@ def _too_large(param: str, limits: ImageLimits) -> InvalidRequest:
     )
 
 
-def _check_pixels(width: float, height: float, param: str, limits: ImageLimits) -> None:
+def check_size(width: float, height: float, param: str, limits: ImageLimits) -> None:
+    """400 ``image_too_large`` past ``max_pixels`` or ``max_aspect_ratio`` (or a side under 1 px)."""
     if width * height > limits.max_pixels:
         raise InvalidRequest(
             f"{param} is {int(width)}x{int(height)} pixels; at most {limits.max_pixels} pixels are allowed.",
             param=param, code="image_too_large",
         )
+    if min(width, height) < 1 or max(width, height) / min(width, height) > limits.max_aspect_ratio:
+        raise InvalidRequest(
+            f"{param} is {int(width)}x{int(height)} pixels; the longer side may be at most "
+            f"{limits.max_aspect_ratio:g} times the shorter one.", param=param, code="image_too_large",
+        )
 
 
-def open_image(data: bytes, media_type: str, param: str, limits: ImageLimits) -> Image.Image:
-    """The decoded RGB image; 400 if it is corrupt, not the declared format, or too many pixels."""
+def open_image(
+    data: bytes, media_type: str, param: str, limits: ImageLimits, admit: Admit | None = None
+) -> Image.Image:
+    """The decoded RGB image; 400 if it is corrupt, not the declared format, or too large."""
     try:
         image = Image.open(io.BytesIO(data), formats=[IMAGE_TYPES[media_type]])
-        _check_pixels(*image.size, param, limits)  # from the header, before decoding
+        check_size(*image.size, param, limits)  # from the header, before decoding
+        if admit is not None:
+            admit(1, image.width * image.height, param)
         image.load()
+        image = ImageOps.exif_transpose(image)
     except InvalidRequest:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, if max_image_pixels is set above it
         raise InvalidRequest(
             f"{param}: the image is too large to decode.", param=param, code="image_too_large"
         ) from None
+    except MemoryError:
+        raise
     except Exception:
         raise InvalidRequest(
             f"{param} could not be decoded as {IMAGE_TYPES[media_type]}; the data is corrupt or another format.",
@@ -103,66 +164,107 @@ def open_image(data: bytes, media_type: str, param: str, limits: ImageLimits) ->
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    """``image.convert("RGB")`` as transformers does, except 16-bit grayscale: scaled, not clipped."""
     if image.mode == "RGB":
         return image
-    if "A" in image.getbands() or image.mode == "P" and "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
     return image.convert("RGB")
 
 
 def render_pdf(
-    data: bytes, pages: Sequence[int] | None, dpi: int, max_pages: int, param: str, limits: ImageLimits
-) -> list[tuple[int, Image.Image]]:
-    """(1-based page number, RGB page) for each selected page (all when ``pages`` is None)."""
+    data: bytes, pages: Sequence[int] | None, dpi: int, param: str, limits: ImageLimits, admit: Admit
+) -> Iterator[tuple[int, Image.Image]]:
+    """(1-based page number, RGB page) for each selected page (all when ``pages`` is None), in
+    order, rendered one at a time. ``admit`` is asked for the selected pages before any renders,
+    then for each page's pixels before it renders."""
     import pypdfium2 as pdfium
 
-    with _PDFIUM:
-        try:
-            document = pdfium.PdfDocument(data)
-        except Exception:
-            raise InvalidRequest(f"{param} is not a readable PDF.", param=param, code="invalid_file") from None
-        try:
-            count = len(document)
-            selected = list(pages) if pages is not None else list(range(1, count + 1))
-            if not selected:
-                raise InvalidRequest(f"{param}: no pages selected.", param=param)
-            if len(selected) > max_pages:
-                raise InvalidRequest(
-                    f"{param} selects {len(selected)} pages; at most {max_pages} images and pages are allowed "
-                    "per request.", param=param, code="too_many_images",
-                )
-            for number in selected:
-                if not 1 <= number <= count:
-                    raise InvalidRequest(f"{param}: page {number} does not exist (the PDF has {count}).", param=param)
-            rendered = []
-            scale = dpi / 72
-            for number in selected:
-                page = document[number - 1]
-                width, height = page.get_size()  # points
-                _check_pixels(width * scale, height * scale, f"{param} page {number}", limits)
-                try:
-                    bitmap = page.render(scale=scale)
-                    rendered.append((number, bitmap.to_pil().convert("RGB")))
-                except Exception:
-                    raise InvalidRequest(
-                        f"{param}: page {number} could not be rendered.", param=param, code="invalid_file"
-                    ) from None
-            return rendered
-        finally:
-            document.close()
+    try:
+        document = pdfium.PdfDocument(data)
+    except Exception:
+        raise InvalidRequest(f"{param} is not a readable PDF.", param=param, code="invalid_file") from None
+    try:
+        count = len(document)
+        selected = list(pages) if pages is not None else list(range(1, count + 1))
+        if not selected:
+            raise InvalidRequest(f"{param}: no pages selected.", param=param)
+        for number in selected:
+            if not 1 <= number <= count:
+                raise InvalidRequest(f"{param}: page {number} does not exist (the PDF has {count}).", param=param)
+        admit(len(selected), 0, param)
+        scale = dpi / 72
+        for number in selected:
+            yield number, _render_page(document, number, scale, param, limits, admit)
+    finally:
+        document.close()
 
 
-def choose_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The (height, width) bucket closest to the image's aspect ratio (log ratio)."""
-    ratio = math.log(width / height)
-    return min(buckets, key=lambda b: abs(math.log(b[1] / b[0]) - ratio))
+def _render_page(document, number: int, scale: float, param: str, limits: ImageLimits, admit: Admit) -> Image.Image:
+    where = f"{param} page {number}"
+    page = bitmap = None
+    try:
+        page = document[number - 1]  # a page tree that claims more pages than it holds fails here
+        width, height = page.get_size()  # points
+        check_size(width * scale, height * scale, where, limits)
+        admit(0, int(width * scale) * int(height * scale), param)
+        bitmap = page.render(scale=scale)
+        return bitmap.to_pil().convert("RGB")
+    except (InvalidRequest, MemoryError):
+        raise
+    except Exception:
+        raise InvalidRequest(f"{param}: page {number} could not be loaded or rendered.", param=param,
+                             code="invalid_file") from None
+    finally:
+        for handle in (bitmap, page):
+            if handle is not None:
+                handle.close()
 
 
-def to_bucket(image: Image.Image, buckets: Sequence[tuple[int, int]]) -> np.ndarray:
-    """uint8 (height, width, 3) of ``image`` resized (bicubic) to its bucket."""
-    height, width = choose_bucket(image.width, image.height, buckets)
+@dataclass(frozen=True)
+class PageGrid:
+    """How a vision model's pages are resized: sides multiples of ``factor`` (patch x merge, 28 for
+    Qwen2-VL) and ``min_pixels`` <= height x width <= ``max_pixels`` (registry ``vision``)."""
+
+    factor: int
+    min_pixels: int
+    max_pixels: int
+
+
+def smart_resize(height: int, width: int, grid: PageGrid) -> tuple[int, int]:
+    """(height, width) a page is resized to, computed as transformers 5.19's Qwen2-VL ``smart_resize``
+    does: each side rounded to a multiple of ``factor``, then, when that is outside the pixel
+    range, both scaled by one factor (aspect kept) and floored (too large) or ceiled (too small)
+    to multiples. ``ValueError`` when one side is over 200 times the other (as the processor)."""
+    factor = grid.factor
+    if (ratio := max(height, width) / min(height, width)) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > grid.max_pixels:
+        beta = math.sqrt(height * width / grid.max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < grid.min_pixels:
+        beta = math.sqrt(grid.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_page(image: Image.Image, grid: PageGrid, param: str) -> np.ndarray:
+    """uint8 (height, width, 3) of an RGB ``image`` resized as the model's processor does
+    (``smart_resize``, then PIL bicubic, as ``Qwen2VLImageProcessorPil``); 400 for a page so
+    narrow that no size within the grid's pixel range keeps its aspect ratio."""
+    try:
+        height, width = smart_resize(image.height, image.width, grid)
+    except ValueError:
+        height = width = 0
+    if not height or height * width > grid.max_pixels:
+        raise InvalidRequest(
+            f"{param} is {image.width}x{image.height} pixels: too narrow to resize within "
+            f"{grid.max_pixels} pixels in multiples of {grid.factor}.", param=param, code="invalid_image",
+        )
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)

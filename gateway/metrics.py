@@ -23,6 +23,8 @@ class GatewayMetrics:
     request_seconds: Any  # Histogram embedding_request_duration_seconds{model}
     inflight_inputs: Any  # Gauge embedding_inflight_inputs (summed over live workers)
     runner_ready: Any  # Gauge embedding_runner_ready{runner}: 1 when the runner's /readyz answers 200
+    image_worker_exits: Any  # Counter embedding_image_worker_exits_total{reason}: crash, timeout, memory
+    image_worker_start_seconds: Any  # Histogram embedding_image_worker_start_seconds: start or replacement
 
 
 @functools.cache
@@ -42,5 +44,12 @@ def gateway_metrics() -> GatewayMetrics:
         runner_ready=prom.Gauge(
             "embedding_runner_ready", "1 if the runner answered its /readyz probe, else 0", ["runner"],
             multiprocess_mode="livemin",
+        ),
+        image_worker_exits=prom.Counter(
+            "embedding_image_worker_exits", "Image worker processes lost on a part, by reason", ["reason"]
+        ),
+        image_worker_start_seconds=prom.Histogram(
+            "embedding_image_worker_start_seconds", "Time to start an image worker process (and so to replace one)",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         ),
     )

@@ -6,7 +6,10 @@ into int64 token ids ``(tokens,)`` that are inside the model's vocabulary and at
 only ever holds valid inputs, and ``usage`` counts the tokens the engine really sees.
 
 Text is tokenized with the model's fast tokenizer (``tokenizer.json`` from its store entry)
-without padding (the runner pads per sub-batch) and with special tokens.
+without padding (the runner pads per sub-batch) and framed by its special tokens. The work is
+bounded before it is done: a text is cut (or refused) at ``max_tokens x max_chars_per_token``
+characters before tokenizing, then at ``max_tokens`` tokens; both cuts take the text, never the
+instruction prepended to it, and never all of it.
 
 Token-id inputs must be what the model's own tokenizer makes: ids inside its vocabulary, framed
 by the special tokens it adds (``[CLS] ... [SEP]`` for BERT; nothing for a tokenizer that adds
@@ -19,15 +22,20 @@ truncated text does.
 
 from __future__ import annotations
 
+import bisect
+import re
 from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from gateway.errors import InvalidRequest
-from models.registry import ModelSpec
+from models.registry import GatewaySpec, ModelSpec
 from models.store import StoreEntry
 
+DEFAULT_CHARS_PER_TOKEN = GatewaySpec.model_fields["max_chars_per_token"].default
+FIRST_WINDOW_CHARS_PER_TOKEN = 8  # real text takes 3.4 characters a token (median; at most 8.6 over 256 tokens)
+_TRAILING_WORD = re.compile(r"\s\S*\Z")
 OTHER_TOKENIZER_HINT = (
     "Token ids must come from this model's own tokenizer (LangChain's OpenAIEmbeddings sends "
     "tiktoken ids unless check_embedding_ctx_length=False); or send text."
@@ -42,19 +50,29 @@ def special_token_frame(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     return full[:start], full[start + len(inner) :]
 
 
+def _last_whitespace(text: str, end: int) -> int:
+    """The index of the last whitespace character before ``end`` in ``text``, or -1."""
+    match = _TRAILING_WORD.search(text, 0, end)
+    return match.start() if match else -1
+
+
+def _text_tokens(encoding, instruction: str) -> int:
+    """Tokens of ``encoding`` (of ``instruction + text``) that belong to the text."""
+    return len(encoding.ids) - (bisect.bisect_left(encoding.offsets, (len(instruction), -1)) if instruction else 0)
+
+
 class TextPreprocessor:
     """Turns one model's request inputs into validated token ids."""
 
-    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+    def __init__(self, spec: ModelSpec, entry: StoreEntry, max_chars_per_token: int = DEFAULT_CHARS_PER_TOKEN) -> None:
         self.spec = spec
         tokenizer = Tokenizer.from_file(str(entry.file("tokenizer.json")))
         tokenizer.no_padding()  # the packaged MiniLM tokenizer pads every text to 128 otherwise
         tokenizer.no_truncation()
         self._full = tokenizer
-        self._truncating = Tokenizer.from_str(tokenizer.to_str())
-        self._truncating.enable_truncation(max_length=spec.max_tokens)
         self.vocab_size = int(entry.settings.get("vocab_size") or tokenizer.get_vocab_size(True))
         self.prefix, self.suffix = special_token_frame(tokenizer)
+        self.max_chars = spec.max_tokens * max_chars_per_token
 
     def instruction(self, input_type: str | None, override: str | None = None) -> str:
         """The text prepended to each input: the request's ``instruction`` when given (even
@@ -68,19 +86,84 @@ class TextPreprocessor:
     def texts(
         self, texts: Sequence[str], input_type: str | None, truncate: bool, override: str | None = None
     ) -> list[np.ndarray]:
-        """Token ids per text; 400 on an empty text, or an over-long one when not truncating.
-        ``override``: the request's ``instruction`` (see ``instruction``)."""
-        for i, text in enumerate(texts):
-            if not text:
-                raise InvalidRequest(f"input[{i}] is an empty string; every input must have text.", param="input")
-        if prefix := self.instruction(input_type, override):
-            texts = [prefix + text for text in texts]
-        tokenizer = self._truncating if truncate else self._full
-        encodings = tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [tokenizer.encode(texts[0])]
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
-        if not truncate:
-            self._check_lengths(ids)
+        """Token ids per text: ``prefix + tokens(instruction + text) + suffix``, as the tokenizer
+        frames one text. ``override``: the request's ``instruction`` (see ``instruction``).
+
+        Bounded in two stages: a text longer than ``max_chars`` characters is cut there before it
+        is tokenized (``truncate``) or refused; then the tokens are cut at ``max_tokens``. Either
+        cut takes the input's own text, never the instruction; an instruction that leaves no token
+        for the text is refused (400, ``param`` ``instruction`` or ``input_type``), as are empty
+        texts and, when not truncating, over-long ones (``context_length_exceeded``). Blocking
+        (runs in a worker thread for large inputs); ``encode_batch`` releases the GIL."""
+        instruction = self.instruction(input_type, override)
+        param = "instruction" if override is not None else "input_type"
+        if len(instruction) > self.max_chars:
+            raise InvalidRequest(f"{param} has {len(instruction)} characters; {self.spec.name} takes at most "
+                                 f"{self.max_chars}.", param=param)
+        room = self.spec.max_tokens - len(self.prefix) - len(self.suffix)
+        cut = [self._cut_chars(i, text, truncate) for i, text in enumerate(texts)]
+        encodings = self._encode(instruction, cut, room if truncate else None)
+        ids = []
+        for i, encoding in enumerate(encodings):
+            body = encoding.ids
+            own = bisect.bisect_left(encoding.offsets, (len(instruction), -1)) if instruction else 0
+            if own >= room:
+                raise InvalidRequest(
+                    f"{param} is {own} tokens long; with the special tokens it leaves no room for the input in "
+                    f"{self.spec.name}'s {self.spec.max_tokens} tokens. Shorten it.", param=param)
+            if len(body) > room:
+                if not truncate:
+                    self._too_long(i, len(body) + len(self.prefix) + len(self.suffix))
+                body = body[:room]
+            ids.append(np.asarray(self.prefix + body + self.suffix, dtype=np.int64))
         return ids
+
+    def _encode(self, instruction: str, texts: list[str], room: int | None) -> list:
+        """``encode_batch`` of ``instruction + text`` for each text, without special tokens.
+
+        With ``room`` (truncating), a text longer than ``room x FIRST_WINDOW_CHARS_PER_TOKEN``
+        characters is first tokenized only up to the last whitespace inside that window: most text
+        takes 3-5 characters a token, so that prefix already holds the ``room`` tokens kept, and
+        they are the full text's first ones (the pre-tokenizer splits at whitespace, so nothing
+        before it depends on what follows). Only a text whose prefix falls short is tokenized again
+        up to its ``max_chars`` cut. This keeps a request of 2048 long texts from tokenizing
+        5-10 times the characters it keeps."""
+        window = room * FIRST_WINDOW_CHARS_PER_TOKEN if room is not None else None
+        shortened = {}
+        if window is not None and self._full.pre_tokenizer is not None:
+            for i, text in enumerate(texts):
+                if len(text) > window and (end := _last_whitespace(text, window)) > 0:
+                    shortened[i] = text[:end]
+        encodings = self._full.encode_batch([instruction + shortened.get(i, text) for i, text in enumerate(texts)],
+                                            add_special_tokens=False)
+        again = [i for i in shortened if _text_tokens(encodings[i], instruction) < room]
+        if again:
+            for i, encoding in zip(again, self._full.encode_batch([instruction + texts[i] for i in again],
+                                                                 add_special_tokens=False), strict=True):
+                encodings[i] = encoding
+        return encodings
+
+    def _cut_chars(self, index: int, text: str, truncate: bool) -> str:
+        """``text`` cut at ``max_chars`` characters (or, when not truncating, refused past them)."""
+        if not text:
+            raise InvalidRequest(f"input[{index}] is an empty string; every input must have text.", param="input")
+        if len(text) <= self.max_chars:
+            return text
+        if not truncate:
+            raise InvalidRequest(
+                f"input[{index}] has {len(text)} characters; {self.spec.name} takes at most {self.max_chars} "
+                f"({self.spec.max_tokens} tokens x max_chars_per_token). Shorten it or set truncate=true.",
+                param="input", code="context_length_exceeded",
+            )
+        return text[: self.max_chars]
+
+    def _too_long(self, index: int, tokens: int) -> None:
+        raise InvalidRequest(
+            f"input[{index}] is {tokens} tokens long; {self.spec.name} takes at most "
+            f"{self.spec.max_tokens} tokens. Shorten it or set truncate=true.",
+            param="input",
+            code="context_length_exceeded",
+        )
 
     def token_ids(
         self, lists: Sequence[Sequence[int]], input_type: str | None, truncate: bool, override: str | None = None
@@ -135,12 +218,7 @@ class TextPreprocessor:
     def _check_lengths(self, ids: list[np.ndarray]) -> None:
         for i, array in enumerate(ids):
             if len(array) > self.spec.max_tokens:
-                raise InvalidRequest(
-                    f"input[{i}] is {len(array)} tokens long; {self.spec.name} takes at most "
-                    f"{self.spec.max_tokens} tokens. Shorten it or set truncate=true.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
+                self._too_long(i, len(array))
 
 
 class VisionPreprocessor(TextPreprocessor):
@@ -150,19 +228,27 @@ class VisionPreprocessor(TextPreprocessor):
     ``tokenize(query_prefix + text)`` (no special tokens added) followed by the processor's suffix
     (its pad token 10 times, then "\\n"); truncation cuts the text, never the suffix. Token-id
     inputs are refused (they would skip that formatting). Image and file parts become uint8 pages
-    at the entry's buckets (``gateway/images.py``); each costs its bucket's prompt length in
-    ``usage``.
+    resized as the model's processor does, within the registry's ``vision.min_pixels`` and
+    ``max_pixels`` (``grid``; ``gateway/images.py: resize_page``); a page of h x w pixels costs
+    ``page_tokens(h, w)`` = (h/28) x (w/28) visual tokens plus the visual prompt's own in ``usage``.
     """
 
-    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
-        super().__init__(spec, entry)
+    def __init__(self, spec: ModelSpec, entry: StoreEntry, max_chars_per_token: int = DEFAULT_CHARS_PER_TOKEN) -> None:
+        from gateway.images import PageGrid
+
+        super().__init__(spec, entry, max_chars_per_token)
         settings = entry.settings
         self.query_prefix = settings["query_prefix"]
         self.query_suffix = np.asarray(settings["query_suffix_ids"], dtype=np.int64)
-        self.buckets = [(b["height"], b["width"]) for b in settings["buckets"]]
-        self.bucket_tokens = {(b["height"], b["width"]): int(b["tokens"]) for b in settings["buckets"]}
+        factor = int(settings["patch_size"]) * int(settings["merge_size"])
+        self.grid = PageGrid(factor=factor, min_pixels=spec.vision.min_pixels, max_pixels=spec.vision.max_pixels)
+        self.prompt_tokens = len(settings["page_prefix_ids"]) + len(settings["page_suffix_ids"])
         if self.spec.max_tokens <= len(self.query_suffix):
             raise ValueError(f"model {spec.name}: max_tokens must exceed the query suffix ({len(self.query_suffix)})")
+
+    def page_tokens(self, height: int, width: int) -> int:
+        """Tokens the model sees for a resized page of ``height`` x ``width`` pixels."""
+        return (height // self.grid.factor) * (width // self.grid.factor) + self.prompt_tokens
 
     def texts(
         self, texts: Sequence[str], input_type: str | None, truncate: bool, override: str | None = None
@@ -172,14 +258,11 @@ class VisionPreprocessor(TextPreprocessor):
                 f"{self.spec.name} formats queries as its reference processor does; 'instruction' does not apply.",
                 param="instruction",
             )
-        for i, text in enumerate(texts):
-            if not text:
-                raise InvalidRequest(f"input[{i}] is an empty string; every input must have text.", param="input")
         if input_type == "document":
             raise InvalidRequest(
                 f"{self.spec.name} embeds text as queries; send documents as image or file parts.", param="input_type"
             )
-        formatted = [self.query_prefix + text for text in texts]
+        formatted = [self.query_prefix + self._cut_chars(i, text, truncate) for i, text in enumerate(texts)]
         encodings = self._full.encode_batch(formatted, add_special_tokens=False)
         room = self.spec.max_tokens - len(self.query_suffix)
         ids = []

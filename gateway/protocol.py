@@ -23,9 +23,21 @@ Unknown fields are refused with 400, as OpenAI does.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 TokenIds = list[Annotated[StrictInt, Field(ge=0, lt=2**31)]]
 
@@ -61,6 +73,31 @@ ContentPart = Annotated[ImagePart | FilePart, Field(discriminator="type")]
 EmbeddingInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds] | ContentPart | list[StrictStr | ContentPart]
 
 
+def input_shape(value: Any) -> str:
+    """Which form of ``EmbeddingInput`` a parsed ``input`` is, from its type and its first item."""
+    if isinstance(value, dict):
+        return "part"
+    if not isinstance(value, list) or not value:
+        return "text" if not isinstance(value, list) else "texts"
+    first = value[0]
+    if isinstance(first, int) and not isinstance(first, bool):
+        return "ids"
+    if isinstance(first, list):
+        return "id_lists"
+    return "parts" if any(isinstance(item, dict) for item in value) else "texts"
+
+
+# The same forms, validated as the one form ``input_shape`` picks: a plain union tries each form
+# in turn and records an error per item for each form that fails (list-of-strings first: 5.5 s
+# for a list of 3 M token ids, 0.14 s this way).
+_INPUT_BY_SHAPE = TypeAdapter(Annotated[
+    Annotated[StrictStr, Tag("text")] | Annotated[list[StrictStr], Tag("texts")] | Annotated[TokenIds, Tag("ids")]
+    | Annotated[list[TokenIds], Tag("id_lists")] | Annotated[ContentPart, Tag("part")]
+    | Annotated[list[StrictStr | ContentPart], Tag("parts")],
+    Discriminator(input_shape),
+])
+
+
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,6 +126,13 @@ class EmbeddingRequest(BaseModel):
         description="Extension: cut inputs at the model's token limit (default from the registry); "
         "false refuses over-long inputs with 400.",
     )
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _one_form(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Validates ``input`` as the form it has (``input_shape``), not by trying each in turn;
+        the OpenAPI schema still lists every form."""
+        return _INPUT_BY_SHAPE.validate_python(value)
 
 
 class Embedding(BaseModel):

@@ -1,11 +1,16 @@
 """Calls from the gateway to one runner service's ``embed`` (or ``embed_adaptive``) API.
 
-The gateway coalesces: inputs of concurrent requests for the same runner wait in one queue, and
+The gateway coalesces: inputs of concurrent requests for the same runner wait in the gateway, and
 at most ``max_calls_in_flight`` calls (each of at most ``max_inputs_per_call`` inputs, any mix of
 requests and models) are out to the runner at once. A lone request is sent at once; under load,
 what queued while the calls were out goes in the next call. So the runner handles a few large
 calls instead of one HTTP call per request (its per-call cost is the HTTP stack, not the model),
 and two calls in flight keep its engine busy: one computing, the next one waiting there.
+
+Calls are shared fairly between requests: each request waits in a queue of its own, and a call
+is filled round-robin, one input from each waiting request in turn. So a one-text request that
+arrives behind a 2048-input one goes out in the next call formed, instead of after the 16 calls
+the large request's inputs fill; requests of equal size still fill calls in arrival order.
 
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
@@ -78,7 +83,9 @@ class RunnerClient:
         self.retry_after_s = retry_after_s
         self.max_calls_in_flight = max_calls_in_flight
         self.max_inputs_per_call = max_inputs_per_call
-        self._queue: collections.deque[tuple[dict[str, Any], asyncio.Future[str]]] = collections.deque()
+        # one queue per waiting request, in turn order: (model, input, sent_at, future) each
+        self._requests: collections.deque[collections.deque[tuple[str, np.ndarray, float, asyncio.Future[str]]]] = (
+            collections.deque())
         self._calls_in_flight = 0
         self._probe: asyncio.Task | None = None  # set while a failed call's probe runs: nothing is sent
         self._recovery: asyncio.Task | None = None  # set while the runner is marked down
@@ -91,26 +98,38 @@ class RunnerClient:
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
-        self._queue.extend((job_payload(model, value, now), future)
-                           for value, future in zip(inputs, futures, strict=True))
+        queue = collections.deque((model, value, now, future) for value, future in zip(inputs, futures, strict=True))
+        self._requests.append(queue)
         self._dispatch()
         try:
             return list(await asyncio.gather(*futures))
         finally:
             settle(futures)
+            if queue:  # failed or cancelled with inputs still waiting: they are not sent
+                queue.clear()
 
     def _dispatch(self) -> None:
         if self._probe is not None or self._recovery is not None:
             return
-        while self._queue and self._calls_in_flight < self.max_calls_in_flight:
-            batch = []
-            while self._queue and len(batch) < self.max_inputs_per_call:
-                job, future = self._queue.popleft()
-                if not future.done():
-                    batch.append((job, future))
+        while self._requests and self._calls_in_flight < self.max_calls_in_flight:
+            batch = self._next_call()
             if batch:
                 self._calls_in_flight += 1
                 asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _next_call(self) -> list[tuple[dict[str, Any], asyncio.Future[str]]]:
+        """Up to ``max_inputs_per_call`` jobs, one from each waiting request in turn."""
+        batch = []
+        while self._requests and len(batch) < self.max_inputs_per_call:
+            queue = self._requests.popleft()
+            while queue and queue[0][3].done():  # its request has gone
+                queue.popleft()
+            if queue:
+                model, value, sent_at, future = queue.popleft()
+                batch.append((job_payload(model, value, sent_at), future))
+            if queue:
+                self._requests.append(queue)
+        return batch
 
     async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
         try:
@@ -178,10 +197,10 @@ class RunnerClient:
             return
         logger.warning("%s runner does not answer; its models get 503 until it is ready again", self.engine)
         self._recovery = asyncio.get_running_loop().create_task(self._recover())
-        while self._queue:
-            _, future = self._queue.popleft()
-            if not future.done():
-                future.set_exception(self._unavailable("does not answer"))
+        while self._requests:
+            for *_, future in self._requests.popleft():
+                if not future.done():
+                    future.set_exception(self._unavailable("does not answer"))
 
     async def _recover(self) -> None:
         from gateway.metrics import gateway_metrics

@@ -4,7 +4,12 @@
 it (400), admit the work (429), prepare inputs into validated token ids or resized pages (400),
 run it on the model's runner (503/500), then shape the OpenAI response. Everything that can be
 refused is refused before the request reaches a batch, so one bad request never fails its
-batch-mates. ``rerank`` prepares the query and documents the same way, then scores: MaxSim
+batch-mates. Work is bounded before it is done: counts and characters before parsing and
+tokenizing (``gateway/parsing.py``, ``gateway/preprocess.py``), tokens
+(``max_tokens_per_request``) and pages after. Tokenizing large inputs, decoding images (in the
+image pool's worker processes) and building large responses happen off the event loop, so
+``/livez``, ``/metrics`` and small requests keep answering while a 16 MiB request is handled.
+``rerank`` prepares the query and documents the same way, then scores: MaxSim
 (sum over query tokens of the best dot product with a document token) for multi-vector models,
 cosine for pooled ones.
 """
@@ -22,6 +27,7 @@ import orjson
 from gateway import images
 from gateway.admission import Admission
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.image_pool import ImagePool, RequestBudget
 from gateway.metrics import gateway_metrics
 from gateway.preprocess import TextPreprocessor, VisionPreprocessor
 from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
@@ -29,6 +35,17 @@ from gateway.runner_client import RunnerClient
 from models.registry import ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
+
+INLINE_CHARS = 4096  # texts up to this many characters in all tokenize on the event loop (tens of microseconds)
+INLINE_IDS = 4096  # token ids up to this many in all are checked on the event loop
+RESPONSE_INLINE_INPUTS = 64  # larger responses are built in a worker thread
+
+
+def _small(items: Sequence) -> bool:
+    """Whether preparing ``items`` (texts or token-id lists) is cheap enough for the event loop."""
+    if isinstance(items[0], str):
+        return sum(len(text) for text in items) <= INLINE_CHARS
+    return sum(len(ids) for ids in items) <= INLINE_IDS
 
 
 @dataclass(frozen=True)
@@ -55,11 +72,13 @@ class EmbeddingServing:
         preprocessors: dict[str, TextPreprocessor],
         runners: dict[str, RunnerClient],  # served model name -> its runner's client
         admission: Admission,
+        image_pool: ImagePool | None = None,  # needed when a vision model is served
     ) -> None:
         self.served = served
         self.preprocessors = preprocessors
         self.runners = runners
         self.admission = admission
+        self.image_pool = image_pool
 
     def model(self, name: str) -> ModelSpec:
         spec = self.served.find(name)
@@ -76,8 +95,12 @@ class EmbeddingServing:
             self._check_dimensions(spec, request.dimensions)
         with self.admission.admit(len(items)):  # before tokenizing: a refused request costs nothing
             prepared = await self._prepare(spec, items, request.input_type, request.truncate, request.instruction)
+            self._check_tokens(prepared.tokens)
             payloads = await self._run(spec, prepared.arrays)
-        body = self._response(spec, request, payloads, prepared)
+        if len(payloads) < RESPONSE_INLINE_INPUTS:
+            body = self._response(spec, request, payloads, prepared)
+        else:  # decoding and serializing thousands of vectors takes milliseconds of event loop
+            body = await asyncio.to_thread(self._response, spec, request, payloads, prepared)
         return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens)
 
     async def rerank(self, request: RerankRequest, spec: ModelSpec) -> EmbeddingResult:
@@ -95,6 +118,7 @@ class EmbeddingServing:
             if len(documents.arrays) != len(request.documents):
                 raise InvalidRequest("Each rerank document must be one text, image or PDF page; select one page with "
                                      "'pages'.", param="documents")
+            self._check_tokens(query.tokens + documents.tokens)
             payloads = await self._run(spec, query.arrays + documents.arrays)
         multi = spec.pooling is Pooling.MULTI
         vectors = [decode_array(payload, spec.dimensions, multi) for payload in payloads]
@@ -119,6 +143,14 @@ class EmbeddingServing:
         if multi:  # MaxSim: for each query token its best document token, summed
             return float((q @ d.T).max(axis=1).sum())
         return float(q @ d / max(np.linalg.norm(q) * np.linalg.norm(d), 1e-12))
+
+    def _check_tokens(self, tokens: int) -> None:
+        """Stage two of the bounds: the request's tokens after truncation (OpenAI's limit)."""
+        limit = self.served.gateway.max_tokens_per_request
+        if tokens > limit:
+            raise InvalidRequest(f"The request's inputs come to {tokens} tokens; at most {limit} are allowed per "
+                                 "request. Send fewer inputs per request.", param="input",
+                                 code="max_tokens_per_request")
 
     async def _run(self, spec: ModelSpec, arrays: list[np.ndarray]) -> list[str]:
         inflight = gateway_metrics().inflight_inputs
@@ -170,13 +202,11 @@ class EmbeddingServing:
         truncate = spec.truncate if truncate is None else truncate
         parts = [i for i, item in enumerate(items) if isinstance(item, (ImagePart, FilePart))]
         if not parts:
-            if isinstance(items[0], str):
-                if len(items) == 1:  # one text tokenizes in microseconds: no thread hop
-                    ids = preprocessor.texts(items, input_type, truncate, instruction)
-                else:
-                    ids = await asyncio.to_thread(preprocessor.texts, items, input_type, truncate, instruction)
-            else:
-                ids = preprocessor.token_ids(items, input_type, truncate, instruction)
+            convert = preprocessor.texts if isinstance(items[0], str) else preprocessor.token_ids
+            if _small(items):  # a short text or a few ids take microseconds: no thread hop
+                ids = convert(items, input_type, truncate, instruction)
+            else:  # off the event loop: /livez, /metrics and other requests go on meanwhile
+                ids = await asyncio.to_thread(convert, items, input_type, truncate, instruction)
             return Prepared(ids, [None] * len(ids), sum(len(x) for x in ids))
         if not isinstance(preprocessor, VisionPreprocessor):
             raise InvalidRequest(f"{spec.name} takes text only; image and file parts need a vision model.",
@@ -184,8 +214,9 @@ class EmbeddingServing:
         texts = [i for i, item in enumerate(items) if isinstance(item, str)]
         if len(texts) + len(parts) != len(items):
             raise InvalidRequest(f"'{param}' mixes token ids with other items.", param=param)
-        query_ids = preprocessor.texts([items[i] for i in texts], input_type, truncate, instruction) if texts else []
-        pages = await asyncio.to_thread(self._pages, preprocessor, spec, items, parts, param)
+        query_ids = await asyncio.to_thread(preprocessor.texts, [items[i] for i in texts], input_type, truncate,
+                                            instruction) if texts else []
+        pages = await self._pages(preprocessor, spec, items, parts, param)
         by_index: dict[int, list[tuple[np.ndarray, int | None]]] = {
             i: [(ids, None)] for i, ids in zip(texts, query_ids, strict=True)
         }
@@ -195,39 +226,44 @@ class EmbeddingServing:
             for array, number in by_index[index]:
                 arrays.append(array)
                 numbers.append(number)
-        tokens = sum(len(a) if a.ndim == 1 else preprocessor.bucket_tokens[a.shape[:2]] for a in arrays)
+        tokens = sum(len(a) if a.ndim == 1 else preprocessor.page_tokens(*a.shape[:2]) for a in arrays)
         return Prepared(arrays, numbers, tokens)
 
-    def _pages(
+    async def _pages(
         self, preprocessor: VisionPreprocessor, spec: ModelSpec, items: Sequence, parts: list[int], param: str
     ) -> dict[int, list[tuple[np.ndarray, int | None]]]:
-        """Decoded, resized pages per part index (blocking: runs in a worker thread)."""
+        """Decoded, resized pages per part index, each part in a worker process of the image pool
+        (``gateway/image_pool.py``); the first part to fail fails the request and stops the rest."""
         gateway = self.served.gateway
-        limits = images.ImageLimits(gateway.max_image_bytes, gateway.max_image_pixels)
+        limits = images.ImageLimits(gateway.max_image_bytes, gateway.max_image_pixels, gateway.max_image_aspect_ratio)
         limit = gateway.max_images_per_request
         declared = sum(1 if isinstance(items[i], ImagePart) or items[i].file.pages is None else len(items[i].file.pages)
                        for i in parts)
-        too_many = InvalidRequest(f"'{param}' holds more than {limit} images and pages; at most {limit} are "
-                                  "allowed per request.", param=param, code="too_many_images")
         if declared > limit:  # before decoding anything
-            raise too_many
-        result: dict[int, list[tuple[np.ndarray, int | None]]] = {}
-        produced = 0
+            raise InvalidRequest(f"'{param}' holds more than {limit} images and pages; at most {limit} are "
+                                 "allowed per request.", param=param, code="too_many_images")
+        budget = RequestBudget(param, limit, gateway.max_request_pixels)
+        tasks = {}
         for i in parts:
-            part, where = items[i], f"{param}[{i}]"
-            if isinstance(part, ImagePart):
-                if produced == limit:  # PDFs without `pages` rendered more than they declared
-                    raise too_many
-                media_type, data = images.decode_data_url(part.image_url.url, list(images.IMAGE_TYPES), where, limits)
-                image = images.open_image(data, media_type, where, limits)
-                result[i] = [(images.to_bucket(image, preprocessor.buckets), None)]
-            else:
-                _, data = images.decode_data_url(part.file.file_data, [images.PDF_TYPE], where, limits)
-                rendered = images.render_pdf(data, part.file.pages, spec.vision.pdf_dpi, limit - produced, where,
-                                             limits)
-                result[i] = [(images.to_bucket(page, preprocessor.buckets), number) for number, page in rendered]
-            produced += len(result[i])
-        return result
+            part = items[i]
+            task = images.PartTask(
+                kind="image" if isinstance(part, ImagePart) else "file",
+                url=part.image_url.url if isinstance(part, ImagePart) else part.file.file_data,
+                pages=None if isinstance(part, ImagePart) or part.file.pages is None else tuple(part.file.pages),
+                param=f"{param}[{i}]", dpi=spec.vision.pdf_dpi, grid=preprocessor.grid, limits=limits,
+                test_faults=gateway.image_test_faults,
+            )
+            tasks[i] = asyncio.ensure_future(self.image_pool.run(task, budget))
+        try:
+            await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
+            for i in parts:  # the first failed part in input order among those that finished
+                if tasks[i].done() and not tasks[i].cancelled() and tasks[i].exception() is not None:
+                    raise tasks[i].exception()
+            return {i: [(array, number) for number, array in tasks[i].result()] for i in parts}
+        finally:
+            budget.closed = True
+            for task in tasks.values():
+                task.cancel()
 
     @staticmethod
     def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], prepared: Prepared) -> bytes:

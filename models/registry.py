@@ -58,10 +58,19 @@ class Pooling(enum.StrEnum):
     MULTI = "multi"
 
 
-class ProviderSpec(_Frozen):
-    """One ONNX Runtime execution provider, in priority order, with its provider options."""
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+GPU_PROVIDERS = ("tensorrt", "cuda")
+# TensorRT provider options that name a folder: a relative one is resolved against cache_dir()
+CACHE_PATH_OPTIONS = ("trt_engine_cache_path", "trt_timing_cache_path")
 
-    name: Literal["tensorrt", "cuda", "cpu"]
+
+class ProviderSpec(_Frozen):
+    """One ONNX Runtime execution provider, in priority order, with its provider options.
+
+    ``trt_engine_cache_path`` and ``trt_timing_cache_path`` may be relative: they are then resolved
+    against ``cache_dir()`` (``EMBED_CACHE_DIR``), never against the runner's working directory."""
+
+    name: ProviderName
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
@@ -80,12 +89,19 @@ class Instructions(_Frozen):
 
 
 class OrtOptions(_Frozen):
-    """ONNX Runtime session settings for one model."""
+    """ONNX Runtime session settings for one model.
 
-    providers: tuple[ProviderSpec, ...] = (
-        ProviderSpec(name="tensorrt"),
-        ProviderSpec(name="cuda"),
-        ProviderSpec(name="cpu"),
+    ``providers``: this model's execution providers in priority order, with their options. Each
+    must be one its profile lists (``runners.ort.providers``); unset, the model gets the profile's
+    list without options (and, used outside any profile, CPU). The runner starts only if every
+    listed provider loaded and took part of the graph, and no node was left to the CPU unless
+    ``cpu`` is listed (``runners/ort/providers.py``); ``provider_fallback`` relaxes the first rule."""
+
+    providers: tuple[ProviderSpec, ...] | None = Field(default=None, min_length=1)
+    provider_fallback: bool = Field(
+        default=False, description="a listed provider that does not load (or takes no node) is left out "
+        "with a warning, and the next listed ones serve the model (the `provider` label of "
+        "embedding_model_info says which); false: the runner does not start",
     )
     intra_op_threads: int = Field(default=0, ge=0, description="0: one per core")
     allow_spinning: bool = Field(
@@ -102,26 +118,63 @@ class OrtOptions(_Frozen):
     )
 
 
+class NetworkShape(_Frozen):
+    """One network of a checkpoint as the GPU memory plan sees it (``models/memory_plan.py``). The
+    checkpoints cannot be read where the plan is checked (no hub), so their sizes are written here,
+    from the checkpoint's config.json.
+
+    ``calls``: the largest engine calls this network must hold, (rows, sequence) each (TensorRT sizes
+    its activation memory for its optimisation profile's maximum); unset, the plan derives them from
+    the model's ``max_batch_tokens`` and ``max_tokens`` (vLLM: ``max_num_batched_tokens``)."""
+
+    name: str = "model"
+    params: int = Field(gt=0, description="every parameter")
+    embedding_params: int = Field(default=0, ge=0, description="of which in the token embedding table "
+                                  "(vLLM's fp8_per_tensor keeps it at 16 bits)")
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int | None = Field(default=None, gt=0, description="decoders: key/value heads (KV cache)")
+    head_dim: int | None = Field(default=None, gt=0)
+    calls: tuple[tuple[int, int], ...] = ()
+
+
+class MemorySpec(_Frozen):
+    """The inputs of a model's GPU memory plan besides its serving settings."""
+
+    networks: tuple[NetworkShape, ...] = Field(min_length=1)
+    cuda_graphs_bytes: int = Field(default=0, ge=0, description="vLLM: what its captured CUDA graphs hold "
+                                   "(an estimate; none with enforce_eager)")
+
+
 class VisionSpec(_Frozen):
     """Image and PDF inputs of a vision model (ColQwen2).
 
-    ``buckets``: the page resolutions (height, width; multiples of 28) exported as fixed-shape
-    page graphs; each image is resized to the bucket closest to its aspect ratio (the store
-    entry's ``embedding.json`` lists what was exported). ``pdf_dpi``: resolution at which PDF
-    pages are rendered before that resize. ``max_batch_pages``: pages per engine call (also the
-    TensorRT profile's max batch); ``max_batch_queries``: the same for queries."""
+    Pages are resized as the model's processor does (``ColQwen2Processor`` with Qwen2-VL's
+    ``smart_resize``): aspect ratio kept, both sides multiples of 28 (patch 14 x merge 2), and
+    ``min_pixels`` <= height x width <= ``max_pixels``; any size in that range is served (no
+    fixed buckets). A page of h x w pixels costs (h/28) x (w/28) visual tokens plus the visual
+    prompt's own. ``pdf_dpi``: resolution at which PDF pages are rendered before that resize.
+    ``max_batch_pages``: pages per engine call (also the TensorRT profiles' page batch);
+    ``max_batch_queries``: the same for queries."""
 
-    buckets: tuple[tuple[int, int], ...] = Field(min_length=1)
+    min_pixels: int = Field(ge=28 * 28, description="smallest page area after resizing (processor: shortest_edge)")
+    max_pixels: int = Field(ge=28 * 28, description="largest page area after resizing (processor: longest_edge)")
     pdf_dpi: int = Field(default=144, ge=36, le=600)
     max_batch_pages: int = Field(default=8, ge=1)
     max_batch_queries: int = Field(default=32, ge=1)
 
-    @field_validator("buckets")
-    @classmethod
-    def _multiples_of_28(cls, value: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-        if any(h % 28 or w % 28 or h <= 0 or w <= 0 for h, w in value):
-            raise ValueError("bucket sides are positive multiples of 28 (patch 14 x merge 2)")
-        return value
+    @model_validator(mode="after")
+    def _pixel_range(self) -> VisionSpec:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+    @property
+    def max_visual_tokens(self) -> int:
+        """Visual tokens of the largest page (one token per 28 x 28 pixels)."""
+        return self.max_pixels // (28 * 28)
 
 
 class VllmOptions(_Frozen):
@@ -205,6 +258,7 @@ class ModelSpec(_Frozen):
         default=None, description="image/PDF inputs (multi-vector vision models such as ColQwen2)"
     )
     vllm: VllmOptions = VllmOptions()
+    memory: MemorySpec | None = Field(default=None, description="sizes for the GPU memory plan (models/memory_plan.py)")
 
     @field_validator("store_tag")
     @classmethod
@@ -218,6 +272,8 @@ class ModelSpec(_Frozen):
     def _check_dimensions(self) -> ModelSpec:
         if self.matryoshka and not (self.matryoshka.min <= self.matryoshka.max <= self.dimensions):
             raise ValueError("matryoshka needs min <= max <= dimensions")
+        if self.vision is not None and self.ort.providers is not None:
+            check_vision_providers(self.ort.providers)
         if self.vision is not None and (self.pooling is not Pooling.MULTI or self.engine is not Engine.ORT):
             raise ValueError("vision models are multi-vector (pooling: multi) on the ort engine")
         if self.engine is Engine.VLLM:
@@ -253,6 +309,11 @@ class RunnerSpec(_Frozen):
     """Settings of one runner service (one per engine) in a profile."""
 
     resources: dict[str, Any] = Field(default_factory=lambda: {"cpu": "1"})
+    providers: tuple[ProviderName, ...] | None = Field(
+        default=None, min_length=1, description="ort runner: the ONNX Runtime execution providers of the "
+        "profile's models, in priority order: cpu, or tensorrt and/or cuda on a GPU. Unset: [cpu], and "
+        "required when the runner asks for a gpu; nothing is added to it (no CPU behind a GPU list)",
+    )
     workers: int = Field(default=1, ge=1)
     batching: BatchingSpec = BatchingSpec()
     timeout_s: float = Field(default=60.0, gt=0)
@@ -274,16 +335,34 @@ class RunnerSpec(_Frozen):
         return bool(self.resources.get("gpu"))
 
 
+class GpuSpec(_Frozen):
+    """The card a GPU profile is planned for (``models/memory_plan.py``)."""
+
+    name: str
+    memory_bytes: int = Field(gt=0, description="as NVML reports it")
+    headroom_bytes: int = Field(ge=0, description="kept free of the plan: the driver's own use, fragmentation")
+
+
 class ProfileSpec(_Frozen):
     description: str = ""
     models: tuple[str, ...] = Field(min_length=1)
     runners: dict[Engine, RunnerSpec] = Field(default_factory=dict)
+    gpu: GpuSpec | None = None
 
     @model_validator(mode="after")
     def _vllm_batches_itself(self) -> ProfileSpec:
         vllm = self.runners.get(Engine.VLLM)
         if vllm is not None and vllm.batching.mode != "continuous":
             raise ValueError("runners.vllm.batching.mode: vLLM schedules its own batches; only 'continuous' applies")
+        ort = self.runners.get(Engine.ORT)
+        if ort is not None and ort.providers is not None:
+            gpu = [p for p in ort.providers if p in GPU_PROVIDERS]
+            if gpu and not ort.wants_gpu:
+                raise ValueError(f"runners.ort.providers lists {', '.join(gpu)}, "
+                                 "but runners.ort.resources asks for no gpu")
+            if ort.wants_gpu and not gpu:
+                raise ValueError("runners.ort.resources asks for a gpu, but runners.ort.providers lists no GPU "
+                                 "provider (tensorrt, cuda)")
         return self
 
 
@@ -302,6 +381,37 @@ class GatewaySpec(_Frozen):
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="decoded bytes of one image or PDF")
     max_image_pixels: int = Field(
         default=40_000_000, gt=0, description="width x height of a decoded image or rendered page (decompression bombs)"
+    )
+    max_tokens_per_request: int = Field(
+        default=300_000, gt=0, description="tokens of all inputs of one request after truncation (OpenAI's limit), "
+        "and token ids given in one request, counted before they are parsed"
+    )
+    max_chars_per_token: int = Field(
+        default=32, gt=0, description="a text is cut (truncate) or refused at the model's max_tokens x this many "
+        "characters before it is tokenized, and an instruction may have at most that many; 4x the most measured "
+        "on real text (8.6 chars per token over 256-token windows of Python sources and docs, all-MiniLM-L6-v2)"
+    )
+    max_image_aspect_ratio: float = Field(
+        default=200, gt=1, description="longer side / shorter side of an image or page (Qwen2-VL's processor "
+        "refuses more than 200), from the header before decoding"
+    )
+    max_request_pixels: int = Field(
+        default=200_000_000, gt=0, description="width x height summed over the images and pages of one request"
+    )
+    image_workers: int = Field(
+        default=2, ge=1, description="worker processes that decode images and render PDF pages (gateway/image_pool.py)"
+    )
+    image_task_timeout_s: float = Field(
+        default=30, gt=0, description="wall-clock budget of one image or PDF part in a worker; past it the worker "
+        "is killed and replaced, and the request gets 422"
+    )
+    image_worker_memory_bytes: int = Field(
+        default=1024**3, gt=0, description="address space of one worker process (RLIMIT_AS); a part that needs "
+        "more fails with 422 (a worker starts at about 130 MiB; a 40 Mpx RGBA PNG decodes within 768 MiB)"
+    )
+    image_test_faults: bool = Field(
+        default=False, description="TEST ONLY: a data URL with the parameter ';fault=crash' (or 'hang') makes the "
+        "image worker crash (or hang) on it, so tests can show that a crash fails only its own request"
     )
 
     @model_validator(mode="after")
@@ -376,6 +486,21 @@ class Registry(_Frozen):
             for model in profile.models:
                 if model not in self.models:
                     raise ValueError(f"profiles.{pname}.models: unknown model {model!r}")
+            ort_models = [self.models[m] for m in profile.models if self.models[m].engine is Engine.ORT]
+            if not ort_models:
+                continue
+            runner = profile.runners.get(Engine.ORT, RunnerSpec())
+            if runner.wants_gpu and runner.providers is None:
+                raise ValueError(f"profiles.{pname}.runners.ort.providers: list the GPU providers of its ort models "
+                                 f"({', '.join(m.name for m in ort_models)}): tensorrt and/or cuda")
+            listed = runner.providers or ("cpu",)
+            for spec in ort_models:
+                own = [p.name for p in spec.ort.providers or ()]
+                if extra := [p for p in own if p not in listed]:
+                    raise ValueError(f"profiles.{pname}: model {spec.name!r} lists provider(s) {', '.join(extra)}, "
+                                     f"which the profile's runners.ort.providers ({', '.join(listed)}) does not")
+                if spec.vision is not None and spec.ort.providers is None:
+                    check_vision_providers(tuple(ProviderSpec(name=p) for p in listed))
         return self
 
     def served(self, profile: str) -> Served:
@@ -384,7 +509,8 @@ class Registry(_Frozen):
                 f"profile {profile!r} is not in the registry (known: {', '.join(self.profiles)})"
             )
         spec = self.profiles[profile]
-        models = tuple(self.models[name] for name in spec.models)
+        ort_runner = spec.runners.get(Engine.ORT)
+        models = tuple(with_profile_providers(self.models[name], ort_runner) for name in spec.models)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in models}}
         served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server)
         total = sum(served.gpu_memory_shares().values())
@@ -458,6 +584,41 @@ class Served:
             else:
                 shares[engine.value] = runner.gpu_memory_share
         return shares
+
+
+def check_vision_providers(providers: tuple[ProviderSpec, ...]) -> None:
+    """A vision model's (ColQwen2's) graphs are an fp32 master: on a GPU only TensorRT runs them,
+    building bf16 engines. The CUDA provider would run them in fp32 (about 9 GB of weights beside
+    vLLM), fp16 overflows on a Qwen2-VL backbone (transformers #33294, #33312), and graphs over 2 GB
+    need ``trt_load_user_initializer``."""
+    names = [p.name for p in providers]
+    if "cuda" in names:
+        raise ValueError("a vision model's fp32 graphs must not run on the CUDA provider (fp32 weights on the GPU); "
+                         "list tensorrt (bf16 engines: trt_bf16_enable) or cpu")
+    for p in providers:
+        if p.name != "tensorrt":
+            continue
+        if p.options.get("trt_fp16_enable") in (True, 1, "1", "true", "True"):
+            raise ValueError("trt_fp16_enable on a Qwen2-VL backbone overflows (transformers #33294, #33312); "
+                             "use trt_bf16_enable")
+        if p.options.get("trt_load_user_initializer") not in (True, 1, "1", "true", "True"):
+            raise ValueError("a vision model's graphs exceed 2 GB: TensorRT needs trt_load_user_initializer "
+                             "(ONNX Runtime PR #25409; TensorRT >= 10.13)")
+
+
+def with_profile_providers(spec: ModelSpec, runner: RunnerSpec | None) -> ModelSpec:
+    """``spec`` as the profile serves it: an ort model without providers of its own gets the
+    profile's ``runners.ort.providers`` (no options; unset: cpu)."""
+    if spec.engine is not Engine.ORT or spec.ort.providers is not None:
+        return spec
+    providers = tuple(ProviderSpec(name=name) for name in (runner and runner.providers) or ("cpu",))
+    return spec.model_copy(update={"ort": spec.ort.model_copy(update={"providers": providers})})
+
+
+def cache_dir() -> Path:
+    """Where runners keep caches they build (TensorRT engines and timing caches):
+    ``EMBED_CACHE_DIR``, default ``~/.cache/embedding-platform``. Always absolute."""
+    return Path(os.environ.get("EMBED_CACHE_DIR") or "~/.cache/embedding-platform").expanduser().resolve()
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

@@ -12,8 +12,9 @@ code reads, or was exported with other settings than the registry asks for, rais
 while a corrupt file stays an error a person has to look at.
 
 Entry layout (what ``runner_files`` lists): a text encoder for ONNX Runtime holds ``model.onnx``,
-one for vLLM ``config.json`` and its weights; a ColQwen2 entry holds ``QUERY_GRAPH`` and one
-``page_graph(h, w)`` per bucket; every entry holds ``tokenizer.json`` and ``embedding.json``.
+one for vLLM ``config.json`` and its weights; a ColQwen2 entry holds ``VISION_GRAPH`` and
+``LANGUAGE_GRAPH`` (an entry of the older layout, a query graph plus one page graph per bucket,
+lacks them and is outdated); every entry holds ``tokenizer.json`` and ``embedding.json``.
 """
 
 from __future__ import annotations
@@ -41,18 +42,15 @@ class OutdatedEntry(StoreError):
         self.problem = problem
 
 
-QUERY_GRAPH = "query/model.onnx"  # a ColQwen2 entry's query graph
-
-
-def page_graph(height: int, width: int) -> str:
-    """The entry-relative path of one ColQwen2 bucket's page graph."""
-    return f"page_{height}x{width}/model.onnx"
+VISION_GRAPH = "vision/model.onnx"  # a ColQwen2 entry's vision encoder (export/colqwen2.py)
+LANGUAGE_GRAPH = "language/model.onnx"  # its language model, shared by queries and pages
+COLQWEN2_LAYOUT = "vision+language/2"  # embedding.json `layout`: the graphs' inputs as this code feeds them
 
 
 def runner_files(spec: ModelSpec) -> tuple[str, ...]:
     """The entry files the runner of ``spec`` reads (what start-up and ``ensure`` check)."""
     if spec.vision is not None:
-        return (QUERY_GRAPH, *(page_graph(h, w) for h, w in spec.vision.buckets), "tokenizer.json")
+        return (VISION_GRAPH, LANGUAGE_GRAPH, "tokenizer.json")
     return ("model.onnx" if spec.engine.value == "ort" else "config.json", "tokenizer.json")
 
 
@@ -127,6 +125,9 @@ def open_entry(
             f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}", fix
         )
     settings = json.loads((path / "embedding.json").read_text())
+    if spec.vision is not None and settings.get("layout") != COLQWEN2_LAYOUT:
+        raise OutdatedEntry(f"model {spec.name!r}: store entry {entry_name} has graph layout "
+                            f"{settings.get('layout')!r}, this code feeds {COLQWEN2_LAYOUT!r}", fix)
     if settings.get("dimensions") != spec.dimensions:
         raise StoreError(
             f"model {spec.name!r}: the registry says {spec.dimensions} dimensions, store entry "

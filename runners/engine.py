@@ -14,7 +14,8 @@ A runner refuses a whole call only when it cannot take it at all: 503 when its q
 
 An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that the
 gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them), or, for
-vision models, images the gateway has already decoded and resized to one of the model's buckets.
+vision models, images the gateway has already decoded and resized as the model's processor does (any
+size its registry ``vision`` section allows).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from models.registry import ModelSpec
 
 
 class ImagePayload(BaseModel):
-    """An RGB image resized to a bucket of its model: uint8 ``(height, width, 3)`` row-major
-    bytes, base64-encoded."""
+    """An RGB image resized for its model (any size the model takes): uint8 ``(height, width, 3)``
+    row-major bytes, base64-encoded."""
 
     height: int
     width: int
@@ -106,7 +107,7 @@ class EmbeddingEngine(Protocol):
 
     def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """int64 token ids ``(tokens,)`` (or, for vision models, uint8 ``(height, width, 3)``
-        images at a bucket size) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
+        images as the gateway resized them) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
         in input order. Raises only for engine faults (inputs are pre-validated)."""
         ...
 

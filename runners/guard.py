@@ -6,8 +6,9 @@ requests. So each runner, before batching:
 
 - ``JobChecker.array``: turns one ``EmbedJob`` into its engine input or refuses it with
   ``JobRefused`` (a model this runner does not serve, no or too many token ids, ids outside the
-  vocabulary or negative, an image that is not one of the model's buckets or whose bytes do not
-  match its size). A refused job gets ``job_error(INVALID, ...)`` and its call-mates run.
+  vocabulary or negative, an image of a size the model does not take (sides multiples of 28,
+  area within the registry's ``vision.min_pixels``/``max_pixels``) or whose bytes do not match
+  its size). A refused job gets ``job_error(INVALID, ...)`` and its call-mates run.
 - ``QueueLimit``: bounds the inputs a runner worker holds (queued or computing); a call that
   would pass ``RunnerSpec.max_queued_inputs`` is refused whole with 503 at once.
 - ``run_jobs``: the two together, with per-job results (``runners/engine.py``).
@@ -50,14 +51,11 @@ class ModelLimits:
 
     spec: ModelSpec
     vocab_size: int | None  # token ids must be below it (None: not recorded at export)
-    buckets: frozenset[tuple[int, int]]  # (height, width) of the page graphs; empty for text models
 
     @classmethod
     def of(cls, spec: ModelSpec, entry: StoreEntry) -> ModelLimits:
-        settings = entry.settings
-        vocab = settings.get("vocab_size")
-        buckets = frozenset((int(b["height"]), int(b["width"])) for b in settings.get("buckets", ()))
-        return cls(spec, int(vocab) if vocab else None, buckets)
+        vocab = entry.settings.get("vocab_size")
+        return cls(spec, int(vocab) if vocab else None)
 
 
 class JobChecker:
@@ -86,14 +84,16 @@ class JobChecker:
 
     @staticmethod
     def _image(job: EmbedJob, limits: ModelLimits) -> np.ndarray:
-        image, name = job.image, job.model
-        if not limits.buckets:
+        image, name, vision = job.image, job.model, limits.spec.vision
+        if vision is None:
             raise JobRefused(f"{name} takes token ids, not images")
         if job.ids:
             raise JobRefused(f"{name}: a job has token ids or an image, not both")
-        if (image.height, image.width) not in limits.buckets:
-            raise JobRefused(f"{name}: image {image.height}x{image.width} is not one of the model's buckets "
-                             f"{sorted(limits.buckets)}")
+        area = image.height * image.width
+        if image.height <= 0 or image.width <= 0 or image.height % 28 or image.width % 28 or not (
+                vision.min_pixels <= area <= vision.max_pixels):
+            raise JobRefused(f"{name}: image {image.height}x{image.width} is not a size the model takes (sides "
+                             f"multiples of 28, {vision.min_pixels} to {vision.max_pixels} pixels)")
         try:
             pixels = base64.b64decode(image.data, validate=True)
         except (binascii.Error, ValueError):

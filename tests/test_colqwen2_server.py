@@ -1,7 +1,9 @@
 """A real ``bentoml serve`` with all-MiniLM-L6-v2 and the tiny random ColQwen2 (ONNX Runtime
-runner only): queries, images and PDF pages on /v1/embeddings (float and base64), /v1/rerank
-(MaxSim and cosine) against references computed from returned vectors and from PyTorch, every
-limit and bad input as its 400, and concurrent mixed requests coming back unmixed.
+runner only): queries, images of four aspect ratios and PDF pages on /v1/embeddings (float and
+base64) against the reference (``ColQwen2Processor`` and Qwen2-VL called with input_ids,
+pixel_values, image_grid_thw and mm_token_type_ids: M-RoPE positions; ``export/colqwen2.py``),
+/v1/rerank (MaxSim and cosine) against references computed from returned vectors, every limit
+and bad input as its 400, and concurrent mixed requests coming back unmixed.
 
 The server reads a test registry (the shipped models, a profile of these two, small image
 limits) through ``EMBED_REGISTRY``, so it needs neither vLLM nor the ``cpu-all`` profile's
@@ -87,9 +89,9 @@ def http(server):
 @pytest.fixture(scope="module")
 def reference():
     """The tiny model in PyTorch (same seed as the export) and its ColQwen2Processor."""
-    from export.colqwen2 import tiny_random
+    from export.colqwen2 import Loaded, tiny_random
 
-    return tiny_random()
+    return Loaded(*tiny_random(), revision="", random_weights=True)
 
 
 def embed(http, inputs, **extra) -> dict:
@@ -102,37 +104,49 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
-def test_queries_images_and_pdf_pages_give_unit_rows_matching_pytorch(http, reference):
-    import torch
+def render(part: dict, number: int) -> Image.Image:
+    """Page ``number`` of a PDF part as the gateway renders it (the registry's pdf_dpi: 72)."""
+    import pypdfium2 as pdfium
 
-    model, processor = reference
-    portrait = page((250, 240, 230), label="quarterly revenue")
-    landscape = page((20, 90, 160), size=(224, 168), label="diagram")
-    body = embed(http, ["Which page shows revenue?", image_part(portrait), image_part(landscape, "WEBP"),
-                        pdf_part([page((200, 0, 0)), page((0, 200, 0)), page((0, 0, 200))], [3, 1])])
+    document = pdfium.PdfDocument(base64.b64decode(part["file"]["file_data"].split(",", 1)[1]))
+    return document[number - 1].render(scale=72 / 72).to_pil().convert("RGB")
+
+
+def test_served_vectors_equal_the_reference_for_four_aspect_ratios_a_pdf_page_and_queries(http, reference):
+    """Pages are resized as ColQwen2Processor does (aspect kept, any size within the registry's
+    pixels) and embedded with M-RoPE positions: each served page equals the reference computed
+    from the original image (relative error <= 1e-3), in one request of mixed sizes."""
+    from export.colqwen2 import reference_pages, reference_queries
+
+    shapes = {"A4 portrait": (595, 842), "A4 landscape": (842, 595), "square": (500, 500), "3:1": (600, 200)}
+    originals = [page((250 - 40 * i, 240, 230), size=size, label=name) for i, (name, size) in enumerate(shapes.items())]
+    pdf = pdf_part([page((200, 0, 0), size=(595, 842)), page((0, 200, 0), size=(842, 595))], [2])
+    queries = ["Which page shows revenue?", "a query that spells <|image_pad|>"]  # the special token stays text
+    body = embed(http, [queries[0], *[image_part(o) for o in originals], pdf, queries[1],
+                        image_part(originals[0], "WEBP")])
     data = body["data"]
-    assert [d["index"] for d in data] == [0, 1, 2, 3, 4]
-    assert [d.get("page") for d in data] == [None, None, None, 3, 1]
+    assert [d["index"] for d in data] == list(range(8))
+    assert [d.get("page") for d in data] == [None] * 5 + [2, None, None]
     for item in data:
         matrix = rows(item)
         assert matrix.shape == tuple(item["shape"]) and matrix.shape[1] == 128
         np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
-    with torch.no_grad():
-        query = model(**processor.process_queries(["Which page shows revenue?"])).embeddings[0].numpy()
-        image = model(**processor.process_images([portrait])).embeddings[0].numpy()
-    assert relative_error(rows(data[0]), query) < 1e-3  # the query as ColQwen2Processor formats it
-    assert relative_error(rows(data[1]), image) < 1e-3  # a PNG already at a bucket size: lossless
+    expected = reference_pages(reference, [*originals, render(pdf, 2)])
+    served = [rows(d) for d in data[1:6]]
+    # resized to 252x168, 168x252, 224x224, 112x364 (aspect kept, not one bucket): 12 prompt tokens + the grid
+    assert [m.shape[0] for m in served[:4]] == [12 + 9 * 6, 12 + 6 * 9, 12 + 8 * 8, 12 + 4 * 13]
+    for ours, wanted in zip(served, expected, strict=True):
+        assert ours.shape == wanted.shape and relative_error(ours, wanted) < 1e-3
+    for ours, wanted in zip([rows(data[0]), rows(data[6])], reference_queries(reference, queries), strict=True):
+        assert ours.shape == wanted.shape and relative_error(ours, wanted) < 1e-3  # formatted as the processor
+    assert rows(data[7]).shape == rows(data[1]).shape  # a lossy WebP of the same page: same size
     tokens = sum(d["shape"][0] for d in data)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 def test_a_pdf_page_equals_the_same_page_sent_as_png(http):
-    import pypdfium2 as pdfium
-
     part = pdf_part([page((10, 10, 10)), page((120, 200, 40), size=(300, 200))], [2])
-    document = pdfium.PdfDocument(base64.b64decode(part["file"]["file_data"].split(",", 1)[1]))
-    rendered = document[1].render(scale=72 / 72).to_pil().convert("RGB")  # the registry's pdf_dpi: 72
-    by_pdf, by_png = embed(http, [part, image_part(rendered)])["data"]
+    by_pdf, by_png = embed(http, [part, image_part(render(part, 2))])["data"]
     np.testing.assert_allclose(rows(by_pdf), rows(by_png), atol=1e-6)
 
 
@@ -258,15 +272,14 @@ def test_limits_and_bad_inputs_are_openai_shaped_400s(http, path, body, param, c
 
 
 def test_concurrent_mixed_requests_come_back_unmixed(http):
-    """24 requests at once (queries, images of both buckets, PDF pages, one corrupt image): each
+    """24 requests at once (queries, images of many sizes, PDF pages, one corrupt image): each
     answer equals the same request sent alone; the corrupt one alone fails."""
     requests = []
     for i in range(24):
         if i % 4 == 0:
             requests.append([f"query number {i} about page {i % 5}"])
         elif i % 4 == 1:
-            requests.append([image_part(page((10 * i, 255 - 10 * i, 40),
-                                             size=(168, 224) if i % 8 == 1 else (224, 168)))])
+            requests.append([image_part(page((10 * i, 255 - 10 * i, 40), size=(150 + 20 * i, 400 - 10 * i)))])
         elif i % 4 == 2:
             requests.append([f"mixed {i}", pdf_part([page((i, 2 * i, 3 * i)), page((9 * i, 0, 0))], [2])])
         else:

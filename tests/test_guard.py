@@ -14,8 +14,8 @@ from runners.guard import EngineDown, JobChecker, ModelLimits, QueueLimit, run_j
 
 TEXT = ModelSpec(name="text", engine="ort", store_tag="t", pooling="mean", max_tokens=8, dimensions=4)
 PAGES = ModelSpec(name="pages", engine="ort", store_tag="p", pooling="multi", max_tokens=8, dimensions=4,
-                  vision={"buckets": [[28, 56]]})
-CHECKER = JobChecker([ModelLimits(TEXT, 100, frozenset()), ModelLimits(PAGES, 50, frozenset({(28, 56)}))])
+                  vision={"min_pixels": 28 * 28, "max_pixels": 28 * 56})
+CHECKER = JobChecker([ModelLimits(TEXT, 100), ModelLimits(PAGES, 50)])
 
 
 def job(model="text", ids=(1, 2, 3), image=None):
@@ -34,7 +34,8 @@ def image(height=28, width=56, size=None):
     (job(ids=(1, -5)), "negative"),
     (job(ids=(1, 100)), "outside the vocabulary of 100"),
     (job(ids=(), image=image()), "takes token ids, not images"),
-    (job(model="pages", ids=(), image=image(56, 28)), "not one of the model's buckets"),
+    (job(model="pages", ids=(), image=image(56, 56)), "not a size the model takes"),
+    (job(model="pages", ids=(), image=image(28, 30)), "not a size the model takes"),
     (job(model="pages", ids=(), image=image(size=10)), "has 10 bytes"),
     (job(model="pages", ids=(), image={"height": 28, "width": 56, "data": "!!!"}), "not base64"),
     (job(model="pages", ids=(1,), image=image()), "not both"),

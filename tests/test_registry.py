@@ -31,6 +31,9 @@ def test_rtx4090_profile_lists_the_gpu_stack():
     rtx = load_registry().served("rtx4090")
     names = {m.name for m in rtx.models}
     assert names == {"Qwen3-Embedding-8B", "pubmedbert", "pubmedbert-onnx", "biomedbert", "colqwen2"}
+    colqwen2 = rtx.find("vidore/colqwen2-v1.0")  # colpali-engine's 4-768 visual tokens
+    assert (colqwen2.vision.min_pixels, colqwen2.vision.max_pixels, colqwen2.vision.max_visual_tokens) == (
+        4 * 28 * 28, 768 * 28 * 28, 768)
     qwen = rtx.find("Qwen/Qwen3-Embedding-8B")
     assert qwen.pooling is Pooling.LAST and qwen.allows_dimensions(32) and not qwen.allows_dimensions(31)
     assert qwen.instructions.query.startswith("Instruct: ") and qwen.instructions.document == ""
@@ -52,6 +55,12 @@ def test_minimal_registry_gets_defaults():
         (("store_tag: m", "store_tag: Big Name"), "models.m.store_tag"),
         (("dimensions: 8", "dimensions: 8\n    colour: red"), "models.m.colour"),
         (("models: [m]", "models: [nope]"), "unknown model 'nope'"),
+        (("pooling: mean", "pooling: multi\n    vision: {min_pixels: 50176, max_pixels: 3136}"),
+         "models.m.vision: Value error, min_pixels must not exceed max_pixels"),
+        (("pooling: mean", "pooling: multi\n    vision: {min_pixels: 100, max_pixels: 3136}"),
+         "models.m.vision.min_pixels"),
+        (("pooling: mean", "pooling: multi\n    vision: {buckets: [[224, 168]], min_pixels: 3136, "
+          "max_pixels: 50176}"), "models.m.vision.buckets"),  # the fixed buckets are gone
     ],
 )
 def test_bad_registry_names_the_field(change, message):

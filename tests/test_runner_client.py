@@ -203,3 +203,21 @@ def test_a_call_into_a_silent_runner_ends_in_503_but_a_slow_live_one_is_waited_f
         return asyncio.get_running_loop().time() - started
 
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) < 1
+
+
+def test_calls_are_shared_round_robin_between_requests():
+    """A one-text request behind a 300-input one goes out in the next call formed, not after the
+    large request's other calls; the large request's inputs still come back to it in order."""
+    runner = FakeRunner(delay=0.02)
+    client = RunnerClient("ort", runner, max_calls_in_flight=1, max_inputs_per_call=16)
+
+    async def scenario():
+        large = asyncio.create_task(client.embed("big", [ids(i) for i in range(300)]))
+        await asyncio.sleep(0.005)  # the first call (16 of the large request's inputs) is out
+        small = await client.embed("small", [ids(7)])
+        return await large, small
+
+    large, small = asyncio.run(scenario())
+    assert small == ["small:[7]"] and large == [f"big:[{i}]" for i in range(300)]
+    models = [[job["model"] for job in call] for call in runner.calls]
+    assert "small" in models[1] and len(runner.calls) == 19

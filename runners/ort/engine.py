@@ -87,7 +87,7 @@ class OrtEngine:
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(
             "model %s: engine ort, store %s, provider %s (configured %s), precision %s",
-            spec.name, entry.tag, self.provider, [p.name for p in spec.ort.providers], spec.ort.precision,
+            spec.name, entry.tag, self.provider, [p.name for p in providers.listed_providers(spec)], spec.ort.precision,
         )
         if entry.metadata.get("quality", {}).get("passed") is False:
             logger.warning(

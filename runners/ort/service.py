@@ -14,6 +14,11 @@ length-sorted, token-budgeted sub-batches.
 On SIGTERM the runner reports not ready and keeps serving until its callers are done
 (``hosting/drain.py``).
 
+Start-up loads every model as ``python -m runners.ort.preflight`` does (``load_engine``). A model
+that cannot load (a store entry or an execution provider not as the registry says) is logged with
+its fix and leaves the runner not ready (``__is_ready__``), so the server never reports ready with
+a model missing or running elsewhere than configured.
+
 Service settings (connections, tracing, logging) are the runners' shared ones
 (``runners/service_options.py``).
 """
@@ -21,6 +26,7 @@ Service settings (connections, tracing, logging) are the runners' shared ones
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 
@@ -35,6 +41,8 @@ from runners.guard import Item, JobChecker, ModelLimits, QueueLimit, run_jobs
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
+logger = logging.getLogger(__name__)
+
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
 MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MODELS
@@ -46,19 +54,22 @@ MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MO
 class OrtRunner:
     def __init__(self) -> None:
         from models import configure_logging
-        from models.store import open_entry, runner_files
         from runners.batcher import ContinuousBatcher
         from runners.gpu_metrics import start_gpu_sampler
-        from runners.ort.colqwen2 import ColQwen2Engine
-        from runners.ort.engine import OrtEngine
+        from runners.ort.preflight import LOAD_ERRORS, load_engine
 
         configure_logging()
         start_gpu_sampler("ort")
         self.engines: dict[str, EmbeddingEngine] = {}
         limits = []
+        self.failed: list[str] = []
         for spec in MODELS:
-            entry = open_entry(spec, required=runner_files(spec))
-            engine = (ColQwen2Engine if spec.vision is not None else OrtEngine)(spec, entry)
+            try:
+                engine, entry = load_engine(spec)
+            except LOAD_ERRORS as exc:  # logged; the runner stays not ready (see the module docstring)
+                logger.error("ort runner cannot serve model %s and will not become ready: %s", spec.name, exc)
+                self.failed.append(spec.name)
+                continue
             self.engines[spec.name] = engine
             limits.append(ModelLimits.of(spec, entry))
             runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
@@ -73,7 +84,7 @@ class OrtRunner:
         serve_metrics_port()
 
     def __is_ready__(self) -> bool:
-        return not drain.draining()
+        return not self.failed and not drain.draining()
 
     def _run(self, items: list[Item]) -> list[str]:
         """One engine pass over checked ``items`` (any mix of models): results in item order."""
