@@ -203,3 +203,10 @@ def test_a_call_into_a_silent_runner_ends_in_503_but_a_slow_live_one_is_waited_f
         return asyncio.get_running_loop().time() - started
 
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) < 1
+
+
+def test_an_answer_cut_off_midway_counts_as_a_connection_failure():
+    """The runner died while its answer came in (aiohttp: payload not completed): retried like a
+    failed connection, never a 500."""
+    runner = FakeRunner(fail_with=[aiohttp.ClientPayloadError("Response payload is not completed")])
+    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(4)])) == ["m:[4]"]
