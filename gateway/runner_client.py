@@ -49,7 +49,8 @@ from runners.engine import JobFailure, job_failure, job_payload
 
 logger = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
+# the connection failed, or broke while the answer came in (the runner died mid-response)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 PROBE_TIMEOUT_S = 1.0  # a live runner answers /readyz in milliseconds
 RECOVERY_PROBE_S = 0.5
 WATCH_S = 2.0  # a call out longer than this checks that its runner still answers, every WATCH_S

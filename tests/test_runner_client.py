@@ -221,3 +221,10 @@ def test_calls_are_shared_round_robin_between_requests():
     assert small == ["small:[7]"] and large == [f"big:[{i}]" for i in range(300)]
     models = [[job["model"] for job in call] for call in runner.calls]
     assert "small" in models[1] and len(runner.calls) == 19
+
+
+def test_an_answer_cut_off_midway_counts_as_a_connection_failure():
+    """The runner died while its answer came in (aiohttp: payload not completed): retried like a
+    failed connection, never a 500."""
+    runner = FakeRunner(fail_with=[aiohttp.ClientPayloadError("Response payload is not completed")])
+    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(4)])) == ["m:[4]"]

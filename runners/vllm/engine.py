@@ -16,9 +16,11 @@ inside the serving process after start-up (a BentoML start hook), never at impor
 
 When the runner's worker itself dies (``kill -9``), its engine cores live on, orphaned, holding
 their memory (on a GPU, the memory the new worker's engines need): vLLM does not stop them when
-their parent dies. ``stop_orphaned_engines`` (called before a worker starts its engines) stops
-the orphaned engine cores of this server, told apart by the ``PROMETHEUS_MULTIPROC_DIR`` they
-inherited (one per ``bentoml serve`` home).
+their parent dies. So a worker records its engine cores (pid and start time, which together name
+one process for good) each time it starts an engine (``record_engine_cores``), and a new worker
+first stops the recorded ones that still run (``stop_orphaned_engines``). The record lives under
+``$BENTOML_HOME/run`` (one file per runner worker), so a server started again after a crash
+stops its predecessor's leftovers too.
 
 When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
 what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
@@ -30,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -74,37 +76,55 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
     return args
 
 
-WORKER_MODULE = "_bentoml_impl.worker.service"  # what a live BentoML worker runs
+ENGINE_CORE = "VLLM::EngineCor"  # the process name vLLM gives its engine core (15 characters kept)
+
+
+def _record_path():
+    from pathlib import Path
+
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import server_context
+
+    name = f"vllm-engine-cores-{server_context.worker_index or 1}.json"
+    return Path(BentoMLContainer.bentoml_home.get()) / "run" / name
+
+
+def record_engine_cores() -> None:
+    """Write down this worker's engine core processes (for ``stop_orphaned_engines``)."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children() if p.name().startswith(ENGINE_CORE)]
+    path = _record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"pid": p.pid, "started": p.create_time()} for p in cores]))
 
 
 def stop_orphaned_engines() -> list[int]:
-    """Kill (with their children) the vLLM engine cores that a dead worker of this server left
-    behind: processes named ``VLLM::EngineCore...`` whose parent is not a BentoML worker and whose
-    ``PROMETHEUS_MULTIPROC_DIR`` is this process's. Returns their pids."""
+    """Kill (with their children) the recorded engine cores of a previous worker in this place
+    that still run; a recorded pid now used by another process is left alone. Returns their pids."""
     import psutil
 
-    home = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not home:
+    path = _record_path()
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
         return []
     stopped = []
-    for process in psutil.process_iter(["name"]):
+    for core in recorded:
         try:
-            if not (process.info["name"] or "").startswith("VLLM::EngineCor"):
+            process = psutil.Process(core["pid"])
+            if process.create_time() != core["started"] or not process.name().startswith(ENGINE_CORE):
                 continue
-            parent = process.parent()
-            if parent is not None and WORKER_MODULE in " ".join(parent.cmdline()):
-                continue  # a live worker's engine
-            if process.environ().get("PROMETHEUS_MULTIPROC_DIR") != home:
-                continue  # another server's
             tree = [process, *process.children(recursive=True)]
             for member in tree:
                 member.kill()
             psutil.wait_procs(tree, timeout=10)
-            stopped.append(process.pid)
+            stopped.append(core["pid"])
         except psutil.Error:
             continue
     if stopped:
         logger.warning("stopped vllm engine cores %s left by a worker that died", stopped)
+    path.unlink(missing_ok=True)
     return stopped
 
 
@@ -158,6 +178,7 @@ class VllmEngine:
         except Exception:
             logger.exception("vllm engine for %s failed to restart; the runner stays not ready", self.spec.name)
             return
+        record_engine_cores()
         self.restarts += 1
         logger.warning("vllm engine for %s serves again %.1f s after its restart began",
                        self.spec.name, time.perf_counter() - started)
