@@ -159,6 +159,15 @@ def engine_cores(process) -> list:
     return [p for p in process_tree(process) if p.name().startswith("VLLM::EngineCor")]
 
 
+def vllm_processes(process) -> list:
+    """The vLLM engine cores and their workers in the server's tree."""
+    return [p for p in process_tree(process) if p.name().startswith("VLLM::")]
+
+
+def gone(processes) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def fault_under_load(url: str, kill, faulted: str, healthy: str) -> tuple[float, collections.Counter]:
     """Load on both models, ``kill()``, until ``faulted`` serves again: returns the seconds from
     the kill to its first 200 and the statuses it got; checks that no request hung and that
@@ -192,10 +201,12 @@ def test_killed_ort_runner_worker_leaves_vllm_serving(vllm_server):
 def test_dead_vllm_engine_core_is_restarted_while_ort_keeps_serving(vllm_server):
     process, url, log = vllm_server
     (core,) = engine_cores(process)
+    old = vllm_processes(process)
     back, statuses = fault_under_load(url, lambda: core.send_signal(signal.SIGKILL), VLLM, ORT)
     print(f"\nvLLM engine core kill -9: serves again after {back:.1f} s; {dict(statuses)}")
     assert f"vllm engine for {VLLM} serves again" in log.read_text()
     assert [p.pid for p in engine_cores(process)] != [core.pid]
+    assert gone(old)  # the dead core's workers too: they outlive it unless stopped
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
 
 
@@ -205,7 +216,7 @@ def test_killed_vllm_runner_worker_gets_503_at_once_and_its_engine_core_is_stopp
     instead of waiting for the new worker. The new worker stops the orphaned engine core (its
     memory, on a GPU, is needed) before it starts its own."""
     process, url, log = vllm_server
-    old_cores = engine_cores(process)
+    old = vllm_processes(process)
     (worker,) = [p for p in process_tree(process) if "vllm_runner" in p.cmdline() and "--service-name" in p.cmdline()]
     killed_at = time.monotonic()
     worker.send_signal(signal.SIGKILL)
@@ -219,7 +230,7 @@ def test_killed_vllm_runner_worker_gets_503_at_once_and_its_engine_core_is_stopp
         time.sleep(1)
     back = time.monotonic() - killed_at
     print(f"\nvLLM runner worker kill -9: 503 after {answered_in:.1f} s, serves again after {back:.1f} s")
-    assert not [p for p in old_cores if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert gone(old)
     assert len(engine_cores(process)) == 1
     assert "left by a worker that died" in log.read_text()
 

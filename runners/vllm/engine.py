@@ -16,11 +16,12 @@ inside the serving process after start-up (a BentoML start hook), never at impor
 
 When the runner's worker itself dies (``kill -9``), its engine cores live on, orphaned, holding
 their memory (on a GPU, the memory the new worker's engines need): vLLM does not stop them when
-their parent dies. So a worker records its engine cores (pid and start time, which together name
-one process for good) each time it starts an engine (``record_engine_cores``), and a new worker
-first stops the recorded ones that still run (``stop_orphaned_engines``). The record lives under
-``$BENTOML_HOME/run`` (one file per runner worker), so a server started again after a crash
-stops its predecessor's leftovers too.
+their parent dies, and a killed engine core leaves its own workers behind the same way. So each
+engine notes its processes (``processes``: pid and start time, which together name one process
+for good) when it starts; a restart stops the dead engine's leftovers; and the runner worker
+records all of them (``record_processes``) under ``$BENTOML_HOME/run``, so that a new worker
+first stops the ones a killed worker left (``stop_orphaned_engines``), and a server started
+again after a crash stops its predecessor's.
 
 When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
 what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
@@ -35,10 +36,11 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import psutil
 
 from models.registry import ModelSpec
 from models.store import StoreEntry
@@ -77,6 +79,9 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
 
 
 ENGINE_CORE = "VLLM::EngineCor"  # the process name vLLM gives its engine core (15 characters kept)
+VLLM_PROCESS = "VLLM::"  # engine cores and their workers
+
+Processes = list[tuple[int, float]]  # (pid, start time): together they name one process for good
 
 
 def _record_path():
@@ -85,45 +90,43 @@ def _record_path():
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.context import server_context
 
-    name = f"vllm-engine-cores-{server_context.worker_index or 1}.json"
+    name = f"vllm-processes-{server_context.worker_index or 1}.json"
     return Path(BentoMLContainer.bentoml_home.get()) / "run" / name
 
 
-def record_engine_cores() -> None:
-    """Write down this worker's engine core processes (for ``stop_orphaned_engines``)."""
-    import psutil
+def stop_processes(processes: Processes) -> list[int]:
+    """Kill those of ``processes`` that still run as the same vLLM process (a pid now used by
+    another process is left alone); returns their pids."""
+    stopped = []
+    for pid, started in processes:
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == started and process.name().startswith(VLLM_PROCESS):
+                process.kill()
+                process.wait(10)
+                stopped.append(pid)
+        except psutil.Error:
+            continue
+    return stopped
 
-    cores = [p for p in psutil.Process().children() if p.name().startswith(ENGINE_CORE)]
+
+def record_processes(engines: list[VllmEngine]) -> None:
+    """Write down the vLLM processes of this worker's engines (for ``stop_orphaned_engines``)."""
     path = _record_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([{"pid": p.pid, "started": p.create_time()} for p in cores]))
+    path.write_text(json.dumps([list(p) for engine in engines for p in engine.processes]))
 
 
 def stop_orphaned_engines() -> list[int]:
-    """Kill (with their children) the recorded engine cores of a previous worker in this place
-    that still run; a recorded pid now used by another process is left alone. Returns their pids."""
-    import psutil
-
+    """Kill the recorded vLLM processes of a previous worker in this place that still run."""
     path = _record_path()
     try:
-        recorded = json.loads(path.read_text())
+        recorded = [tuple(p) for p in json.loads(path.read_text())]
     except (OSError, ValueError):
         return []
-    stopped = []
-    for core in recorded:
-        try:
-            process = psutil.Process(core["pid"])
-            if process.create_time() != core["started"] or not process.name().startswith(ENGINE_CORE):
-                continue
-            tree = [process, *process.children(recursive=True)]
-            for member in tree:
-                member.kill()
-            psutil.wait_procs(tree, timeout=10)
-            stopped.append(core["pid"])
-        except psutil.Error:
-            continue
+    stopped = stop_processes(recorded)
     if stopped:
-        logger.warning("stopped vllm engine cores %s left by a worker that died", stopped)
+        logger.warning("stopped vllm processes %s left by a worker that died", stopped)
     path.unlink(missing_ok=True)
     return stopped
 
@@ -138,6 +141,8 @@ class VllmEngine:
         self.entry = entry
         self._engine: Any = None
         self._restart: asyncio.Task | None = None
+        self.on_restart: Callable[[], None] = lambda: None  # the runner records its processes again
+        self.processes: Processes = []  # its engine core and that core's workers
         self.restarts = 0
 
     def start(self) -> None:
@@ -147,7 +152,10 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
+        before = {p.pid for p in psutil.Process().children()}
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.spec, self.entry)))
+        cores = [p for p in psutil.Process().children() if p.pid not in before and p.name().startswith(ENGINE_CORE)]
+        self.processes = [(p.pid, p.create_time()) for core in cores for p in (core, *core.children(recursive=True))]
         logger.info("vllm engine for %s ready in %.1f s", self.spec.name, time.perf_counter() - started)
 
     @property
@@ -173,12 +181,15 @@ class VllmEngine:
         old, self._engine = self._engine, None
         if old is not None:
             await asyncio.to_thread(old.shutdown)
+        # a killed core leaves its workers behind (they log that their parent exited, and stay)
+        if stopped := await asyncio.to_thread(stop_processes, self.processes):
+            logger.warning("stopped the dead vllm engine's processes %s", stopped)
         try:
             await asyncio.to_thread(self.start)
         except Exception:
             logger.exception("vllm engine for %s failed to restart; the runner stays not ready", self.spec.name)
             return
-        record_engine_cores()
+        self.on_restart()
         self.restarts += 1
         logger.warning("vllm engine for %s serves again %.1f s after its restart began",
                        self.spec.name, time.perf_counter() - started)

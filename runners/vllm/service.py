@@ -69,7 +69,7 @@ class VllmRunner:
 
     @bentoml.on_startup
     def start_engines(self) -> None:
-        from runners.vllm.engine import record_engine_cores, stop_orphaned_engines
+        from runners.vllm.engine import record_processes, stop_orphaned_engines
 
         drain.install(drain.runner_done())
         serve_metrics_port()
@@ -79,7 +79,10 @@ class VllmRunner:
                 engine.start()
             except Exception:  # logged; the runner stays not ready (see the module docstring)
                 logger.exception("vllm engine for %s failed to start; the runner will not become ready", name)
-        record_engine_cores()
+        engines = list(self.engines.values())
+        record_processes(engines)
+        for engine in engines:
+            engine.on_restart = lambda: record_processes(engines)
 
     @bentoml.on_shutdown
     def stop_engines(self) -> None:
