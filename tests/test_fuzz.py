@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -60,3 +61,15 @@ def test_the_server_keeps_its_openapi_contract(server):
                 if mode.is_positive or len(op.body)}  # only a body can be made not to fit (a path is any string)
     print(f"\nschemathesis examples run: {examples} ({sum(examples.values())} in all, seed {SEED})")
     assert sum(examples.values()) >= 4 * EXAMPLES_PER_OPERATION, examples  # GET /v1/models has no inputs to vary
+
+
+def test_what_the_fuzzer_found_stays_fixed(server):
+    """Examples schemathesis found: an integer past 64 bits (the JSON parser raised an error the
+    gateway did not expect: 500), and a path with a newline (no route pattern matches it: BentoML's
+    plain-text 404)."""
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    body = b'{"model": "all-MiniLM-L6-v2", "input": [101, 99999999999999999999999, 102]}'
+    response = httpx.post(f"{server}/v1/embeddings", content=body, headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    response = httpx.get(f"{server}/v1/models/a%0Ab", headers=headers)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
