@@ -14,7 +14,9 @@ class uvicorn would pick (httptools when installed, else h11) with ``ReadDeadlin
   shape) if nothing was answered yet, and the connection is closed. A request whose body the app
   was still reading sees a disconnect (the gateway counts it as 499, client gone).
 - **Connection cap**: a worker keeps at most ``server.max_connections`` connections open; one
-  more is answered 503 ``server_busy`` with ``Retry-After`` and closed at once.
+  more is answered 503 ``server_busy`` with ``Retry-After`` before its request is read, then our
+  side is shut and the connection closed a second later (closing at once, with the client's
+  request unread, would reset it and lose the answer).
 - **Malformed HTTP** gets an OpenAI-shaped 400 instead of uvicorn's plain text.
 
 Cost: a timestamp written when a request starts and cleared when it is in, per request; one
