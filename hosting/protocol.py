@@ -43,7 +43,7 @@ PROTOCOL = "hosting.protocol:GuardedHTTPProtocol"
 
 _open: set[Any] = set()  # this worker's open connections
 SWEEP_S = 1.0
-_sweeping = False
+_swept_loop: asyncio.AbstractEventLoop | None = None  # the loop the sweep runs on
 
 
 def open_connections() -> int:
@@ -135,16 +135,16 @@ class ReadDeadline:
 
 
 def _sweep_soon(loop: asyncio.AbstractEventLoop) -> None:
-    """Start this worker's sweep (once): every ``SWEEP_S`` s, expire connections whose request
-    is late."""
-    global _sweeping
-    if _sweeping:
+    """Start the sweep on ``loop`` (once per loop; a worker has one): every ``SWEEP_S`` s, expire
+    connections whose request is late."""
+    global _swept_loop
+    if _swept_loop is loop:
         return
-    _sweeping = True
+    _swept_loop = loop
 
     def sweep() -> None:
         now = loop.time()
-        for connection in [c for c in _open if c._late(now)]:
+        for connection in [c for c in _open if c.loop is loop and c._late(now)]:
             connection._expired()
         loop.call_later(SWEEP_S, sweep)
 

@@ -298,3 +298,44 @@ def test_zz_sigterm_under_load_loses_no_request(served):
     assert all(o.retry_after for o in before if o.status == 503)
     _, alive = psutil.wait_procs(tree, timeout=60)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+def test_the_read_deadline_holds_on_uvicorns_h11_protocol_too(monkeypatch):
+    """Where httptools is missing uvicorn uses h11: the same mixin on it (a real uvicorn server in
+    a thread) closes an idle connection with 408 and still serves a complete request."""
+    import threading
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from hosting.protocol import ReadDeadline
+    from models.registry import served as served_registry
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("EMBED_READ_TIMEOUT_S", "1")
+    served_registry.cache_clear()
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    protocol = type("GuardedH11", (ReadDeadline, H11Protocol), {})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, lifespan="off",
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url).text == "ok"
+        received, seconds = raw_exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        assert received.startswith(b"HTTP/1.1 408 ") and 0.9 <= seconds <= 4, (received[:100], seconds)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        served_registry.cache_clear()
