@@ -3,7 +3,9 @@ and the profile's models (``bentoml build`` packs them; ``bentoml containerize``
 
 ``EMBED_IMAGE`` picks the variant when ``bentoml build`` imports ``service.py``:
 
-- ``cpu`` (default): Python 3.11 on Debian, ``requirements-serve.txt`` (ONNX Runtime CPU).
+- ``cpu`` (default): Python 3.11 on Debian, ``requirements-serve.txt`` (ONNX Runtime CPU), each
+  package and every package it pulls in pinned to ``constraints.txt`` (``locked``), so the image
+  runs the versions the tests ran.
 - ``gpu``: Python 3.11 on Debian, ``requirements-gpu.lock`` (onnxruntime-gpu, vLLM and torch built
   for CUDA 13, with their CUDA user-space libraries as nvidia-* wheels: only the driver comes from
   the host). Its base is made here (``deploy/image/base.sh NAME gpu``: gcc and Python's headers for
@@ -12,7 +14,8 @@ and the profile's models (``bentoml build`` packs them; ``bentoml containerize``
 
 ``EMBED_BASE_IMAGE`` replaces the variant's base image, for example the local Debian image that
 ``make image`` builds where Docker Hub is out of reach (``deploy/image/base.sh``). Only the
-image's contents are defined here; nothing is built at import.
+image's contents are defined here; nothing is built at import. BentoML's usage tracking is off
+in the image (``BENTOML_DO_NOT_TRACK``, a service env of the gateway: ``service.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def image(variant: str | None = None) -> Image:
         raise RuntimeError(f"EMBED_IMAGE={variant!r}: expected one of {', '.join(VARIANTS)}")
     base, requirements = VARIANTS[variant]
     lines = requirement_lines(ROOT / requirements)
+    if variant == "cpu":
+        lines = locked(lines, ROOT / "constraints.txt")
     if os.environ.get("EMBED_IMAGE_TENSORRT", "") in ("1", "true"):
         if variant != "gpu":
             raise RuntimeError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only)")
@@ -47,7 +52,7 @@ def image(variant: str | None = None) -> Image:
         base_image=os.environ.get("EMBED_BASE_IMAGE") or base,
         python_version="3.11",
         distro="prebuilt",  # a distro outside BentoML's table skips its `apt-get install build-essential git`
-        lock_python_packages=False,  # the requirements (or lock) file pins every package
+        lock_python_packages=False,  # pinned here: `locked` (cpu), the lock file (gpu)
     )
     return built.python_packages(*lines)
 
@@ -56,3 +61,35 @@ def requirement_lines(path: Path) -> list[str]:
     """The requirements file's entries and options, without comments and blank lines."""
     lines = (line.split(" #", 1)[0].strip() for line in path.read_text().splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def locked(lines: list[str], constraints: Path) -> list[str]:
+    """``lines`` (requirements) plus every package they pull in, transitively, each pinned to its
+    version in ``constraints``, sorted. Dependencies are read from the installed packages'
+    metadata (this environment is what ``constraints.txt`` froze: ``make lock``), with their
+    environment markers evaluated here (Linux, CPython 3.11, as in the image). A package missing
+    from ``constraints`` is an error naming the fix."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(line.split("==", 1)[0]): line.strip()
+            for line in constraints.read_text().splitlines() if "==" in line and not line.startswith("#")}
+    wanted = [Requirement(line) for line in lines if not line.startswith("-")]
+    found: dict[str, str] = {}
+    while wanted:
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        if name not in pins:
+            raise RuntimeError(f"{requirement.name} (needed by the serving requirements) is not pinned in "
+                               f"{constraints.name}: run `make lock`")
+        found[name] = pins[name]
+        for text in metadata.requires(requirement.name) or ():
+            dependency = Requirement(text)
+            extras = requirement.extras or {""}
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                wanted.append(dependency)
+    return [*(line for line in lines if line.startswith("-")), *sorted(found.values(), key=str.lower)]

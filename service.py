@@ -8,6 +8,11 @@ only when every runner has loaded its models) and ``/metrics``.
 With ``EMBED_RUNNER_URL_<ENGINE>`` set, the gateway reaches that engine's runner at a URL instead
 of starting it (``models/topology.py``; the Kubernetes layout in ``deploy/k8s``). ``EMBED_IMAGE``
 picks the image variant that ``bentoml build`` records (``images.py``).
+
+Hardening (``hosting/``, ``gateway/edge.py``): slow and surplus connections are closed, metrics
+are labelled by route, dead workers respawn in containers too, SIGTERM drains before stopping,
+and nothing outside ``/v1``, health and metrics is served. With ``server.require_api_keys``
+(``EMBED_REQUIRE_API_KEYS=1``) the server refuses to start without a key.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import logging
 
 import bentoml
 
+import hosting
+from gateway.auth import ApiKeys, load_keys, require_keys_if_asked
+from gateway.edge import Edge
 from images import image
 from models import tracing_config
 from models.registry import Engine, served
@@ -26,8 +34,10 @@ from runners.extras import require_engines
 
 logger = logging.getLogger(__name__)
 
+hosting.install()  # before BentoML builds its watchers, its apps and its uvicorn servers
 SERVED = served()
 require_engines(SERVED)  # an engine's optional package missing: fail here, naming the extra
+KEYS = require_keys_if_asked(SERVED.server, load_keys())  # read here: fail at `bentoml serve`, not in a worker
 RUNNER_SERVICES = {}
 if Engine.ORT in SERVED.runners:
     from runners.ort.service import OrtRunner
@@ -66,10 +76,12 @@ V1 = DeferredApp()
     name="gateway",
     resources={"cpu": "1"},
     workers=1,
-    traffic={"timeout": max(r.timeout_s for r in SERVED.runners.values()) + 5},
+    # BentoML's own timeout (it answers in its shape) only backs up the /v1 app's 504 (gateway/app.py)
+    traffic={"timeout": SERVED.request_timeout_s + 5},
     logging={"access": {"enabled": False}},
     tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
     image=image(),
+    envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],  # no usage reports from the image (or its workers)
 )
 @declare_store_models(SERVED.models)
 @depend_on_runners
@@ -77,7 +89,6 @@ class Gateway:
     def __init__(self) -> None:
         from gateway.admission import Admission
         from gateway.app import create_app
-        from gateway.auth import ApiKeys, load_keys
         from gateway.image_pool import ImagePool
         from gateway.preprocess import TextPreprocessor, VisionPreprocessor
         from gateway.runner_client import RunnerClient
@@ -115,14 +126,13 @@ class Gateway:
             self.image_pool,
         )
         self.readiness_task: asyncio.Task | None = None
-        keys = load_keys()
-        V1.app = create_app(serving, ApiKeys(keys))
+        V1.app = create_app(serving, ApiKeys(KEYS))
         logger.info(
             "gateway: profile %s, models %s, runners %s, API keys %s",
             SERVED.profile,
             ", ".join(f"{m.name} ({m.engine.value})" for m in SERVED.models),
             ", ".join(f"{r.key} at {r.url or 'local'}" for r in ROUTES),
-            "required" if keys else "not required",
+            "required" if KEYS else "not required",
         )
 
     @bentoml.on_startup
@@ -139,7 +149,20 @@ class Gateway:
 
     @bentoml.on_startup
     async def watch_runners(self) -> None:
-        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py)."""
+        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py); drains on
+        SIGTERM (hosting/drain.py); serves metrics on their own port when configured."""
         from gateway.runner_client import watch_readiness
+        from hosting import drain
+        from hosting.metrics import serve_metrics_port
 
         self.readiness_task = asyncio.get_running_loop().create_task(watch_readiness(self.runner_clients))
+        drain.install(drain.gateway_done())
+        serve_metrics_port()
+
+    def __is_ready__(self) -> bool:
+        from hosting import drain
+
+        return not drain.draining()
+
+
+Gateway.add_asgi_middleware(Edge, keys=ApiKeys(KEYS))

@@ -3,7 +3,9 @@
 Routes: ``POST /embeddings``, ``POST /rerank``, ``GET /models``, ``GET /models/{model}``, ``GET /openapi.json``.
 Every request under ``/v1`` passes the API-key check (when keys are configured). Bodies are read
 with a size limit (413) and parsed with bounded work (``gateway/parsing.py``; 400), in a worker
-thread when large.
+thread when large. A request not answered within the request timeout gets 504; one whose client
+went away (disconnected while sending) is counted as 499, without a traceback, and answered to
+nobody.
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ import orjson
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import ApiKeys
-from gateway.errors import ApiError, MethodNotAllowed, NotFound, PayloadTooLarge, error_response
+from gateway.errors import (
+    CLIENT_GONE,
+    ApiError,
+    GatewayTimeout,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+)
 from gateway.metrics import gateway_metrics
 from gateway.openapi import openapi_document
 from gateway.parsing import BodyLimits, parse_request
@@ -77,6 +87,8 @@ def json_response(content: bytes) -> Response:
 
 def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     limit = serving.served.gateway.max_body_bytes
+    timeout_s = serving.served.request_timeout_s
+    retry_after_s = serving.served.gateway.retry_after_s
     body_limits = BodyLimits.of(serving.served.gateway)
     metrics = gateway_metrics()
 
@@ -92,6 +104,8 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
                 return await handler(request)
             except ApiError as error:
                 return error_response(error)
+            except ClientDisconnect:  # nobody to answer; counted in `counted`
+                return Response(status_code=CLIENT_GONE)
             except Exception:
                 logger.exception("unexpected error on %s %s", request.method, request.url.path)
                 return error_response(ApiError("The server had an error while processing your request."))
@@ -101,23 +115,35 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys) -> Starlette:
     async def counted(
         request: Request, schema: type[BaseModel], run: Callable[[BaseModel, ModelSpec], Awaitable[EmbeddingResult]]
     ) -> Response:
-        """Parse with ``schema``, then ``run`` it on its model, counting the request by model and
-        status (401s too: the API key is checked here, not in ``guarded``), its inputs and tokens,
-        and its latency when it succeeds."""
+        """Parse with ``schema``, then ``run`` it on its model within the request timeout (504),
+        counting the request by model and status (401s too: the API key is checked here, not in
+        ``guarded``; 499 when the client went away), its inputs and tokens, and its latency when
+        it succeeds."""
         started = time.perf_counter()
         model, status = "unknown", 500
         try:
-            keys.check(request.headers.get("authorization"))
-            parsed = await parse_body(await read_body(request, limit), schema, body_limits)
-            spec = serving.model(parsed.model)
-            model = spec.name
-            result = await run(parsed, spec)
+            async with asyncio.timeout(timeout_s) as deadline:
+                keys.check(request.headers.get("authorization"))
+                parsed = await parse_body(await read_body(request, limit), schema, body_limits)
+                spec = serving.model(parsed.model)
+                model = spec.name
+                result = await run(parsed, spec)
             status = 200
             metrics.inputs.labels(model).inc(result.inputs)
             metrics.input_tokens.labels(model).inc(result.tokens)
             return json_response(result.body)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            status = GatewayTimeout.status
+            raise GatewayTimeout(
+                f"The request was not answered within {timeout_s:g} s; retry later.", retry_after_s
+            ) from None
         except ApiError as error:
             status = error.status
+            raise
+        except ClientDisconnect:
+            status = CLIENT_GONE
             raise
         finally:
             metrics.requests.labels(model, str(status)).inc()

@@ -1,9 +1,11 @@
 """Optional API keys for ``/v1``.
 
 Keys come from ``EMBED_API_KEYS`` (comma-separated) and/or ``EMBED_API_KEYS_FILE`` (one key per
-line; blank lines and ``#`` comments ignored). With no keys configured, the API is open. Keys are
-compared in constant time against every configured key and are never logged. Health and metrics
-endpoints are outside ``/v1`` and stay open.
+line; blank lines and ``#`` comments ignored). With no keys configured, the API is open, unless
+``server.require_api_keys`` (``EMBED_REQUIRE_API_KEYS=1``, set by the Kubernetes manifests) asks
+to fail closed: then ``bentoml serve`` refuses to start. Keys are compared in constant time
+against every configured key and are never logged. Health endpoints are outside ``/v1`` and stay
+open; ``/metrics`` is open unless ``server.metrics_require_key`` (``gateway/edge.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 
 from gateway.errors import Unauthorized
+from models.registry import ServerSpec
 
 
 def load_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:
@@ -21,6 +24,16 @@ def load_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[
         for line in Path(path).read_text().splitlines():
             keys.append(line.split("#", 1)[0].strip())
     return tuple(k.encode() for k in keys if k)
+
+
+def require_keys_if_asked(server: ServerSpec, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """``keys``, or ``RuntimeError`` when none are configured and ``server.require_api_keys``."""
+    if server.require_api_keys and not keys:
+        raise RuntimeError(
+            "EMBED_REQUIRE_API_KEYS is set but no API key is configured: set EMBED_API_KEYS (comma-separated) "
+            "or EMBED_API_KEYS_FILE (one key per line), or unset EMBED_REQUIRE_API_KEYS to serve without keys"
+        )
+    return keys
 
 
 class ApiKeys:

@@ -2,9 +2,13 @@
 
 Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}`` (the
 OpenAI shape) with the status of its class. Handlers raise; ``app.py`` converts in one place.
+Errors answered below the ASGI app (a connection that sends its request too slowly, one too
+many connections) are written by ``hosting/protocol.py`` as raw HTTP with ``http_bytes``.
 """
 
 from __future__ import annotations
+
+import http
 
 import orjson
 from starlette.responses import Response
@@ -88,12 +92,39 @@ class Overloaded(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RequestTimeout(ApiError):
+    """The client did not send its whole request in time (``server.read_timeout_s``)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class EngineUnavailable(ApiError):
     """The runner serving the model is not reachable or not ready."""
 
     status = 503
     type = "server_error"
     code = "engine_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ServerBusy(EngineUnavailable):
+    """Too many open connections on this worker (``server.max_connections``), or the server is
+    stopping: retry, here or on another replica."""
+
+    code = "server_busy"
+
+
+class GatewayTimeout(ApiError):
+    """The request was not answered in time: ``server.request_timeout_s`` in the gateway, or the
+    runner's ``timeout_s`` for its call. Nothing is wrong with the input; retry later."""
+
+    status = 504
+    type = "server_error"
+    code = "timeout"
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
@@ -107,6 +138,11 @@ class EngineError(ApiError):
     code = "engine_error"
 
 
+# Not an error response: the status an abandoned request is counted under (nginx's "client
+# closed request"); nothing is sent, nobody is listening.
+CLIENT_GONE = 499
+
+
 def error_response(error: ApiError) -> Response:
     return Response(
         orjson.dumps(error.body()),
@@ -114,3 +150,13 @@ def error_response(error: ApiError) -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+def http_bytes(error: ApiError) -> bytes:
+    """``error`` as a whole HTTP/1.1 response that closes the connection, for code below the
+    ASGI app that writes to the socket itself (``hosting/protocol.py``)."""
+    body = orjson.dumps(error.body())
+    head = [f"HTTP/1.1 {error.status} {http.HTTPStatus(error.status).phrase}",
+            "content-type: application/json", f"content-length: {len(body)}", "connection: close",
+            *(f"{name}: {value}" for name, value in error.headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

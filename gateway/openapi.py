@@ -29,7 +29,9 @@ ERRORS = {
     "422": "An image or PDF part crashed its decoder or ran past its time or memory budget",
     "429": "Too much work in flight; retry after `Retry-After` seconds",
     "500": "The engine failed on valid input (a fault; see the server logs)",
-    "503": "The model's runner is not ready or unreachable",
+    "503": "The model's runner is not ready or unreachable, or the server is at its connection limit; "
+           "retry after `Retry-After` seconds",
+    "504": "Not answered within the request timeout; retry after `Retry-After` seconds",
 }
 
 
@@ -58,7 +60,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("EmbeddingRequest")},
                     "responses": {
                         "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
-                        **_errors(["400", "401", "404", "413", "422", "429", "500", "503"]),
+                        **_errors(["400", "401", "404", "413", "422", "429", "500", "503", "504"]),
                     },
                 }
             },
@@ -70,7 +72,7 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, **_ref("RerankRequest")},
                     "responses": {
                         "200": {"description": "Results sorted by relevance_score", **_ref("RerankResponse")},
-                        **_errors(["400", "401", "404", "413", "422", "429", "500", "503"]),
+                        **_errors(["400", "401", "404", "413", "422", "429", "500", "503", "504"]),
                     },
                 }
             },

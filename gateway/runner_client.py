@@ -14,9 +14,21 @@ the large request's inputs fill; requests of equal size still fill calls in arri
 
 ``handle`` is what ``bentoml.depends`` put on the gateway: a client of the runner process (local
 socket or URL). Embedding is idempotent, so a call that failed on the connection itself (the
-runner closed a kept-alive connection just as it was reused, or restarted) is retried once;
-then its requests get 503 with ``Retry-After``, never a 500. Runner-side failures on valid input
-are engine faults (500, logged). Either way only the requests in that call fail.
+runner closed a kept-alive connection just as it was reused) is retried once if the runner
+still answers its readiness probe within ``PROBE_TIMEOUT_S``; no new call goes out while that
+probe runs. If the runner does not answer (its worker died: a socket whose worker is gone accepts
+connections that nobody answers, so a call sent there would wait for the respawn), it is marked
+down: the failed call's requests, those queued here and new ones for its models get 503 with
+``Retry-After`` at once, never a wait, until a probe every ``RECOVERY_PROBE_S`` finds it ready
+again. ``watch_readiness`` marks a runner down the same way when its periodic probe gets no
+answer (a runner that answers "not ready", such as one draining, is not down). And a call still
+out after ``WATCH_S`` probes the runner (allowing ``WATCH_PROBE_TIMEOUT_S``) every ``WATCH_S``: a
+call sent into a dead worker's socket (the worker died between calls, so no connection failed)
+ends with 503 within seconds, not when the worker has been replaced or the runner's timeout
+passed; a live runner answers its probe while it computes, so long calls go on.
+A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
+logged). Either way only the requests in that call fail; and a job the runner failed alone
+(``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
 """
 
 from __future__ import annotations
@@ -32,12 +44,17 @@ import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from gateway.errors import ApiError, EngineError, EngineUnavailable
-from runners.engine import job_payload
+from gateway.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
+from runners.engine import JobFailure, job_failure, job_payload
 
 logger = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (aiohttp.ClientConnectionError, ConnectionError)
+# the connection failed, or broke while the answer came in (the runner died mid-response)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+PROBE_TIMEOUT_S = 1.0  # a live runner answers /readyz in milliseconds
+RECOVERY_PROBE_S = 0.5
+WATCH_S = 2.0  # a call out longer than this checks that its runner still answers, every WATCH_S
+WATCH_PROBE_TIMEOUT_S = 5.0  # no evidence of a failure yet: a busy machine may answer slowly
 
 
 def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
@@ -71,10 +88,14 @@ class RunnerClient:
         self._requests: collections.deque[collections.deque[tuple[str, np.ndarray, float, asyncio.Future[str]]]] = (
             collections.deque())
         self._calls_in_flight = 0
+        self._probe: asyncio.Task | None = None  # set while a failed call's probe runs: nothing is sent
+        self._recovery: asyncio.Task | None = None  # set while the runner is marked down
 
     async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
         """One base64 float32 result per input (token ids, or a uint8 image for vision models),
         in order (see ``runners/engine.py``)."""
+        if self._recovery is not None:
+            raise self._unavailable("is down (it does not answer its readiness probe)")
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
@@ -89,6 +110,8 @@ class RunnerClient:
                 queue.clear()
 
     def _dispatch(self) -> None:
+        if self._probe is not None or self._recovery is not None:
+            return
         while self._requests and self._calls_in_flight < self.max_calls_in_flight:
             batch = self._next_call()
             if batch:
@@ -121,28 +144,107 @@ class RunnerClient:
                     future.set_exception(exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                failure = job_failure(result)
+                if failure is None:
                     future.set_result(result)
+                else:
+                    future.set_exception(self._job_error(*failure))
         finally:
             self._calls_in_flight -= 1
             self._dispatch()
 
+    def _unavailable(self, why: str) -> EngineUnavailable:
+        return EngineUnavailable(f"The {self.engine} runner {why}.", self.retry_after_s)
+
+    def _job_error(self, kind: JobFailure, message: str) -> ApiError:
+        if kind is JobFailure.UNAVAILABLE:
+            return self._unavailable(f"cannot run this input now ({message})")
+        logger.error("%s runner failed an input (%s): %s", self.engine, kind.value, message)
+        if kind is JobFailure.INVALID:
+            return EngineError(f"The {self.engine} runner refused this input: {message}")
+        return EngineError(f"The {self.engine} engine failed on this request.")
+
+    async def _ready(self, timeout_s: float | None = None) -> bool | None:
+        """The runner's readiness probe: True (ready), False (answered: not ready), None (no
+        answer within ``timeout_s`` (``PROBE_TIMEOUT_S``): refused, reset, or accepted and never
+        answered)."""
+        timeout_s = timeout_s or PROBE_TIMEOUT_S
+        try:
+            return bool(await asyncio.wait_for(self.handle.is_ready(max(1, int(timeout_s))), timeout_s))
+        except Exception:
+            return None
+
+    async def _still_there(self) -> bool:
+        """After a call failed on its connection: does the runner still answer? One probe for all
+        the calls that failed together; no call is sent while it runs."""
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._ready())
+        probe = self._probe
+        try:
+            answered = await asyncio.shield(probe) is not None
+        finally:
+            if self._probe is probe:
+                self._probe = None
+        if not answered:
+            self.mark_down()
+        self._dispatch()
+        return answered
+
+    def mark_down(self) -> None:
+        """Fail what is queued here and every new request with 503 until the runner is ready."""
+        if self._recovery is not None:
+            return
+        logger.warning("%s runner does not answer; its models get 503 until it is ready again", self.engine)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        while self._requests:
+            for *_, future in self._requests.popleft():
+                if not future.done():
+                    future.set_exception(self._unavailable("does not answer"))
+
+    async def _recover(self) -> None:
+        from gateway.metrics import gateway_metrics
+
+        gateway_metrics().runner_ready.labels(self.engine).set(0)
+        started = time.monotonic()
+        while not await self._ready():
+            await asyncio.sleep(RECOVERY_PROBE_S)
+        gateway_metrics().runner_ready.labels(self.engine).set(1)
+        logger.warning("%s runner ready again after %.1f s", self.engine, time.monotonic() - started)
+        self._recovery = None
+        self._dispatch()
+
+    async def _watched(self, jobs: list[dict[str, Any]]) -> Any:
+        """The runner's answer to one call; every ``WATCH_S`` the call is out, a probe: no answer
+        means the worker is gone, and the call ends with 503 (the runner is marked down)."""
+        call = asyncio.ensure_future(getattr(self.handle.to_async, self.endpoint)(jobs))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=WATCH_S)
+                if done:
+                    return call.result()
+                if await self._ready(WATCH_PROBE_TIMEOUT_S) is None and not call.done():
+                    self.mark_down()
+                    raise self._unavailable("stopped answering")
+        finally:
+            call.cancel()
+
     async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
-        call = getattr(self.handle.to_async, self.endpoint)
         try:
             try:
-                answer = await call(jobs)
+                answer = await self._watched(jobs)
             except CONNECTION_ERRORS as exc:
+                if not await self._still_there():
+                    raise
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
-                answer = await call(jobs)
+                answer = await self._watched(jobs)
         except CONNECTION_ERRORS as exc:
-            raise EngineUnavailable(
-                f"The {self.engine} runner is unreachable ({type(exc).__name__}).", self.retry_after_s
-            ) from exc
-        except (TimeoutError, ServiceUnavailable) as exc:
-            raise EngineUnavailable(
-                f"The {self.engine} runner is not ready or overloaded.", self.retry_after_s
-            ) from exc
+            raise self._unavailable(f"is unreachable ({type(exc).__name__})") from exc
+        except TimeoutError as exc:
+            raise GatewayTimeout(f"The {self.engine} runner did not answer in time.", self.retry_after_s) from exc
+        except ServiceUnavailable as exc:
+            raise self._unavailable("is not ready or overloaded") from exc
         except BentoMLException as exc:
             logger.error("%s runner failed: %s", self.engine, exc)
             raise EngineError(f"The {self.engine} engine failed on this request.") from exc
@@ -163,8 +265,9 @@ async def watch_readiness(clients: Sequence[RunnerClient], interval_s: float = 5
     async def probe(client: RunnerClient) -> None:
         try:
             ready = await client.handle.is_ready(max(1, int(interval_s)))
-        except Exception:  # refused, reset, DNS: not ready
+        except Exception:  # refused, reset, DNS, no answer: down
             ready = False
+            client.mark_down()
         gauge.labels(client.engine).set(1 if ready else 0)
 
     while True:

@@ -5,13 +5,16 @@ sections:
 
 - ``models``: every model the platform knows, keyed by its served name (``ModelSpec``);
 - ``profiles``: named selections of models plus per-engine runner settings (``ProfileSpec``);
-- ``gateway``: HTTP-facing limits (``GatewaySpec``).
+- ``gateway``: HTTP-facing limits (``GatewaySpec``);
+- ``server``: how every service's HTTP server defends and stops itself (``ServerSpec``): slow
+  clients, connections, API keys required, metrics access, draining on SIGTERM, respawning.
 
 ``load_registry()`` validates the whole file into frozen pydantic objects and raises
 ``RegistryError`` naming the offending field (``models.foo.pooling: ...``) on a bad file.
 ``served()`` resolves the active profile (``EMBED_PROFILE``, default ``cpu``) into a
 ``Served`` object: the models, their alias map and the runner settings. Gateway limits can be
-overridden by environment variables ``EMBED_<FIELD>`` (for example ``EMBED_MAX_BODY_BYTES``).
+and server settings can be overridden by environment variables ``EMBED_<FIELD>`` (for example
+``EMBED_MAX_BODY_BYTES``, ``EMBED_READ_TIMEOUT_S``).
 
 This module is imported by the BentoML service definitions at import time, so it stays light:
 pydantic and PyYAML only.
@@ -318,6 +321,10 @@ class RunnerSpec(_Frozen):
         default=2, ge=1, description="gateway calls out to this runner at once; inputs that arrive "
         "meanwhile wait in the gateway and go together in the next call (max_batch_size inputs each)"
     )
+    max_queued_inputs: int = Field(
+        default=8192, gt=0, description="inputs a runner worker accepts at once (queued or in its engine); a "
+        "call that would pass it is refused with 503 + Retry-After, so a runner never queues without bound"
+    )
     gpu_memory_share: float = Field(
         default=0.0, ge=0, le=1, description="fraction of the GPU's memory this runner may take "
         "(ORT runner; a vllm runner's share is the sum of its models' vllm.gpu_memory_utilization)"
@@ -414,10 +421,47 @@ class GatewaySpec(_Frozen):
         return self
 
 
+class ServerSpec(_Frozen):
+    """How every service (gateway and runners) runs its HTTP server; each field can be overridden
+    by ``EMBED_<FIELD>`` in the environment. Applied by ``hosting/`` and ``service.py``."""
+
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a connection must deliver a whole request (headers and body) within "
+        "this many seconds of opening or of its request's first byte; slower ones get 408 and are closed"
+    )
+    max_connections: int = Field(
+        default=1024, gt=0, description="open connections per worker process; more are answered 503 + "
+        "Retry-After and closed"
+    )
+    request_timeout_s: float | None = Field(
+        default=None, gt=0, description="a /v1 request not answered within this gets 504 (default: the "
+        "slowest runner's timeout_s + 5)"
+    )
+    require_api_keys: bool = Field(
+        default=False, description="refuse to start when no API key is configured (fail closed)"
+    )
+    metrics_require_key: bool = Field(
+        default=False, description="/metrics needs an API key like /v1 (Prometheus then sends it)"
+    )
+    metrics_port: int | None = Field(
+        default=None, gt=0, lt=65536, description="serve Prometheus metrics on this port of their own "
+        "(the gateway's first worker); /metrics on the API port then answers 404"
+    )
+    drain_s: float = Field(
+        default=2.0, ge=0, description="after SIGTERM the gateway reports not ready (503) but keeps "
+        "accepting and serving for this long before it stops accepting and finishes what it admitted"
+    )
+    respawn_workers: bool = Field(
+        default=True, description="restart a worker process that died, inside containers too (BentoML "
+        "1.4.40 does not when BENTOML_CONTAINERIZED is set)"
+    )
+
+
 class Registry(_Frozen):
     models: dict[str, ModelSpec]
     profiles: dict[str, ProfileSpec]
     gateway: GatewaySpec = GatewaySpec()
+    server: ServerSpec = ServerSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -468,7 +512,7 @@ class Registry(_Frozen):
         ort_runner = spec.runners.get(Engine.ORT)
         models = tuple(with_profile_providers(self.models[name], ort_runner) for name in spec.models)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in models}}
-        served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway)
+        served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server)
         total = sum(served.gpu_memory_shares().values())
         if total > 1 + 1e-9:
             raise RegistryError(
@@ -488,12 +532,20 @@ class Served:
         models: tuple[ModelSpec, ...],
         runners: dict[Engine, RunnerSpec],
         gateway: GatewaySpec,
+        server: ServerSpec | None = None,
     ) -> None:
         self.profile = profile
         self.models = models
         self.runners = runners
         self.gateway = gateway
+        self.server = server or ServerSpec()
         self._by_name = {alias: m for m in models for alias in (m.name, *m.aliases)}
+
+    @property
+    def request_timeout_s(self) -> float:
+        """Seconds a /v1 request may take before the gateway answers 504."""
+        slowest = max((r.timeout_s for r in self.runners.values()), default=60.0)
+        return self.server.request_timeout_s or slowest + 5
 
     def find(self, name: str) -> ModelSpec | None:
         """The model served under ``name`` or one of its aliases, else None."""
@@ -577,13 +629,17 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _gateway_env_overrides(data: dict[str, Any]) -> dict[str, Any]:
-    gateway = dict(data.get("gateway") or {})
-    for field in GatewaySpec.model_fields:
-        value = os.environ.get(f"EMBED_{field.upper()}")
-        if value is not None:
-            gateway[field] = value
-    return {**data, "gateway": gateway}
+def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    """``EMBED_<FIELD>`` from the environment over the file's ``gateway`` and ``server`` sections."""
+    data = dict(data)
+    for section, spec in (("gateway", GatewaySpec), ("server", ServerSpec)):
+        values = dict(data.get(section) or {})
+        for field in spec.model_fields:
+            value = os.environ.get(f"EMBED_{field.upper()}")
+            if value is not None:
+                values[field] = value
+        data[section] = values
+    return data
 
 
 def parse_registry(text: str, source: str = "registry") -> Registry:
@@ -595,7 +651,7 @@ def parse_registry(text: str, source: str = "registry") -> Registry:
     if not isinstance(data, dict):
         raise RegistryError(f"{source}: expected a mapping with 'models' and 'profiles'")
     try:
-        return Registry.model_validate(_gateway_env_overrides(data))
+        return Registry.model_validate(_env_overrides(data))
     except ValidationError as exc:
         raise RegistryError(_format_validation_error(source, exc)) from None
 

@@ -4,7 +4,13 @@ Wire format of a runner's ``embed`` API: a list of ``EmbedJob`` in, ``EmbedResul
 batchable ``embed_adaptive`` API returns the bare list), one string per job and in job order.
 Each string is ``encode_array`` of the job's result: the
 little-endian float32 bytes, base64-encoded, of a pooled vector ``(dim,)`` or, for multi-vector
-models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``).
+models, of the ``(tokens, dim)`` matrix in row-major order (the gateway knows ``dim``) -- or,
+for a job that failed alone, ``job_error(kind, message)``: ``!`` (never a base64 character),
+the kind (``JobFailure``), ``: `` and a message. So one bad or unlucky job fails only itself,
+never the other jobs of its call, which may belong to other requests.
+
+A runner refuses a whole call only when it cannot take it at all: 503 when its queue is full
+(``RunnerSpec.max_queued_inputs``) or it is not ready.
 
 An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that the
 gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them), or, for
@@ -15,6 +21,7 @@ size its registry ``vision`` section allows).
 from __future__ import annotations
 
 import base64
+import enum
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -58,6 +65,33 @@ def job_payload(model: str, value: np.ndarray, sent_at: float) -> dict:
         data = base64.b64encode(np.ascontiguousarray(value, dtype=np.uint8).tobytes()).decode("ascii")
         return {"model": model, "image": {"height": height, "width": width, "data": data}, "sent_at": sent_at}
     return {"model": model, "ids": value.tolist(), "sent_at": sent_at}
+
+
+class JobFailure(enum.StrEnum):
+    """Why a job has no result: ``invalid``: the runner refused the job (a model it does not
+    serve, token ids outside the vocabulary or too many, an image that is not one of the model's
+    buckets; the gateway checks all this first, so it means a misrouted or hand-made call);
+    ``unavailable``: the model's engine is down or restarting (retry later); ``engine``: the
+    engine failed on this job's batch (a fault; see the runner's log)."""
+
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+    ENGINE = "engine"
+
+
+JOB_ERROR_MARK = "!"
+
+
+def job_error(kind: JobFailure, message: str) -> str:
+    return f"{JOB_ERROR_MARK}{kind.value}: {message}"
+
+
+def job_failure(result: str) -> tuple[JobFailure, str] | None:
+    """``(kind, message)`` when ``result`` is a ``job_error``, else None."""
+    if not result.startswith(JOB_ERROR_MARK):
+        return None
+    kind, _, message = result[1:].partition(": ")
+    return JobFailure(kind), message
 
 
 class EmbedResults(BaseModel):

@@ -5,12 +5,19 @@ client replaces its HTTP session every ``runner_connection.max_requests`` reques
 ``max_age`` seconds and closes the old one while other requests may still use it (BentoML 1.4.40,
 ``_bentoml_impl/client/proxy2.py``); those requests then fail with connection errors. Runners set
 both limits out of reach (docs/architecture.md, "Under load").
+
+Importing a runner service module applies ``hosting.install()`` too (through this module), so a
+runner served on its own (Kubernetes) gets the same protocol, metric labels and supervision as
+one started by the gateway.
 """
 
 from __future__ import annotations
 
+import hosting
 from models import tracing_config
 from models.registry import Engine, Served
+
+hosting.install()
 
 NEVER = 10**9  # requests / seconds: "never replace the connection pool"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from images import requirement_lines
+from images import locked, requirement_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -51,8 +51,14 @@ def test_cpu_image_spec_has_the_base_serving_packages_and_models():
         assert "build-essential" not in dockerfile  # every package is a wheel: no compiler in the image
         assert "pip install -r $BENTO_PATH/env/python/requirements.txt" in dockerfile
         installed = pins(path / "env/python/requirements.txt")
-        assert installed == pins(ROOT / "requirements-serve.txt")
+        assert pins(ROOT / "requirements-serve.txt").items() <= installed.items()
+        lock = pins(ROOT / "constraints.txt")
+        assert installed.items() <= lock.items()  # every package, direct or not, at the version the tests ran
+        closure = locked(requirement_lines(ROOT / "requirements-serve.txt"), ROOT / "constraints.txt")
+        assert len(installed) == len(closure)
+        assert {"starlette", "uvicorn", "aiohttp", "httptools"} <= installed.keys()  # transitive ones too
         assert not any(name.startswith(("torch", "onnxruntime-gpu", "vllm")) for name in installed)
+        assert "ARG BENTOML_DO_NOT_TRACK=true\nENV BENTOML_DO_NOT_TRACK=$BENTOML_DO_NOT_TRACK" in dockerfile
         info = yaml.safe_load((path / "bento.yaml").read_text())  # containerize copies these into the image
         assert [m["tag"].split(":")[0] for s in info["services"] for m in s["models"]] == ["all-minilm-l6-v2"]
         assert (path / "env/docker/entrypoint.sh").is_file()

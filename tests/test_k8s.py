@@ -100,3 +100,48 @@ def test_registry_configmap_is_models_registry_yaml():
     assert text == (ROOT / "models/registry.yaml").read_text(), "copy models/registry.yaml: make k8s-registry"
     settings = of_kind("ConfigMap")["embedding-settings"]["data"]
     assert parse_registry(text).served(settings["EMBED_PROFILE"]).models
+
+
+def test_only_the_gateway_reaches_the_runners_api():
+    (policy,) = of_kind("NetworkPolicy").values()
+    runner_labels = policy["spec"]["podSelector"]["matchLabels"]
+    labels = {name: d["spec"]["template"]["metadata"]["labels"].items() for name, d in of_kind("Deployment").items()}
+    assert {name for name in labels if runner_labels.items() <= labels[name]} == {n for n in labels if "runner" in n}
+    api_rule, metrics_rule = policy["spec"]["ingress"]
+    (gateway_peer,) = api_rule["from"]
+    allowed = {name for name in labels if gateway_peer["podSelector"]["matchLabels"].items() <= labels[name]}
+    assert allowed == {"embedding-gateway"} and api_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_stopping_pods_finish_their_work():
+    """preStop on every pod; the runners' outlasts a gateway's whole stop (its preStop, drain and
+    request timeout), and each grace period outlasts its preStop plus the request it may finish."""
+    served = parse_registry(of_kind("ConfigMap")["embedding-registry"]["data"]["registry.yaml"]).served(
+        of_kind("ConfigMap")["embedding-settings"]["data"]["EMBED_PROFILE"])
+    pods = {name: d["spec"]["template"]["spec"] for name, d in of_kind("Deployment").items()}
+    pre_stop = {name: pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] for name, pod in pods.items()}
+    gateway_stop = pre_stop["embedding-gateway"] + served.server.drain_s + served.request_timeout_s
+    assert pods["embedding-gateway"]["terminationGracePeriodSeconds"] > gateway_stop
+    for name in pods:
+        if "runner" in name:
+            assert pre_stop[name] > gateway_stop
+            slowest_call = max(r.timeout_s for r in served.runners.values())
+            assert pods[name]["terminationGracePeriodSeconds"] > pre_stop[name] + slowest_call
+
+
+def test_the_gateway_fails_closed_without_its_keys():
+    settings = of_kind("ConfigMap")["embedding-settings"]["data"]
+    assert settings["EMBED_REQUIRE_API_KEYS"] == "1"
+    (container,) = of_kind("Deployment")["embedding-gateway"]["spec"]["template"]["spec"]["containers"]
+    (keys,) = [e for e in container["env"] if e["name"] == "EMBED_API_KEYS"]
+    assert keys["valueFrom"]["secretKeyRef"].get("optional", False) is False
+
+
+def test_prometheus_scrapes_the_metrics_port():
+    port = int(of_kind("ConfigMap")["embedding-settings"]["data"]["EMBED_METRICS_PORT"])
+    for name, deployment in of_kind("Deployment").items():
+        template = deployment["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == port, name
+        assert {"name": "metrics", "containerPort": port} in container["ports"], name

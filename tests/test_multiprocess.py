@@ -22,12 +22,14 @@ import pytest
 import yaml
 
 from deploy.stop_tree import stop_tree
-from tests.conftest import API_KEY, ROOT, bentoml_server, own_bentoml_home, serve_process
+from runners.engine import job_failure
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home, serve_process
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings map text to vectors.", "short"]
 MODEL_A, MODEL_B = "all-MiniLM-L6-v2", "minilm-b"
+RUNNER_A_METRICS_PORT = free_port()
 
 
 def split_registry(path) -> str:
@@ -36,7 +38,7 @@ def split_registry(path) -> str:
     registry["models"][MODEL_B] = {**minilm, "aliases": [], "description": "all-MiniLM-L6-v2 again, on a second runner"}
     registry["profiles"]["split"] = {
         "models": [MODEL_A, MODEL_B],
-        "runners": {"ort": {"resources": {"cpu": "1"}, "batching": {"max_batch_size": 64}}},
+        "runners": {"ort": {"resources": {"cpu": "1"}, "batching": {"max_batch_size": 64}, "max_queued_inputs": 300}},
     }
     path.write_text(yaml.safe_dump(registry))
     return str(path)
@@ -50,7 +52,8 @@ def layout(tmp_path_factory):
     base = {"EMBED_REGISTRY": split_registry(tmp / "registry.yaml"), "EMBED_PROFILE": "split"}
     runner = "runners.ort.service:OrtRunner"
     with (
-        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "BENTOML_HOME": own_bentoml_home(tmp / "home-a")},
+        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "BENTOML_HOME": own_bentoml_home(tmp / "home-a"),
+                        "EMBED_METRICS_PORT": str(RUNNER_A_METRICS_PORT)},
                        tmp / "runner-a.log", runner) as url_a,
         serve_process({**base, "EMBED_RUNNER_MODELS": MODEL_B, "BENTOML_HOME": own_bentoml_home(tmp / "home-b")},
                       tmp / "runner-b.log", runner) as (process_b, url_b),
@@ -65,7 +68,7 @@ def layout(tmp_path_factory):
             "EMBED_RUNNER_URL_ORT": f"{MODEL_A}={url_a} {MODEL_B}={url_b}",
         }
         with bentoml_server(gateway_env, tmp / "gateway.log") as gateway:
-            yield gateway, process_b, tmp
+            yield gateway, process_b, tmp, url_a
 
 
 def wait_ready(url: str, process, log) -> None:
@@ -94,7 +97,7 @@ def runner_ready(gateway: str) -> dict[str, float]:
 
 
 def test_gateway_by_url_answers_like_the_one_process_layout(layout, server):
-    gateway, _, _ = layout
+    gateway, _, _, _ = layout
     local = embed(server, MODEL_A)
     for model in (MODEL_A, MODEL_B):
         remote = embed(gateway, model)
@@ -105,8 +108,53 @@ def test_gateway_by_url_answers_like_the_one_process_layout(layout, server):
     assert runner_ready(gateway) == {"ort_1": 1.0, "ort_2": 1.0}
 
 
+def runner_call(runner: str, jobs: list[dict]) -> httpx.Response:
+    return httpx.post(f"{runner}/embed", json={"jobs": jobs}, timeout=30)
+
+
+def job(model: str = MODEL_A, ids: list[int] | None = None) -> dict:
+    return {"model": model, "ids": [101, 7592, 102] if ids is None else ids, "sent_at": time.time()}
+
+
+def test_a_runner_called_directly_fails_each_bad_job_alone(layout):
+    """Anyone who reaches a runner's port (not only the gateway) gets per-job errors: a model the
+    runner does not serve, ids outside the vocabulary or negative, too many ids; the good jobs of
+    the same call get their vectors."""
+    runner = layout[3]
+    bad = [job(MODEL_B), job(ids=[101, 30522, 102]), job(ids=[101, -1, 102]), job(ids=[101] * 257)]
+    response = runner_call(runner, [job(), *bad, job()])
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [job_failure(r) is None for r in results] == [True, False, False, False, False, True]
+    messages = [job_failure(r)[1] for r in results[1:5]]
+    assert "not served by this runner" in messages[0] and "outside the vocabulary of 30522" in messages[1]
+    assert "negative" in messages[2] and "more than max_tokens 256" in messages[3]
+    assert results[0] == results[5]  # the same input, the same vector
+    series = {line.split('model="')[1].split('"')[0] for line in httpx.get(f"{runner}/metrics").text.splitlines()
+              if line.startswith("embedding_queue_wait_seconds_count{")}
+    assert series == {MODEL_A}  # the unknown model made no series
+
+
+def test_a_runner_on_its_own_serves_metrics_on_their_own_port(layout):
+    text = httpx.get(f"http://127.0.0.1:{RUNNER_A_METRICS_PORT}/metrics", timeout=10).text
+    assert any(line.startswith("embedding_model_info{") and f'model="{MODEL_A}"' in line for line in text.splitlines())
+
+
+def test_a_runner_refuses_a_call_past_its_queue_limit(layout):
+    response = runner_call(layout[3], [job()] * 301)  # max_queued_inputs: 300
+    assert response.status_code == 503, response.text  # BentoML hides the message of a 5xx
+    assert runner_call(layout[3], [job()] * 300).status_code == 200
+
+
+def test_a_runner_on_its_own_refuses_pickle(layout):
+    """Over TCP a runner is an entry service: BentoML refuses its pickle media type (code execution)."""
+    response = httpx.post(f"{layout[3]}/embed", content=b"\x80\x05N.",
+                          headers={"Content-Type": "application/vnd.bentoml+pickle"}, timeout=30)
+    assert response.status_code == 415, response.text
+
+
 def test_stopped_runner_gives_503_for_its_models_only(layout):
-    gateway, process_b, tmp = layout
+    gateway, process_b, tmp, _ = layout
     assert not stop_tree(process_b.pid, grace=30), "runner B did not stop"
     with pytest.raises(openai.APIStatusError) as failed:
         embed(gateway, MODEL_B)

@@ -104,7 +104,8 @@ def prometheus(server, tmp_path_factory):
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, (tmp / "prometheus.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
+            # ValueError: a plain-text "Service Unavailable" while Prometheus starts
+            with contextlib.suppress(httpx.HTTPError, ValueError):
                 targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
                 if len(targets) == 2 and all(t["health"] == "up" for t in targets):
                     break

