@@ -401,7 +401,7 @@ def ensure(profile: str | None) -> int:
                 continue
             if spec.engine is Engine.ORT:
                 extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision,
-                         "int8": spec.ort.int8, "gate_set": quality.load_retrieval_set().subset(*quality.QUICK_GATE)}
+                         "int8": spec.ort.int8}
             else:
                 extra = {"encoder_only": spec.vllm.serves_encoder_only}
             (export_model if spec.engine is Engine.ORT else import_vllm)(
@@ -582,7 +582,8 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--gate", choices=("enforce", "report"), default="enforce",
                      help="report: register a graph that fails the quality gate anyway, marked quality.passed=false")
     cal.add_argument("--gate-set", choices=("full", "quick"), default="full",
-                     help=f"full: the whole retrieval set; quick: its first {QUICK_QUERIES} queries (what ensure runs)")
+                     help=f"full: the whole retrieval set (as ensure); quick: its first {QUICK_QUERIES} queries, "
+                     "for trying settings")
 
     ensure_cmd = commands.add_parser("ensure", help="import the profile's ort and vllm models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")

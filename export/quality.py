@@ -35,7 +35,7 @@ MIN_TOP10_OVERLAP = 0.95
 MIN_MEAN_COSINE = 0.99
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 13
-QUICK_GATE = (100, 500)  # queries, passages: the gate `python -m export ensure` runs (make serve, make test)
+QUICK_GATE = (100, 500)  # queries, passages: `calibrate --gate-set quick` and the tests; ensure uses the whole set
 
 
 @dataclass(frozen=True)

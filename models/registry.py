@@ -86,7 +86,9 @@ class Int8Spec(_Frozen):
     ``calibration_texts`` texts of ``calibration_set``, a JSONL file of ``{"text": ...}`` rows, by
     default the project's ``bench/datasets/calibration.jsonl``, kept apart from the quality gate's
     texts). ``per_channel``: one weight scale per output channel. ``keep_fp32``: MatMul node names
-    left in fp32, the layers int8 hurts most (``python -m export calibrate --scan`` measures them)."""
+    left in fp32, the layers int8 hurts most (``python -m export calibrate --scan`` measures them).
+    The calibration fields also say how ``python -m export calibrate --model`` calibrates a
+    TensorRT INT8 table for a model whose tensorrt provider sets ``trt_int8_enable``."""
 
     quantization: Literal["dynamic", "static"] = "dynamic"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
