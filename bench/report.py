@@ -194,8 +194,11 @@ def int8_table(scan: dict) -> str:
               "verdict (gate and >= 1.8x)"]
     fp32 = variants.get("fp32", {}).get("quality_fp32", {})
     calibrated = ", ".join(f"{m} {t:.1f} s" for m, t in scan.get("calibration_seconds", {}).items())
+    m = scan.get("machine", {})
     notes = [
-        f"Full quality gate on `{scan.get('retrieval_set')}` ({fp32.get('queries')} queries, "
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, VNNI: {m.get('vnni')}; "
+        f"{scan.get('started')} to {scan.get('finished')}. Full quality gate on `{scan.get('retrieval_set')}` "
+        f"({fp32.get('queries')} queries, "
         f"{fp32.get('passages')} passages; fp32 nDCG@10 {fmt(fp32.get('ndcg10'), 4)}, MRR@10 "
         f"{fmt(fp32.get('mrr10'), 4)}). Speed: the runner's own engine in-process, calls of 32 inputs; in each "
         f"of {scan.get('rounds')} rounds fp32 and every variant make one call on the same inputs, one after the "
