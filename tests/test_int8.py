@@ -362,3 +362,31 @@ def test_cli_lists_calibrate() -> None:
     assert out.returncode == 0
     for option in ("--method", "--texts", "--calibration-set", "--keep-fp32", "--scan", "--gate-set", "--model"):
         assert option in out.stdout
+
+
+@pytest.mark.slow
+def test_ensure_builds_static_int8_from_the_registry_and_rebuilds_it_when_the_settings_change(
+    home: Path, tiny: Path, tmp_path: Path,
+) -> None:
+    """ensure: the registry's static int8 model through the full gate; present and matching, it is
+    checked and kept; after a settings change it is outdated and exported again."""
+    int8 = {"quantization": "static", "calibration_texts": 16}
+    env = {"EMBED_REGISTRY": str(registry_file(tmp_path, tiny, {"tiny-int8": {
+        "store_tag": "tiny-int8", "ort": {"precision": "int8", "int8": int8}}}))}
+    first = cli(home, "ensure", "--profile", "p", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "quality gate against fp32 on retrieval.jsonl ..." in first.stderr  # the whole set, not a subset
+    assert "quality gate passed" in first.stdout
+    entry = entries(home)["tiny-int8"]
+    assert entry["metadata"]["int8"]["calibration_texts"] == 16 and entry["metadata"]["quality"]["queries"] == 500
+    again = cli(home, "ensure", "--profile", "p", env=env)
+    assert again.returncode == 0 and f"already in the store as {entry['tag']} (checked)" in again.stdout
+
+    env = {"EMBED_REGISTRY": str(registry_file(tmp_path, tiny, {"tiny-int8": {
+        "store_tag": "tiny-int8", "ort": {"precision": "int8", "int8": {**int8, "calibration": "entropy"}}}}))}
+    changed = cli(home, "ensure", "--profile", "p", env=env)
+    assert changed.returncode == 0, changed.stderr
+    assert "outdated: model 'tiny-int8': store entry" in changed.stdout
+    assert "calibration 'minmax' (registry: 'entropy')" in changed.stdout
+    rebuilt = entries(home)["tiny-int8"]
+    assert rebuilt["tag"] != entry["tag"] and rebuilt["metadata"]["int8"]["calibration"] == "entropy"
