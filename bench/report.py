@@ -120,7 +120,7 @@ def targets(d: Data) -> str:
 
     r1 = ratio(p64, bare_best and bare_best["inputs_per_s"])
     r2, r2_int8 = ratio(p32, inf32), ratio(p32_int8, inf32)
-    r2b = r2_int8 if gated else r2  # the best configuration that passed the quality gate
+    r2b = max(r2 or 0, r2_int8 or 0) or None if gated else r2  # the best configuration that passed the gate
     over = p50_one - bare_one["call_ms"] if p50_one is not None and bare_one else None
     r4 = ratio(mixed, equal)
     rows = [
