@@ -146,7 +146,8 @@ def tensorrt_spec(cache: Path, **options) -> object:
         "models": {"m": {"engine": "ort", "store_tag": "m", "pooling": "mean", "max_tokens": 8, "dimensions": 4,
                          "ort": {"providers": [{"name": "tensorrt", "options": {
                              "trt_engine_cache_path": str(cache), **options}}, {"name": "cpu"}]}}},
-        "profiles": {"p": {"models": ["m"]}}})
+        "profiles": {"p": {"models": ["m"], "runners": {"ort": {"providers": ["tensorrt", "cpu"],
+                                                                 "resources": {"gpu": 1}}}}}})
     return parse_registry(text).models["m"]
 
 
@@ -291,11 +292,14 @@ def test_bad_calibrate_arguments_fail_clearly(home: Path, tiny: Path) -> None:
     assert "tiny-bad" not in entries(home)
 
 
-def registry_file(folder: Path, tiny: Path, models: dict) -> Path:
+def registry_file(folder: Path, tiny: Path, models: dict, providers: tuple[str, ...] = ("cpu",)) -> Path:
+    """A registry serving ``models`` in profile ``p``, whose ORT runner may use ``providers``."""
     base = {"engine": "ort", "source": str(tiny), "pooling": "mean", "max_tokens": 64, "dimensions": 32}
     path = folder / "registry.yaml"
     path.write_text(yaml.safe_dump({"models": {name: {**base, **spec} for name, spec in models.items()},
-                                    "profiles": {"p": {"models": list(models)}}}))
+                                    "profiles": {"p": {"models": list(models), "runners": {"ort": {
+                                        "providers": list(providers),
+                                        "resources": {"gpu": 1} if providers != ("cpu",) else {"cpu": "1"}}}}}}))
     return path
 
 
@@ -343,7 +347,7 @@ def test_calibrate_model_writes_a_tensorrt_table_where_the_provider_reads_it(
         "int8": {"calibration_texts": 8},
         "providers": [{"name": "tensorrt", "options": {"trt_int8_enable": True, "trt_engine_cache_path": str(cache),
                                                         "trt_int8_calibration_table_name": "tiny.flatbuffers"}},
-                      {"name": "cpu"}]}}})
+                      {"name": "cpu"}]}}}, providers=("tensorrt", "cpu"))
     env = {"EMBED_REGISTRY": str(registry)}
     ensure = cli(home, "ensure", "--profile", "p", env=env)
     assert ensure.returncode == 1
