@@ -76,22 +76,24 @@ APT_INSTALL := $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUD
 test-tools:
 	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
 
-image-tools:
-	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { $(APT_INSTALL) buildah debootstrap; }
+image-tools:  ## buildah and debootstrap (IMAGE_BACKEND=docker needs neither: Docker builds, Docker Hub gives the base)
+	@[ "$(IMAGE_BACKEND)" = docker ] || { command -v buildah >/dev/null && command -v debootstrap >/dev/null; } \
+		|| { $(APT_INSTALL) buildah debootstrap; }
 
 # One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
 # IMAGE_TENSORRT=1 (gpu: TensorRT from NVIDIA's index), IMAGE_CA_BUNDLE (see deploy/image/build.sh).
-# The cpu image is then run and smoke-tested; the gpu image is checked without a GPU (image-check).
+# The cpu image is then run and smoke-tested (buildah or docker); the gpu image is checked without a
+# GPU (image-check; buildah only).
 IMAGE_VARIANT ?= cpu
 IMAGE_BACKEND ?= buildah
 IMAGE_TENSORRT ?= 0
 image: models image-tools
 	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) EMBED_IMAGE_TENSORRT=$(IMAGE_TENSORRT) deploy/image/build.sh
-	@if [ "$(IMAGE_BACKEND)" = buildah ]; then $(MAKE) --no-print-directory image-check; fi
+	@if [ "$(IMAGE_BACKEND)" = buildah ] || [ "$(IMAGE_VARIANT)" = cpu ]; then $(MAKE) --no-print-directory image-check; fi
 
 image-check:  ## the built image: cpu served and smoke-tested; gpu checked inside without a GPU
 	@if [ "$(IMAGE_VARIANT)" = gpu ]; then deploy/image/check_gpu.sh embedding-platform:gpu; \
-	else deploy/image/smoke.sh embedding-platform:cpu; fi
+	else IMAGE_BACKEND=$(IMAGE_BACKEND) deploy/image/smoke.sh embedding-platform:cpu; fi
 
 # The compose stack (deploy/compose/docker-compose.yml) on podman, without Docker Hub: the image above
 # and a Prometheus image from Debian's package, started with podman-compose (deploy/compose/podman.sh).

@@ -1,9 +1,10 @@
 """deploy/compose/docker-compose.yml, read by podman-compose's own parser (`podman-compose --dry-run
-config`: no podman needed), fits the rest of deploy/: Prometheus scrapes the platform's service and
-port, every mounted folder exists with what Prometheus and Grafana read from it, Grafana is in its
-own profile (Docker Hub only), and the pieces `make compose-up` adds (the Prometheus image recipe,
-the podman settings, deploy/compose/podman.sh) agree with it. The stack itself runs in
-`make compose-test` (it needs the image, which CI does not build)."""
+config`: no podman needed) and validated against the Compose Specification's schema, fits the rest
+of deploy/: Prometheus scrapes the platform's service and port, every mounted folder exists with
+what Prometheus and Grafana read from it, Grafana is in its own profile (Docker Hub only), and the
+pieces `make compose-up` adds (the Prometheus image recipe, the podman settings,
+deploy/compose/podman.sh) agree with it. The stack itself runs in `make compose-test` (it needs the
+image, which CI does not build)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ def services() -> dict:
 def test_podman_compose_parses_it_and_grafana_is_a_profile(services):
     assert set(services) == {"embedding", "prometheus", "grafana"}
     assert set(config()["services"]) == {"embedding", "prometheus"}  # what runs without Docker Hub
+
+
+def test_compose_file_validates_against_the_compose_spec():
+    """The Compose Specification's schema, as check-jsonschema ships it (offline)."""
+    done = subprocess.run([str(ROOT / ".venv/bin/check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+                           str(COMPOSE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_compose_wires_the_platform_prometheus_and_grafana(services):
