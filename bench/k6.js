@@ -19,9 +19,10 @@
 // A crossed threshold makes k6 exit with status 99. The defaults are for a real run against the
 // cpu profile on a small machine (README, "Benchmarks"); set them to your own service objective.
 // A failed request is any answer but 200, or a 200 whose body is not one embedding per input, in
-// order, of one length: the locustfile's checks.
+// order, of one length: the locustfile's checks. After a 429 the virtual user waits the answer's
+// Retry-After (at most 10 s) before its next request, as the OpenAI client does.
 
-import { check } from "k6";
+import { check, sleep } from "k6";
 import { SharedArray } from "k6/data";
 import http from "k6/http";
 import { Rate } from "k6/metrics";
@@ -86,4 +87,5 @@ export default function () {
   errors.add(problem !== null);
   check(response, { "one embedding per input, in order, of one length": () => problem === null });
   if (problem !== null && __ENV.K6_VERBOSE) console.warn(problem);
+  if (response.status === 429) sleep(Math.min(parseFloat(response.headers["Retry-After"]) || 1, 10));
 }
