@@ -173,3 +173,4 @@ bench: bench-models bench-tools $(PEERS)/.installed  ## about 45 minutes (the in
 	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
 	-timeout 1500 $(PY) -m bench.scripts.int8_scan --out bench/results/int8_scan.json
 	$(PY) -m bench.report
+	$(PY) -m bench.readme_table
