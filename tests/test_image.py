@@ -63,6 +63,12 @@ def test_cpu_image_spec_has_the_base_serving_packages_and_models():
         assert [m["tag"].split(":")[0] for s in info["services"] for m in s["models"]] == ["all-minilm-l6-v2"]
         assert (path / "env/docker/entrypoint.sh").is_file()
         assert (path / "src/images.py").is_file() and (path / "src/requirements-gpu.txt").is_file()
+        # the image serves by importing service.py from the bento's src/, where constraints.txt is not
+        # packed: the image spec it declares must not need it there
+        done = subprocess.run([sys.executable, "-c", "import images; print(images.IN_BUILT_BENTO, images.image())"],
+                              cwd=path / "src", env={**os.environ, "PYTHONPATH": str(path / "src")},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("True"), done.stdout + done.stderr
     finally:
         delete(tag)
 
