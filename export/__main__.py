@@ -327,10 +327,17 @@ def ensure(profile: str | None) -> int:
             try:
                 open_entry(spec, required=runner_files(spec))
             except StoreError as exc:
-                # corrupt, a version the registry names, or pinned content that is outdated: never replaced
-                if not isinstance(exc, OutdatedEntry) or ":" in spec.store_tag or spec.pin is not None:
-                    failures.append(str(exc) + ("; pin a new export with `python -m export pin "
-                                                f"{spec.name}`" if spec.pin is not None else ""))
+                # corrupt, a version the registry names, or the pinned content's entry: never replaced
+                if spec.pin is not None:
+                    problem = exc.problem if isinstance(exc, OutdatedEntry) else str(exc)
+                    failures.append(f"{problem}; it holds the pinned content ({spec.pin.digest[:19]}...): delete it "
+                                    f"(`bentoml models delete {existing.tag}`) and run `python -m export ensure` to "
+                                    f"export it again, or pin another version (`python -m export pin {spec.name} "
+                                    "--version V`)")
+                    print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
+                    continue
+                if not isinstance(exc, OutdatedEntry) or ":" in spec.store_tag:
+                    failures.append(str(exc))
                     print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
                     continue
                 print(f"outdated: {exc.problem}; exporting a new version", flush=True)

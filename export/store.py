@@ -43,6 +43,9 @@ def register(name: str, files_dir: Path, labels: dict[str, str], metadata: dict[
     if existing is not None:
         if content_digest(entry_content(existing)) != digest:
             raise ExportError(f"store entry {tag} exists with other content; name another version")
+        if content_files(Path(existing.path)) != files:
+            raise ExportError(f"store entry {tag} should hold this content but its files differ (damaged): delete "
+                              f"it with `bentoml models delete {tag}` and export again")
         print(f"{tag} holds this content already ({digest[:19]}...): nothing new registered", file=sys.stderr)
         return existing
     with bentoml.models.create(tag, labels=labels, metadata={**metadata, CONTENT: {"digest": digest, "files": files}}
