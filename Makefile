@@ -101,7 +101,7 @@ stack-down:
 smoke: setup  ## every served model of a running server through the OpenAI client
 	$(PY) deploy/smoke.py --url http://localhost:$(PORT)
 
-k8s-registry:  ## after editing models/registry.yaml: copy it into the Kubernetes ConfigMap
+k8s-registry:  ## after editing models/registry.yaml or pinning (registry.lock): copy both into the Kubernetes ConfigMap
 	$(PY) deploy/k8s/sync_registry.py
 
 # ---- benchmarks (docs/benchmarks.md; bench/README.md) ----
