@@ -48,7 +48,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import assignment
-from gateway.errors import ApiError, InvalidRequest
+from gateway.errors import ApiError, InvalidRequest, ModelNotFound
 from models.registry import ModelSpec, Pooling, Registry, Served
 
 logger = logging.getLogger(__name__)
@@ -323,8 +323,7 @@ class RoutingTable:
         """Apply ``change`` here and, with a routing file, for every replica; returns the new state."""
         spec = self.served.find(change.model)
         if spec is None:
-            raise InvalidRequest(f"The model {change.model!r} is not served here.", param="model",
-                                 code="model_not_found")
+            raise ModelNotFound(f"The model {change.model!r} is not served here.", param="model")
         async with self._changing:
             lock = await asyncio.to_thread(self._lock) if self.path else None
             try:
