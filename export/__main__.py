@@ -14,6 +14,14 @@
   ``random:colqwen2-tiny``) as a vision-encoder graph and one language-model graph for queries
   and pages (``export/colqwen2.py``); pages are served between the given areas (the
   checkpoint's processor must say the same).
+- ``calibrate --source SRC --name NAME [--method minmax|entropy|percentile] [--texts N]
+  [--calibration-set FILE.jsonl] [--keep-fp32 NODE ...] [--scan K] [--fusions] [--gate-set full|quick]``:
+  static int8 (QDQ) calibrated on texts kept apart from the quality gate's, the most sensitive
+  MatMuls kept fp32 (``--scan``: measured one by one), the TensorRT INT8 calibration table of the
+  fp32 graph in the entry (``tensorrt/``), and the quality gate (``export/calibration.py``,
+  ``export/quality.py``). ``calibrate --model NAME [--profile P]``: the same for a registry model
+  with ``ort.int8.quantization: static``, or, for one whose TensorRT provider sets
+  ``trt_int8_enable``, its calibration table where the provider reads it.
 - ``ensure [--profile NAME]``: import every ``ort`` and ``vllm`` model the registry profile loads
   (its variants too) that the store lacks, with the registry's settings: a pinned one must come
   out as its pinned content, else ``ensure`` fails naming the difference; present ones are checked
@@ -38,15 +46,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import bentoml
 
-from export import ExportError, sources, store
+from export import ExportError, quality, sources, store
+from models.registry import Int8Spec
 from models.store import LANGUAGE_GRAPH, VISION_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
 
 STEPS = 5
+QUICK_QUERIES = quality.QUICK_GATE[0]
+TRT_TABLE_DIR = "tensorrt"  # a static int8 entry's TensorRT calibration table (of its fp32 graph)
+TRT_BATCH = 16  # texts per padded batch when a TensorRT table is calibrated
 
 
 def exporter_versions() -> dict[str, str]:
@@ -60,10 +71,12 @@ class Steps:
     def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
+        self._shown = 0
 
     @contextmanager
     def __call__(self, label: str) -> Iterator[None]:
         self.done += 1
+        self._shown = 0
         print(f"[{self.done}/{self.total}] {label} ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         outcome = " failed"
@@ -72,6 +85,13 @@ class Steps:
             outcome = ""
         finally:
             print(f"{outcome} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+    def progress(self, done: int, total: int) -> None:
+        """Within a step: prints 25%, 50%, 75% and 100% as ``done`` of ``total`` passes them."""
+        quarter = 4 * done // max(total, 1)
+        if quarter > self._shown:
+            self._shown = quarter
+            print(f" {25 * quarter}%", end="", file=sys.stderr, flush=True)
 
 
 def export_model(
@@ -86,21 +106,31 @@ def export_model(
     dimensions: int | None = None,
     fusions: bool = False,
     precision: str = "fp32",
+    int8: Int8Spec | None = None,
     enforce_gate: bool = True,
+    gate_set: quality.RetrievalSet | None = None,
+    scan: int = 0,
 ) -> bentoml.Model:
     """Resolve ``source``, export it to ONNX, check parity and register it as ``name``.
 
     ``pooling``/``normalize``/``max_tokens`` left None come from the checkpoint's files;
     ``dimensions``, when given, must equal the model's hidden size. ``fusions``: fuse
-    transformer ops (``ort_variants.fuse_transformer``); ``precision`` ``int8``: quantize and
-    pass the quality gate (``enforce_gate=False`` registers a failing graph anyway, with
-    ``quality.passed`` false in its metadata: for speed measurements only). Raises
-    ``ExportError`` (nothing is registered then).
+    transformer ops (``ort_variants.fuse_transformer``); ``precision`` ``int8``: quantize as
+    ``int8`` says (default: dynamic; ``export/calibration.py``) and pass the quality gate on
+    ``gate_set`` (default the whole retrieval set; ``enforce_gate=False`` registers a failing
+    graph anyway, with ``quality.passed`` false in its metadata: for speed measurements only).
+    ``scan``: static int8 only: measure each MatMul's sensitivity and keep the ``scan`` most
+    sensitive in fp32 besides ``int8.keep_fp32``. Raises ``ExportError`` (nothing is registered then).
     """
     store.check_tag(name)
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision {precision!r} is not fp32 or int8")
-    steps = Steps(STEPS + int(fusions) + int(precision == "int8"))
+    int8 = int8 or Int8Spec()
+    static = precision == "int8" and int8.quantization == "static"
+    if scan and not static:
+        raise ExportError("--scan measures static int8 (QDQ) layers; it needs static quantization")
+    int8_steps = (4 + bool(scan)) if static else 2 if precision == "int8" else 0
+    steps = Steps(STEPS + int(fusions) + int8_steps)
     with steps(f"resolving {source}"):
         resolved = sources.resolve(source, revision)
     with steps(f"loading {resolved.folder}"):
@@ -135,17 +165,13 @@ def export_model(
                 )
                 parity = onnx_text.check_parity(loaded, current, settings)
         if precision == "int8":
-            with steps("int8 quantization, quality gate against fp32"):
-                from export import ort_variants, quality
-
-                quantized = Path(tmp) / "int8.onnx"
-                ort_variants.quantize_int8(current, quantized)
-                gate = quality.gate(fp32, quantized, out_dir / "tokenizer.json", settings.pooling,
-                                    settings.normalize, settings.max_tokens, enforce=enforce_gate)
-                variant["quality"] = {key: round(value, 5) if isinstance(value, float) else value
-                                      for key, value in asdict(gate).items()}
-                variant["quality"]["passed"] = gate.passed
-                current = quantized
+            quantized = Path(tmp) / "int8.onnx"
+            variant.update(quantize(steps, fp32, current, quantized, out_dir, settings, int8, scan))
+            with steps(f"quality gate against fp32 on {(gate_set or quality.load_retrieval_set()).name}"):
+                gate = quality.gate(fp32, quantized, out_dir / "tokenizer.json", settings.pooling, settings.normalize,
+                                    settings.max_tokens, enforce=enforce_gate, rset=gate_set)
+            variant["quality"] = gate.record()
+            current = quantized
         if fusions or precision == "int8":
             current.rename(out_dir / "model.onnx")
         with steps(f"registering {name}"):
@@ -170,12 +196,59 @@ def export_model(
         f"registered {model.tag} ({embedding['dimensions']} dims, {settings.pooling} pooling, "
         f"normalize={settings.normalize}, max_tokens={settings.max_tokens}; parity min cosine "
         f"{parity.min_cosine:.6f}, max abs err {parity.max_abs_err:.2e}; {precision}"
-        + (f", fused {sum(variant['transformer_fusions'].values())} ops" if fusions else "")
-        + (f", quality gate {'passed' if variant['quality']['passed'] else 'FAILED'}: {variant['quality']}"
-           if "quality" in variant else "") + ")",
+        + (f" {int8.quantization}" if precision == "int8" else "")
+        + (f", fused {sum(variant['transformer_fusions'].values())} ops" if fusions else "") + ")"
+        + (f"\nquality gate {'passed' if gate.passed else 'FAILED: ' + '; '.join(gate.failures())}: {gate.summary()}"
+           if precision == "int8" else ""),
         flush=True,
     )
     return model
+
+
+def quantize(steps: Steps, fp32: Path, graph: Path, target: Path, entry: Path, settings, int8: Int8Spec,
+             scan: int) -> dict:
+    """Write the int8 graph of ``graph`` (the fp32 export ``fp32``, or its fused form) to ``target``
+    as ``int8`` says; static int8 also writes the TensorRT calibration table of ``fp32`` into
+    ``entry``/``TRT_TABLE_DIR``. Returns the store metadata of what was done: ``int8`` (the settings,
+    with the scan's nodes added to ``keep_fp32``) and, for static, ``calibration``,
+    ``sensitivity`` (when scanned) and ``tensorrt_table``."""
+    from export import calibration
+
+    if int8.quantization == "dynamic":
+        with steps("int8 dynamic quantization"):
+            calibration.quantize_dynamic(graph, target, int8)
+        return {"int8": int8.model_dump(mode="json", exclude_none=True)}
+    tokenizer, work = entry / "tokenizer.json", target.parent
+    texts = calibration.load_texts(int8.calibration_set, int8.calibration_texts,
+                                   exclude=set(quality.load_retrieval_set().texts))
+    record: dict = {}
+    started = time.perf_counter()
+    names = calibration.input_names(fp32)
+    with steps(f"calibrating on {len(texts)} texts ({int8.calibration}), the MatMuls' inputs"):
+        feeds = calibration.Feeds(tokenizer, texts, settings.max_tokens, names)
+        ranges = calibration.collect_ranges(graph, feeds, int8, work, all_tensors=False, progress=steps.progress)
+    record["calibration"] = {"set": str(int8.calibration_set or calibration.CALIBRATION_SET.name),
+                             "texts": len(texts), "texts_sha256": calibration.texts_sha256(texts),
+                             "tensors": len(ranges.data), "seconds": round(time.perf_counter() - started, 1)}
+    with steps(f"TensorRT INT8 calibration table: every tensor of the fp32 graph, {TRT_BATCH} texts per padded batch"):
+        table = trt_table(fp32, tokenizer, texts, settings.max_tokens, int8, entry / TRT_TABLE_DIR, work, steps)
+        record["tensorrt_table"] = {"folder": TRT_TABLE_DIR, "files": list(calibration.TRT_FILES),
+                                    "tensors": len(table), "fp32_onnx_sha256": sha256_of(fp32)}
+    if scan:
+        with steps(f"sensitivity scan: each of {len(calibration.matmul_nodes(graph))} MatMuls quantized alone"):
+            def embed(path: Path):
+                return quality.embed(path, tokenizer, texts, settings.pooling, settings.normalize, settings.max_tokens)
+
+            errors = calibration.sensitivity_scan(graph, ranges, int8, embed, work, progress=steps.progress)
+        record["sensitivity"] = [[node, float(f"{error:.4g}")] for node, error in errors]
+        kept = tuple(dict.fromkeys([*int8.keep_fp32, *(node for node, _ in errors[:scan])]))
+        int8 = int8.model_copy(update={"keep_fp32": kept})
+        print("sensitivity (mean 1 - cosine to fp32 on the calibration texts, that MatMul alone in int8):",
+              *(f"  {error:.5f}  {node}{'  (kept fp32)' if node in kept else ''}" for node, error in errors),
+              sep="\n", file=sys.stderr, flush=True)
+    with steps(f"static int8 quantization (QDQ, {len(int8.keep_fp32)} MatMuls kept fp32)"):
+        calibration.quantize_static(graph, ranges, target, int8)
+    return {**record, "int8": int8.model_dump(mode="json", exclude_none=True)}
 
 
 def export_colqwen2(
@@ -311,7 +384,7 @@ def ensure(profile: str | None) -> int:
     again as a new version when the registry names no version; a corrupt one, or an outdated pinned
     one, is an error."""
     from export.pins import reproduced, warn_unpinned
-    from models.registry import Pooling, RegistryError, served
+    from models.registry import Engine, Pooling, RegistryError, served
     from models.store import find_pinned
 
     try:
@@ -362,6 +435,11 @@ def ensure(profile: str | None) -> int:
                 print(f"error: {difference}", file=sys.stderr, flush=True)
             else:
                 print(f"reproduced the pin of {spec.name}: {model.tag} is {spec.pin.digest[:19]}...", flush=True)
+    for spec in selection.for_engine(Engine.ORT):
+        problem = trt_table_problem(spec, selection.profile)
+        if problem:
+            failures.append(problem)
+            print(f"error: {problem}", file=sys.stderr, flush=True)
     if failures:
         print(f"{len(failures)} model(s) not ready to serve", file=sys.stderr)
     return 1 if failures else 0
@@ -378,13 +456,83 @@ def export_spec(spec) -> bentoml.Model:
         return export_colqwen2(spec.source, spec.store_tag, (spec.vision.min_pixels, spec.vision.max_pixels),
                                max_tokens=spec.max_tokens, revision=spec.revision)
     if spec.engine is Engine.ORT:
-        extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision}
+        extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision, "int8": spec.ort.int8}
     else:
         extra = {"encoder_only": spec.vllm.serves_encoder_only}
     return (export_model if spec.engine is Engine.ORT else import_vllm)(
         spec.source, spec.store_tag, **extra, revision=spec.revision, pooling=spec.pooling.value,
         normalize=spec.normalize, max_tokens=spec.max_tokens, dimensions=spec.dimensions,
     )
+
+
+def trt_table_problem(spec, profile: str) -> str | None:
+    """Why ``spec``'s TensorRT INT8 setting cannot work (its calibration table is not named or not
+    where the provider reads it), or None. TensorRT would fail at the first engine build."""
+    from export.calibration import trt_int8_table
+
+    try:
+        table = trt_int8_table(spec)
+    except ExportError as exc:
+        return str(exc)
+    if table is None or table.is_file():
+        return None
+    return (f"model {spec.name!r}: TensorRT INT8 reads its calibration table from {table}, which is missing; "
+            f"write it with `python -m export calibrate --model {spec.name} --profile {profile}`")
+
+
+def trt_table(graph: Path, tokenizer: Path, texts: list[str], max_tokens: int, int8: Int8Spec, folder: Path,
+              work: Path, steps: Steps) -> dict[str, float]:
+    """Calibrate every tensor of the fp32 ``graph`` on ``texts`` in padded batches and write the
+    TensorRT INT8 calibration table files into ``folder``; returns the range per tensor."""
+    from export import calibration
+
+    feeds = calibration.Feeds(tokenizer, texts, max_tokens, calibration.input_names(graph), batch=TRT_BATCH)
+    ranges = calibration.collect_ranges(graph, feeds, int8, work, all_tensors=True, progress=steps.progress)
+    left_out = calibration.constant_tensors(graph) | calibration.mask_tensors(graph)
+    return calibration.write_trt_table(ranges, folder, leave_out=left_out)
+
+
+def calibrate_registry_model(name: str, profile: str | None, scan: int, enforce_gate: bool,
+                             gate_set: quality.RetrievalSet | None) -> None:
+    """``calibrate --model``: a static int8 registry model is exported again as the registry says
+    (a new store version); a TensorRT model with ``trt_int8_enable`` gets its calibration table,
+    computed from its fp32 store entry, where its provider options say. ``ExportError`` otherwise."""
+    from export import calibration
+    from models.registry import Engine, RegistryError, served
+
+    try:
+        spec = served(profile).find(name)
+    except RegistryError as exc:
+        raise ExportError(str(exc)) from None
+    if spec is None or spec.engine is not Engine.ORT or spec.vision is not None:
+        raise ExportError(f"model {name!r} is no ONNX Runtime text encoder of profile {profile or 'cpu'}")
+    table = calibration.trt_int8_table(spec)
+    static = spec.ort.precision == "int8" and spec.ort.int8.quantization == "static"
+    if not static and table is None:
+        raise ExportError(f"model {name!r} has neither `ort: {{precision: int8, int8: {{quantization: static}}}}` "
+                          "nor a tensorrt provider with trt_int8_enable: nothing to calibrate")
+    if static:
+        if not spec.source:
+            raise ExportError(f"model {name!r}: the registry gives no source")
+        export_model(spec.source, spec.store_tag.split(":")[0], revision=spec.revision,
+                     pooling=spec.pooling.value, normalize=spec.normalize, max_tokens=spec.max_tokens,
+                     dimensions=spec.dimensions, fusions=spec.ort.transformer_fusions, precision="int8",
+                     int8=spec.ort.int8, enforce_gate=enforce_gate, gate_set=gate_set, scan=scan)
+    if table is not None:
+        entry = open_entry(spec, required=("model.onnx", "tokenizer.json"))
+        int8 = spec.ort.int8
+        texts = calibration.load_texts(int8.calibration_set, int8.calibration_texts,
+                                       exclude=set(quality.load_retrieval_set().texts))
+        steps = Steps(2)
+        with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+            with steps(f"calibrating every tensor of {entry.tag} on {len(texts)} texts ({int8.calibration}), "
+                       f"{TRT_BATCH} per padded batch"):
+                written = trt_table(entry.file("model.onnx"), entry.file("tokenizer.json"), texts, spec.max_tokens,
+                                    int8, Path(tmp) / "table", Path(tmp), steps)
+            with steps(f"writing the TensorRT INT8 calibration table {table}"):
+                calibration.copy_trt_table(Path(tmp) / "table", table)
+        print(f"wrote {table}: dynamic ranges of {len(written)} tensors of {entry.tag} "
+              f"(model.onnx sha256 {entry.metadata.get('onnx_sha256', '?')[:12]}...)", flush=True)
 
 
 def pin_command(names: list[str], profile: str | None, version: str | None) -> int:
@@ -498,6 +646,37 @@ def _parser() -> argparse.ArgumentParser:
         help="keep only the base encoder of a masked-LM checkpoint (served with architectures: [BertModel])",
     )
 
+    cal = commands.add_parser(
+        "calibrate", help="static int8 (QDQ) calibrated on a text set, its TensorRT INT8 calibration table, the gate")
+    target = cal.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="a registry model: a static int8 one is exported again as the registry says; "
+                        "a TensorRT one with trt_int8_enable gets its calibration table")
+    target.add_argument("--source", help="package:<python package>, hf:<hub id> or a folder (with --name)")
+    cal.add_argument("--profile", help="with --model: the registry profile (default: $EMBED_PROFILE or cpu)")
+    cal.add_argument("--name", help="with --source: store name (name or name:version)")
+    cal.add_argument("--pooling", choices=("mean", "cls", "last"), help="default: from the checkpoint")
+    cal.add_argument("--normalize", action=argparse.BooleanOptionalAction, help="default: from the checkpoint")
+    cal.add_argument("--max-tokens", type=_positive_int, help="default: from the checkpoint")
+    cal.add_argument("--revision", help="hub revision, package version, or a label for a folder")
+    cal.add_argument("--fusions", action="store_true", help="quantize the fused graph (onnxruntime.transformers)")
+    cal.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                     help="how activation ranges are computed from the calibration texts")
+    cal.add_argument("--percentile", type=float, default=99.999, help="with --method percentile")
+    cal.add_argument("--texts", type=_positive_int, default=128, help="calibration texts (the set's first N)")
+    cal.add_argument("--calibration-set", help="a JSONL file of {\"text\": ...} rows (default: the project's "
+                     "bench/datasets/calibration.jsonl)")
+    cal.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                     help="one weight scale per output channel")
+    cal.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",
+                     help="a MatMul node left in fp32; repeat")
+    cal.add_argument("--scan", type=int, default=0, metavar="K",
+                     help="measure each MatMul's sensitivity and keep the K most sensitive in fp32 too")
+    cal.add_argument("--gate", choices=("enforce", "report"), default="enforce",
+                     help="report: register a graph that fails the quality gate anyway, marked quality.passed=false")
+    cal.add_argument("--gate-set", choices=("full", "quick"), default="full",
+                     help=f"full: the whole retrieval set (as ensure); quick: its first {QUICK_QUERIES} queries, "
+                     "for trying settings")
+
     ensure_cmd = commands.add_parser("ensure", help="import the profile's ort and vllm models missing from the store")
     ensure_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
 
@@ -526,6 +705,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    """The ``calibrate`` command (``ExportError`` propagates to ``main``)."""
+    from pydantic import ValidationError
+
+    gate_set = quality.load_retrieval_set()
+    if args.gate_set == "quick":
+        gate_set = gate_set.subset(*quality.QUICK_GATE)
+    if args.scan < 0:
+        print("error: --scan is a count of MatMuls (>= 0)", file=sys.stderr)
+        return 2
+    if args.model:
+        calibrate_registry_model(args.model, args.profile, args.scan, args.gate == "enforce", gate_set)
+        return 0
+    if not args.name:
+        print("error: --source needs --name", file=sys.stderr)
+        return 2
+    try:
+        int8 = Int8Spec(quantization="static", calibration=args.method, percentile=args.percentile,
+                        calibration_texts=args.texts, calibration_set=args.calibration_set,
+                        per_channel=args.per_channel, keep_fp32=tuple(args.keep_fp32))
+    except ValidationError as exc:
+        print(f"error: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    export_model(args.source, args.name, revision=args.revision, pooling=args.pooling, normalize=args.normalize,
+                 max_tokens=args.max_tokens, fusions=args.fusions, precision="int8", int8=int8,
+                 enforce_gate=args.gate == "enforce", gate_set=gate_set, scan=args.scan)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -542,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ensure":
         return ensure(args.profile)
     try:
+        if args.command == "calibrate":
+            return calibrate(args)
         if args.command == "colqwen2":
             if args.min_pixels > args.max_pixels:
                 print("error: --min-pixels must not exceed --max-pixels", file=sys.stderr)

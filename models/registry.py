@@ -90,6 +90,29 @@ class Instructions(_Frozen):
     document: str = ""
 
 
+class Int8Spec(_Frozen):
+    """How the export quantizes a ``precision: int8`` graph (``export/calibration.py``); the store
+    entry records these settings and the runner refuses an entry made with others.
+
+    ``quantization``: ``dynamic`` (int8 weights per output channel, each activation quantized per
+    call from its own range: no calibration) or ``static`` (QDQ: activation ranges calibrated once
+    by ``calibration`` (``minmax``, ``entropy`` or ``percentile`` at ``percentile``) on the first
+    ``calibration_texts`` texts of ``calibration_set``, a JSONL file of ``{"text": ...}`` rows, by
+    default the project's ``bench/datasets/calibration.jsonl``, kept apart from the quality gate's
+    texts). ``per_channel``: one weight scale per output channel. ``keep_fp32``: MatMul node names
+    left in fp32, the layers int8 hurts most (``python -m export calibrate --scan`` measures them).
+    The calibration fields also say how ``python -m export calibrate --model`` calibrates a
+    TensorRT INT8 table for a model whose tensorrt provider sets ``trt_int8_enable``."""
+
+    quantization: Literal["dynamic", "static"] = "dynamic"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(default=99.999, gt=0, le=100)
+    calibration_texts: int = Field(default=128, gt=0)
+    calibration_set: str | None = None
+    per_channel: bool = True
+    keep_fp32: tuple[str, ...] = ()
+
+
 class OrtOptions(_Frozen):
     """ONNX Runtime session settings for one model.
 
@@ -111,13 +134,15 @@ class OrtOptions(_Frozen):
     )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     precision: Literal["fp32", "int8"] = Field(
-        default="fp32", description="int8: the export quantizes the graph (dynamic, VNNI on x86) "
-        "and registers it only if it passes the quality gate against fp32 (export/quality.py)"
+        default="fp32", description="int8: the export quantizes the graph (``int8``: dynamic or static, VNNI "
+        "on x86) and registers it only if it passes the quality gate against fp32 (export/quality.py)"
     )
     transformer_fusions: bool = Field(
         default=False, description="the export fuses attention, layer norms and GELU offline "
         "(onnxruntime.transformers optimizer), parity-checked against PyTorch"
     )
+    int8: Int8Spec = Field(default_factory=Int8Spec, description="with precision int8: dynamic or static "
+                           "(calibrated) quantization and its settings")
 
 
 class NetworkShape(_Frozen):

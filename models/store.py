@@ -6,8 +6,9 @@ message that says what is wrong and which command fixes it. It checks that the e
 ONNX files' sha256 equal the ones recorded at export (``onnx_sha256`` for a text encoder's
 ``model.onnx``, ``onnx_files_sha256`` for the graphs of a ColQwen2 entry; a corrupt or truncated
 copy fails here, not at the first request), and that an ONNX entry was exported with the
-registry's ``ort.precision`` and ``ort.transformer_fusions``. An entry that lacks a file the
-code reads, or was exported with other settings than the registry asks for, raises
+registry's ``ort.precision`` and ``ort.transformer_fusions`` (and, for int8, ``ort.int8``: static
+or dynamic, calibration settings). An entry that lacks a file the code reads, or was exported
+with other settings than the registry asks for, raises
 ``OutdatedEntry`` (a ``StoreError``): ``python -m export ensure`` exports a new version for it,
 while a corrupt file stays an error a person has to look at.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.registry import ModelSpec
+from models.registry import Int8Spec, ModelSpec
 
 
 class StoreError(RuntimeError):
@@ -219,6 +220,15 @@ def open_entry(
             f"model {spec.name!r}: the registry wants precision {wanted[0]}, fusions {wanted[1]}; store "
             f"entry {entry_name} was exported with precision {exported[0]}, fusions {exported[1]}", fix
         )
+    if spec.engine.value == "ort" and spec.ort.precision == "int8":
+        # entries made before the int8 settings were recorded were dynamic with the defaults
+        made = {**Int8Spec().model_dump(mode="json", exclude_none=True), **(metadata.get("int8") or {})}
+        asked = spec.ort.int8.model_dump(mode="json", exclude_none=True)
+        if made != asked:
+            differ = ", ".join(f"{k} {made.get(k)!r} (registry: {asked.get(k)!r})"
+                               for k in sorted({*made, *asked}) if made.get(k) != asked.get(k))
+            raise OutdatedEntry(f"model {spec.name!r}: store entry {entry_name} was quantized with other int8 "
+                                f"settings: {differ}", fix)
     settings = json.loads((path / "embedding.json").read_text())
     if spec.vision is not None and settings.get("layout") != COLQWEN2_LAYOUT:
         raise OutdatedEntry(f"model {spec.name!r}: store entry {entry_name} has graph layout "

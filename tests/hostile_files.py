@@ -27,9 +27,11 @@ def lying_page_tree() -> bytes:
                      b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] >>"])
 
 
-def runaway_pdf(curves: int = 20_000) -> bytes:
-    """A 4 KB PDF whose one page strokes 20,000 Bezier curves: about 10 s to render at 72 dpi
-    with PDFium on 2 shared cores (Flate makes the repeated drawing operators tiny)."""
+def runaway_pdf(curves: int = 200_000) -> bytes:
+    """A 35 KB PDF whose one page strokes 200,000 Bezier curves: 18 s to render at 72 dpi with PDFium
+    on this project's quiet 2-core machine (20,000 took 1.8 s there and up to 10 s on a loaded one,
+    too close to a test's 3 s deadline to be sure to pass it), far past any test deadline however
+    fast the machine. Flate makes the repeated drawing operators tiny."""
     content = zlib.compress(b"1 w\n" + b"10 10 m 90 190 190 10 290 190 c 590 10 390 590 10 790 c S\n" * curves, 9)
     return pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
                      b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",

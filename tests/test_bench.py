@@ -1,5 +1,5 @@
-"""The benchmark suite's short mode (what CI runs of ``make bench``), the locustfile, and the
-quality gate's arithmetic.
+"""The benchmark suite's short mode (what CI runs of ``make bench``), the locustfile, and the text
+sets (the int8 quality gate's arithmetic and retrieval set: tests/test_int8.py).
 
 The short mode drives the shared test server with ``wrk`` (installed by ``make test`` through
 ``make bench-tools``), measures the bare engine in-process, and writes the report with its PNG
@@ -15,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.common import load_sets
-from export.quality import compare, load_retrieval_set
 from tests.conftest import API_KEY, ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,23 +92,3 @@ def test_datasets_have_the_promised_shape() -> None:
     tokens = {name: [r["tokens"] for r in rows if r["set"] == name] for name in sets}
     assert set(tokens["p32"]) == {32} and set(tokens["p128"]) == {128} and set(tokens["p512"]) == {512}
     assert min(tokens["mixed"]) >= 8 and max(tokens["mixed"]) <= 256
-    passages, queries = load_retrieval_set()
-    assert len(passages) == 400 and len(queries) == 100
-
-
-def test_quality_compare_counts_changed_top10() -> None:
-    rng = np.random.default_rng(0)
-    reference = rng.normal(size=(60, 16)).astype(np.float32)
-    same = compare(reference, reference.copy(), passages=50)
-    assert same.mean_cosine == pytest.approx(1.0) and same.same_top10 == 1.0 and same.top10_overlap == 1.0
-    assert same.passed and same.queries == 10 and same.texts == 60
-
-    moved = reference.copy()
-    moved[50] = -moved[50]  # the first query now points the other way: a different top-10
-    changed = compare(reference, moved, passages=50)
-    assert changed.same_top10 == pytest.approx(0.9)
-    assert changed.top10_overlap < 1.0
-    assert changed.min_cosine == pytest.approx(-1.0, abs=1e-5)
-
-    noisy = compare(reference, reference + rng.normal(scale=0.5, size=reference.shape).astype(np.float32), 50)
-    assert noisy.mean_cosine < 0.99 and not noisy.passed

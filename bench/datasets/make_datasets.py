@@ -6,14 +6,22 @@
   ``N`` counts all-MiniLM-L6-v2's tokens including [CLS]/[SEP] (before truncation at 256). Sets:
   ``query`` (short questions, 6-20 tokens), ``p32``/``p128``/``p512`` (passages of 32/128/512
   tokens, exact), ``mixed`` (8 to 256 tokens, uniform). 512 of each.
-- ``retrieval.jsonl``: the small retrieval set of the int8 quality gate (``export/quality.py``):
-  ``{"kind": "doc", "id": ..., "text": ...}`` (400 passages) and ``{"kind": "query", "id": ...,
-  "text": ..., "relevant": doc id}`` (100 queries). Passages are the bodies of docstrings of
-  Python 3.11's standard library (real, distinct technical English: each documents one
-  function); a query is the summary line of one of them. A first version built from the
-  synthetic sentences below was dropped: its passages were near-duplicates within a topic, so
-  even fp32 separated its 10th and 11th neighbour by a median cosine of 0.0036, and the top-10
-  check measured ties, not quality (docs/benchmarks.md).
+- ``retrieval.jsonl``: the labelled retrieval set of the int8 quality gate (``export/quality.py``):
+  ``{"kind": "doc", "id": "d0042", "source": ..., "text": ...}`` (2,000 passages) and ``{"kind":
+  "query", "id": "q007", "relevant": "d0042", "source": ..., "text": ...}`` (500 queries, one
+  relevant passage each). Passages are docstrings of Python 3.11's standard library after their
+  first paragraph (real, distinct technical English: each documents one module, class or
+  function); a query is the first paragraph of one of them. ``source`` says where each comes
+  from (``email/message.py:Message.get_param``). Docstrings are deduplicated (exact, and near
+  duplicates: word 3-gram Jaccard >= 0.5), and a summary shared by two docstrings is no query.
+  The first version (400 passages, 100 queries, docstrings split at their first line) and,
+  before it, a synthetic one (near-duplicate passages within a topic: even fp32 separated its
+  10th and 11th neighbour by a median cosine of 0.0036) were too small or too tie-ridden for
+  a gate (docs/benchmarks.md).
+- ``calibration.jsonl``: ``{"kind": ..., "source": ..., "text": ...}``: what int8 calibration
+  reads by default (``export/calibration.py``), kept apart from the retrieval set: 256
+  docstrings that are not in it, their first paragraphs (query-like), and 128 synthetic
+  queries and passages, shuffled. No text of it is in ``retrieval.jsonl`` (checked when written).
 
 The benchmark texts are synthetic: made from the word lists below by a seeded generator. No
 personal data anywhere.
@@ -21,8 +29,11 @@ personal data anywhere.
 
 from __future__ import annotations
 
+import collections
 import json
 import random
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -155,50 +166,150 @@ def sample_queries(rng: random.Random, counter: Counter) -> list[dict]:
     return [{**row, "tokens": counter.count(row["text"])} for row in rows]
 
 
-STDLIB_MODULES = (
-    "argparse asyncio base64 bisect calendar collections configparser contextlib copy csv dataclasses "
-    "datetime decimal difflib email.message enum fnmatch fractions ftplib functools gettext glob gzip "
-    "hashlib heapq hmac html.parser http.client imaplib inspect io ipaddress itertools json locale "
-    "logging mailbox mimetypes os os.path pathlib pickle platform poplib pprint queue random re sched "
-    "secrets shelve shlex shutil smtplib socket sqlite3 ssl statistics string struct subprocess "
-    "tarfile tempfile textwrap threading timeit tokenize traceback typing unittest urllib.parse "
-    "urllib.request uuid warnings weakref xml.dom.minidom zipfile zoneinfo"
-).split()
+# ---- the retrieval set of the int8 quality gate, and the calibration set kept apart from it ----
+
+RETRIEVAL_DOCS = 2000
+RETRIEVAL_QUERIES = 500
+CALIBRATION_DOCS = 256  # docstrings held out of the retrieval set, for int8 calibration only
+CALIBRATION_SYNTHETIC = 128  # synthetic queries and passages (the generator above, another seed)
+MIN_BODY_WORDS, MAX_BODY_WORDS = 15, 180
+QUERY_WORDS = (4, 40)
+NEAR_DUPLICATE = 0.5  # Jaccard similarity of word 3-gram sets at or above which a docstring is dropped
+SKIPPED_PARTS = {"site-packages", "test", "tests", "idle_test", "lib2to3", "turtledemo", "ensurepip", "distutils",
+                 "pydoc_data"}
+C_MODULES = ("builtins sys math cmath itertools time select array binascii zlib unicodedata posix errno gc "
+             "marshal _io _socket _ssl _sqlite3 _decimal _pickle _datetime _csv _struct _random _bisect _heapq "
+             "_asyncio _elementtree pyexpat _hashlib _collections _functools _operator _thread _signal").split()
 
 
-def docstrings() -> list[tuple[str, str]]:
-    """(summary line, body) of public functions, classes and methods of ``STDLIB_MODULES`` whose
-    body has 20 to 200 words, deduplicated by body."""
+@dataclass(frozen=True)
+class Docstring:
+    """One docstring split at its first blank line: ``summary`` (the first paragraph) and ``body``
+    (the rest), whitespace collapsed; ``source``: where it comes from (``path:qualname``)."""
+
+    source: str
+    summary: str
+    body: str
+
+
+def _split(source: str, doc: str) -> Docstring:
+    summary, _, body = doc.strip().partition("\n\n")
+    return Docstring(source, " ".join(summary.split()), " ".join(body.split()))
+
+
+def stdlib_docstrings() -> list[Docstring]:
+    """Every module, class and function docstring of the running Python's standard library, in a
+    fixed order: the pure-Python sources parsed with ``ast`` (nothing imported; tests, lib2to3,
+    turtledemo and installed packages skipped), then the C modules of ``C_MODULES`` (imported)."""
+    import ast
     import importlib
     import inspect
+    import sysconfig
 
-    found, seen = [], set()
-    for name in STDLIB_MODULES:
-        module = importlib.import_module(name)
-        objects = []
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    found = []
+    for path in sorted(lib.rglob("*.py")):
+        parts = path.relative_to(lib).parts
+        if SKIPPED_PARTS & set(parts) or parts[0].startswith("config-"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        stack = [(tree, "")]
+        while stack:
+            node, qualname = stack.pop(0)
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                found.append(_split(f"{'/'.join(parts)}:{qualname or '<module>'}", doc))
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    stack.append((child, f"{qualname}.{child.name}" if qualname else child.name))
+    for name in C_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        objects = [("", module)]
         for attr, obj in sorted(vars(module).items()):
-            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            if attr.startswith("__"):
                 continue
-            objects.append(obj)
+            objects.append((attr, obj))
             if inspect.isclass(obj):
-                objects += [m for a, m in sorted(vars(obj).items()) if not a.startswith("_") and callable(m)]
-        for obj in objects:
-            doc = inspect.getdoc(obj) or ""
-            summary, _, body = doc.partition("\n")
-            body = " ".join(body.split())
-            if len(summary.split()) >= 4 and 20 <= len(body.split()) <= 200 and body not in seen:
-                seen.add(body)
-                found.append((summary.strip(), body))
+                objects += [(f"{attr}.{a}", m) for a, m in sorted(vars(obj).items()) if not a.startswith("__")]
+        for qualname, obj in objects:
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and doc.strip():
+                found.append(_split(f"{name}:{qualname or '<module>'}", inspect.cleandoc(doc)))
     return found
 
 
-def retrieval(rng: random.Random) -> list[dict]:
-    """400 docstring bodies and 100 queries: the summary lines of 100 of them (``relevant``)."""
-    picked = rng.sample(docstrings(), 400)
-    docs = [{"kind": "doc", "id": f"d{i:03d}", "text": body} for i, (_, body) in enumerate(picked)]
-    queries = [{"kind": "query", "id": f"q{n:03d}", "relevant": f"d{i:03d}", "text": picked[i][0]}
-               for n, i in enumerate(sorted(rng.sample(range(400), 100)))]
-    return docs + queries
+def _shingles(text: str) -> set[str]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def distinct(docstrings: list[Docstring]) -> list[Docstring]:
+    """Docstrings whose body has ``MIN_BODY_WORDS`` or more words (cut at ``MAX_BODY_WORDS``), in
+    order, without exact or near duplicates of an earlier body (word 3-gram Jaccard >=
+    ``NEAR_DUPLICATE``: _pydecimal against _decimal, _pyio against _io, overridden methods that
+    repeat their base's docstring)."""
+    kept, shingles = [], []
+    index: dict[str, list[int]] = collections.defaultdict(list)
+    for doc in docstrings:
+        words = doc.body.split()
+        if len(words) < MIN_BODY_WORDS:
+            continue
+        doc = Docstring(doc.source, doc.summary, " ".join(words[:MAX_BODY_WORDS]))
+        mine = _shingles(doc.body)
+        shared = collections.Counter(j for s in mine for j in index[s])
+        if any(n / len(mine | shingles[j]) >= NEAR_DUPLICATE for j, n in shared.items()):
+            continue
+        for s in mine:
+            index[s].append(len(kept))
+        kept.append(doc)
+        shingles.append(mine)
+    return kept
+
+
+def is_query(doc: Docstring, summaries: collections.Counter) -> bool:
+    """Whether ``doc``'s summary can stand as a query with ``doc`` as its one relevant passage: 4 to
+    40 words, and no other docstring has the same summary (it would be as relevant)."""
+    return QUERY_WORDS[0] <= len(doc.summary.split()) <= QUERY_WORDS[1] and summaries[doc.summary.lower()] == 1
+
+
+def retrieval_and_calibration(rng: random.Random, counter: Counter) -> tuple[list[dict], list[dict]]:
+    """The retrieval set (``RETRIEVAL_DOCS`` passages, ``RETRIEVAL_QUERIES`` labelled queries) and
+    the calibration set (what is left of the docstrings, ``CALIBRATION_DOCS`` of them, plus
+    synthetic texts): disjoint by construction, checked here."""
+    docs = distinct(stdlib_docstrings())
+    summaries = collections.Counter(d.summary.lower() for d in docs)
+    rng.shuffle(docs)
+    candidates = [d for d in docs if is_query(d, summaries)]
+    if len(candidates) < RETRIEVAL_QUERIES or len(docs) < RETRIEVAL_DOCS + CALIBRATION_DOCS:
+        raise SystemExit(f"only {len(docs)} distinct docstrings ({len(candidates)} usable as queries)")
+    queried = candidates[:RETRIEVAL_QUERIES]
+    queried_ids = {id(d) for d in queried}
+    others = [d for d in docs if id(d) not in queried_ids]
+    passages = queried + others[: RETRIEVAL_DOCS - RETRIEVAL_QUERIES]
+    held_out = others[RETRIEVAL_DOCS - RETRIEVAL_QUERIES:][:CALIBRATION_DOCS]
+    order = sorted(range(len(passages)), key=lambda i: rng.random())  # queried passages not first
+    retrieval = [{"kind": "doc", "id": f"d{n:04d}", "source": passages[i].source, "text": passages[i].body}
+                 for n, i in enumerate(order)]
+    doc_id = {order[n]: f"d{n:04d}" for n in range(len(order))}
+    retrieval += [{"kind": "query", "id": f"q{n:03d}", "relevant": doc_id[n], "source": queried[n].source,
+                   "text": queried[n].summary} for n in range(len(queried))]
+    calibration = [{"kind": "docstring", "source": d.source, "text": d.body} for d in held_out]
+    calibration += [{"kind": "docstring summary", "source": d.source, "text": d.summary} for d in held_out
+                    if len(d.summary.split()) >= QUERY_WORDS[0]]
+    synthetic = [query(rng) for _ in range(CALIBRATION_SYNTHETIC // 2)]
+    synthetic += [passage(rng, counter, rng.randint(16, 200)) for _ in range(CALIBRATION_SYNTHETIC // 2)]
+    calibration += [{"kind": "synthetic", "source": "make_datasets.py", "text": t} for t in synthetic]
+    rng.shuffle(calibration)  # any first N rows mix docstrings, their summaries and synthetic texts
+    overlap = {r["text"] for r in retrieval} & {r["text"] for r in calibration}
+    if overlap:
+        raise SystemExit(f"{len(overlap)} calibration texts are in the retrieval set")
+    return retrieval, calibration
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -209,7 +320,9 @@ def write(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     counter = Counter()
     write(HERE / "sample_queries.jsonl", sample_queries(random.Random(SEED), counter))
-    write(HERE / "retrieval.jsonl", retrieval(random.Random(SEED + 1)))
+    retrieval, calibration = retrieval_and_calibration(random.Random(SEED + 1), counter)
+    write(HERE / "retrieval.jsonl", retrieval)
+    write(HERE / "calibration.jsonl", calibration)
 
 
 if __name__ == "__main__":

@@ -57,12 +57,10 @@ def build_variants(folder: Path) -> dict[str, dict]:
     and, for int8, the quality gate's numbers against plain fp32. Reuses ``folder``/variants.json
     when it was built from the same fp32 store entry with the same ONNX Runtime (building and
     checking takes minutes on 2 cores)."""
-    from dataclasses import asdict
-
     import onnxruntime
 
-    from export import ort_variants, quality
-    from models.registry import served
+    from export import calibration, ort_variants, quality
+    from models.registry import Int8Spec, served
     from models.store import open_entry
 
     spec = served("cpu").find("all-MiniLM-L6-v2")
@@ -81,17 +79,16 @@ def build_variants(folder: Path) -> dict[str, dict]:
     log("building variants: fused")
     fused_ops = ort_variants.fuse_transformer(paths["fp32"], paths["fused"], 12, spec.dimensions)
     log("building variants: int8, int8-fused")
-    ort_variants.quantize_int8(paths["fp32"], paths["int8"])
-    ort_variants.quantize_int8(paths["fused"], paths["int8-fused"])
+    calibration.quantize_dynamic(paths["fp32"], paths["int8"], Int8Spec())
+    calibration.quantize_dynamic(paths["fused"], paths["int8-fused"], Int8Spec())
     info: dict[str, dict] = {name: {"path": str(path)} for name, path in paths.items()}
     info["fused"]["fused_ops"] = fused_ops
-    passages, queries = quality.load_retrieval_set()
-    texts = passages + queries
-    args = (entry.file("tokenizer.json"), texts, spec.pooling.value, spec.normalize, spec.max_tokens)
+    rset = quality.load_retrieval_set().subset(*quality.QUICK_GATE)  # the full gate: bench/scripts/int8_scan.py
+    args = (entry.file("tokenizer.json"), rset.texts, spec.pooling.value, spec.normalize, spec.max_tokens)
     reference = quality.embed(paths["fp32"], *args)
     for name in ("int8", "int8-fused"):  # the fused fp32 graph's parity is checked at export
         log(f"quality gate: {name}")
-        info[name]["quality"] = asdict(quality.compare(reference, quality.embed(paths[name], *args), len(passages)))
+        info[name]["quality"] = quality.compare(reference, quality.embed(paths[name], *args), rset).record()
     cache.write_text(json.dumps({"key": key, "variants": info}, indent=1))
     return info
 
