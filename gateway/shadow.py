@@ -7,8 +7,9 @@ ShadowSpec``; changed live through ``/v1/admin/routing``). That fraction of its
 ``start`` as the response's background step, which only schedules it), so it never delays an
 answer, and it takes no admission slot. It is dropped at once, counted, when the shadow
 variant's runner is busy with requests (``RunnerClient.idle``: an input waits there, or its one
-free call slot would be taken), when a shadow call is already out to that runner, or when its
-inputs do not fit one call: under load, shadow work is the first to go.
+free call slot would be taken) or a shadow call is already out to that runner: under load,
+shadow work is the first to go. A request of more inputs than one call takes is not shadowed
+(``skipped``).
 
 The shadow variant reuses the request's token ids when its preprocessing is the primary's (the
 same tokenizer file and settings: ``TextPreprocessor.signature``); otherwise it tokenizes the
@@ -20,7 +21,9 @@ primary variant and shadow variant:
   input the share of its ``TOPK`` nearest neighbours within the request (by cosine, itself
   excluded) that both variants agree on;
 - ``embedding_shadow_requests_total{outcome}``: ``compared``, ``dropped`` (busy), ``skipped`` (not
-  comparable), ``failed`` (the shadow's runner failed; never seen by the caller).
+  comparable: token ids or images for a variant with other preprocessing, an input its
+  preprocessing refuses, more inputs than one call), ``failed`` (the shadow's runner failed; never
+  seen by the caller).
 """
 
 from __future__ import annotations
@@ -95,7 +98,10 @@ class Shadows:
         """Start ``job`` unless the shadow's runner is busy (then it is dropped and counted); returns at
         once (a coroutine, so that Starlette runs it on the event loop, not in a thread)."""
         runner = job.shadow.runner
-        if id(runner) in self._busy or not runner.idle() or len(job.arrays) > runner.max_inputs_per_call:
+        if len(job.arrays) > runner.max_inputs_per_call:  # more than one call: never compared
+            self._count(job, "skipped")
+            return
+        if id(runner) in self._busy or not runner.idle():
             self._count(job, "dropped")
             return
         self._busy.add(id(runner))
