@@ -104,9 +104,9 @@ class LiveRoute:
                     f"{VARIANT_HEADER}: {forced[:64]!r} is not a variant of {self.model} (its variants: "
                     f"{', '.join(self.targets)}).", code="variant_not_found")
             return target
-        if user:
+        if user and len(self.owners) > 1:  # one owner: every user gets it, no hash needed
             return self.owners[bisect.bisect_right(self.layout.ends, assignment.point(self.seed, user))]
-        return self.default
+        return self.owners[0] if user else self.default
 
     def state(self) -> dict[str, Any]:
         """The override form (what the routing file holds for a changed model)."""
@@ -191,10 +191,10 @@ class RoutingTable:
             shadow_target = (override["shadow"]["variant"], override["shadow"]["fraction"]) if override["shadow"] \
                 else None
         return LiveRoute(model=model, targets=targets, weights=weights, layout=layout, default=targets[default],
-                     shadow=targets[shadow_target[0]] if shadow_target else None,
-                     fraction=shadow_target[1] if shadow_target else 0.0,
-                     source="profile" if override is None else "admin", seed=assignment.seed(model),
-                     owners=tuple(targets[name] for name in layout.owners))
+                         shadow=targets[shadow_target[0]] if shadow_target else None,
+                         fraction=shadow_target[1] if shadow_target else 0.0,
+                         source="profile" if override is None else "admin", seed=assignment.seed(model),
+                         owners=tuple(targets[name] for name in layout.owners))
 
     def _check_override(self, model: str, override: Any) -> None:
         """``ValueError`` unless ``override`` is a valid routing of ``model`` over its loaded variants."""
