@@ -172,5 +172,5 @@ def test_a_bad_pin_is_refused_naming_the_fix(text, lock_text, message):
 def test_the_shipped_lock_pins_the_offline_models_and_is_read_beside_the_registry():
     registry = load_registry()
     pinned = {name for name, spec in registry.models.items() if spec.pin is not None}
-    assert pinned == {"all-MiniLM-L6-v2", "all-MiniLM-L6-v2-vllm", "colqwen2-tiny-random"}
+    assert pinned == {"all-MiniLM-L6-v2", "all-MiniLM-L6-v2-vllm", "all-MiniLM-L6-v2-int8", "colqwen2-tiny-random"}
     assert registry.models["all-MiniLM-L6-v2"].pin.files["model.onnx"]
