@@ -23,7 +23,7 @@ import logging
 import bentoml
 
 import hosting
-from gateway.auth import ApiKeys, load_keys, require_keys_if_asked
+from gateway.auth import ApiKeys, load_admin_keys, load_keys, require_keys_if_asked
 from gateway.edge import Edge
 from images import image
 from models import tracing_config
@@ -38,6 +38,7 @@ hosting.install()  # before BentoML builds its watchers, its apps and its uvicor
 SERVED = served()
 require_engines(SERVED)  # an engine's optional package missing: fail here, naming the extra
 KEYS = require_keys_if_asked(SERVED.server, load_keys())  # read here: fail at `bentoml serve`, not in a worker
+ADMIN_KEYS = load_admin_keys() or KEYS
 RUNNER_SERVICES = {}
 if Engine.ORT in SERVED.runners:
     from runners.ort.service import OrtRunner
@@ -83,7 +84,7 @@ V1 = DeferredApp()
     image=image(),
     envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],  # no usage reports from the image (or its workers)
 )
-@declare_store_models(SERVED.models)
+@declare_store_models(SERVED.units)
 @depend_on_runners
 class Gateway:
     def __init__(self) -> None:
@@ -91,19 +92,26 @@ class Gateway:
         from gateway.app import create_app
         from gateway.image_pool import ImagePool
         from gateway.preprocess import TextPreprocessor, VisionPreprocessor
+        from gateway.routing import RoutingTable, Target, routing_file
         from gateway.runner_client import RunnerClient
         from gateway.serving import EmbeddingServing
         from models import configure_logging
+        from models.registry import load_registry
         from models.store import open_entry
 
         configure_logging()
         limits = SERVED.gateway
+        entries = {spec.name: open_entry(spec, verify=False) for spec in SERVED.units}
         preprocessors = {
             spec.name: (VisionPreprocessor if spec.vision else TextPreprocessor)(
-                spec, open_entry(spec, verify=False), limits.max_chars_per_token)
-            for spec in SERVED.models
+                spec, entries[spec.name], limits.max_chars_per_token)
+            for spec in SERVED.units
         }
-        runners = {}  # served model name -> the client of the runner that serves it
+        for spec in SERVED.units:
+            if spec.pin is None:
+                logger.warning("model %s is not pinned: it serves %s as the store has it (%s); pin it by content "
+                               "with `python -m export pin`", spec.name, spec.store_tag, entries[spec.name].tag)
+        runners = {}  # registry model -> the client of the runner that loaded it
         for route in ROUTES:
             settings = SERVED.runner(route.engine)
             client = RunnerClient(
@@ -116,23 +124,30 @@ class Gateway:
             )
             runners.update(dict.fromkeys(route.models, client))
         self.runner_clients = list(dict.fromkeys(runners.values()))
+        targets = {route.model: {v.name: Target(v.name, v.spec, entries[v.spec.name].tag,
+                                                entries[v.spec.name].content_label, preprocessors[v.spec.name],
+                                                runners[v.spec.name]) for v in route.variants}
+                   for route in SERVED.routes.values()}
+        self.routing = RoutingTable(SERVED, targets, routing_file(), load_registry())
         # images and PDF pages are decoded in worker processes, started with the service (below)
         self.image_pool = ImagePool(
             limits.image_workers, limits.image_worker_memory_bytes, limits.image_task_timeout_s,
             limits.retry_after_s, max_waiting=4 * limits.max_images_per_request,
         ) if any(spec.vision for spec in SERVED.models) else None
-        serving = EmbeddingServing(
-            SERVED, preprocessors, runners, Admission(limits.max_inflight_inputs, limits.retry_after_s),
-            self.image_pool,
+        self.serving = EmbeddingServing(
+            SERVED, self.routing, Admission(limits.max_inflight_inputs, limits.retry_after_s), self.image_pool,
         )
-        self.readiness_task: asyncio.Task | None = None
-        V1.app = create_app(serving, ApiKeys(KEYS))
+        self.background_tasks: list[asyncio.Task] = []
+        V1.app = create_app(self.serving, ApiKeys(KEYS), ApiKeys(ADMIN_KEYS))
         logger.info(
-            "gateway: profile %s, models %s, runners %s, API keys %s",
+            "gateway: profile %s, models %s, runners %s, API keys %s, routing changes %s",
             SERVED.profile,
-            ", ".join(f"{m.name} ({m.engine.value})" for m in SERVED.models),
+            ", ".join(f"{route.model} ({', '.join(f'{v.name}: {v.spec.name}' for v in route.variants)})"
+                      for route in SERVED.routes.values()),
             ", ".join(f"{r.key} at {r.url or 'local'}" for r in ROUTES),
             "required" if KEYS else "not required",
+            f"shared through {self.routing.path}" if self.routing.path else "kept in this worker's memory "
+            "(set EMBED_ROUTING_FILE to share them between replicas and keep them across restarts)",
         )
 
     @bentoml.on_startup
@@ -146,16 +161,21 @@ class Gateway:
     async def stop_image_workers(self) -> None:
         if self.image_pool is not None:
             await self.image_pool.close()
+        await self.serving.shadows.close()
 
     @bentoml.on_startup
     async def watch_runners(self) -> None:
-        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py); drains on
-        SIGTERM (hosting/drain.py); serves metrics on their own port when configured."""
+        """Keeps ``embedding_runner_ready{runner}`` current (gateway/runner_client.py) and the
+        routing in step with the routing file (gateway/routing.py); drains on SIGTERM
+        (hosting/drain.py); serves metrics on their own port when configured."""
         from gateway.runner_client import watch_readiness
         from hosting import drain
         from hosting.metrics import serve_metrics_port
 
-        self.readiness_task = asyncio.get_running_loop().create_task(watch_readiness(self.runner_clients))
+        loop = asyncio.get_running_loop()
+        self.background_tasks.append(loop.create_task(watch_readiness(self.runner_clients)))
+        if self.routing.path is not None:
+            self.background_tasks.append(loop.create_task(self.routing.watch()))
         drain.install(drain.gateway_done())
         serve_metrics_port()
 

@@ -22,10 +22,15 @@
   ``export/quality.py``). ``calibrate --model NAME [--profile P]``: the same for a registry model
   with ``ort.int8.quantization: static``, or, for one whose TensorRT provider sets
   ``trt_int8_enable``, its calibration table where the provider reads it.
-- ``ensure [--profile NAME]``: import every ``ort`` and ``vllm`` model of the registry profile
-  whose ``store_tag`` the store lacks, with the registry's settings; present ones are checked as
-  the runners will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
-- ``list [--json]``: the store's entries with labels and metadata.
+- ``ensure [--profile NAME]``: import every ``ort`` and ``vllm`` model the registry profile loads
+  (its variants too) that the store lacks, with the registry's settings: a pinned one must come
+  out as its pinned content, else ``ensure`` fails naming the difference; present ones are checked
+  as the runners will check them at start-up (files, ONNX sha256, dimensions) and otherwise skipped.
+- ``pin [MODEL ...] [--profile P] [--version V]``: pin models by content in the registry's lock
+  (``registry.lock``; ``export/pins.py``): without names, every model the profile loads that is not
+  pinned yet, to the version it serves now; a named one to ``--version`` or its latest version.
+- ``list [--profile P] [--json]``: the store's entries by name: content digest, source, parity and
+  quality figures, which registry models pin each and as which served name/variant it is served.
 
 Progress lines (``[2/5] loading model ... (3.1 s)``) go to stderr, results to stdout.
 Exit status: 0 done, 1 an export failed (the message says which and why), 2 bad usage.
@@ -368,63 +373,68 @@ def import_vllm(
 def ensure(profile: str | None) -> int:
     """Import the profile's missing ``ort`` and ``vllm`` models; returns the exit status.
 
+    Every registry model the profile's runners load (its variants too) is checked. A pinned one
+    (the registry's lock) whose content the store lacks is exported again, and the result must be
+    the pinned content, else ``ensure`` fails naming the files and library versions that differ
+    (the export is kept as a new version, to pin if the difference is wanted). An unpinned one is
+    exported when the store lacks its ``store_tag``, with a warning that it is unpinned.
+
     An existing entry gets the checks the runner makes at start-up, so `make serve` stops here
-    instead. An outdated one (an older export layout, other export settings) is exported again
-    as a new version when the registry names no version; a corrupt one is an error."""
+    instead. An unpinned outdated one (an older export layout, other export settings) is exported
+    again as a new version when the registry names no version; a corrupt one, or an outdated pinned
+    one, is an error."""
+    from export.pins import reproduced, warn_unpinned
     from models.registry import Engine, Pooling, RegistryError, served
+    from models.store import find_pinned
 
     try:
         selection = served(profile)
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    warn_unpinned(selection.units)
     failures = []
-    for spec in selection.models:
-        existing = store.find(spec.store_tag)
+    for spec in selection.units:
+        existing = find_pinned(spec) if spec.pin is not None else store.find(spec.store_tag)
         if existing is not None:
             try:
                 open_entry(spec, required=runner_files(spec))
             except StoreError as exc:
-                # corrupt, or a version the registry pins: never replaced
+                # corrupt, a version the registry names, or the pinned content's entry: never replaced
+                if spec.pin is not None:
+                    problem = exc.problem if isinstance(exc, OutdatedEntry) else str(exc)
+                    failures.append(f"{problem}; it holds the pinned content ({spec.pin.digest[:19]}...): delete it "
+                                    f"(`bentoml models delete {existing.tag}`) and run `python -m export ensure` to "
+                                    f"export it again, or pin another version (`python -m export pin {spec.name} "
+                                    "--version V`)")
+                    print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
+                    continue
                 if not isinstance(exc, OutdatedEntry) or ":" in spec.store_tag:
                     failures.append(str(exc))
-                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
                     continue
                 print(f"outdated: {exc.problem}; exporting a new version", flush=True)
             else:
-                print(f"skip {spec.name}: already in the store as {existing.tag} (checked)", flush=True)
+                pinned = f"pinned content {spec.pin.digest[:19]}..." if spec.pin is not None else "unpinned"
+                print(f"skip {spec.name}: already in the store as {existing.tag} ({pinned}; checked)", flush=True)
                 continue
         if spec.pooling is Pooling.MULTI and spec.vision is None:
             print(f"skip {spec.name}: multi-vector export needs a `vision` section (ColQwen2)", flush=True)
             continue
-        print(f"import {spec.name} from {spec.source} as {spec.store_tag}", flush=True)
+        print(f"import {spec.name} from {spec.source} as {spec.store_tag}"
+              + (f", to reproduce its pin {spec.pin.digest[:19]}..." if spec.pin is not None else ""), flush=True)
         try:
-            if not spec.source:
-                raise ExportError("the registry gives no source")
-            if spec.vision is not None:
-                export_colqwen2(
-                    spec.source, spec.store_tag, (spec.vision.min_pixels, spec.vision.max_pixels),
-                    max_tokens=spec.max_tokens, revision=spec.revision,
-                )
-                continue
-            if spec.engine is Engine.ORT:
-                extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision,
-                         "int8": spec.ort.int8}
-            else:
-                extra = {"encoder_only": spec.vllm.serves_encoder_only}
-            (export_model if spec.engine is Engine.ORT else import_vllm)(
-                spec.source,
-                spec.store_tag,
-                **extra,
-                revision=spec.revision,
-                pooling=spec.pooling.value,
-                normalize=spec.normalize,
-                max_tokens=spec.max_tokens,
-                dimensions=spec.dimensions,
-            )
+            model = export_spec(spec)
         except ExportError as exc:
             failures.append(f"model {spec.name} (source {spec.source}): {exc}")
             print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
+            continue
+        if spec.pin is not None:
+            if difference := reproduced(spec, model):
+                failures.append(difference)
+                print(f"error: {difference}", file=sys.stderr, flush=True)
+            else:
+                print(f"reproduced the pin of {spec.name}: {model.tag} is {spec.pin.digest[:19]}...", flush=True)
     for spec in selection.for_engine(Engine.ORT):
         problem = trt_table_problem(spec, selection.profile)
         if problem:
@@ -433,6 +443,26 @@ def ensure(profile: str | None) -> int:
     if failures:
         print(f"{len(failures)} model(s) not ready to serve", file=sys.stderr)
     return 1 if failures else 0
+
+
+def export_spec(spec) -> bentoml.Model:
+    """Export or import registry model ``spec`` from its ``source`` with the registry's settings
+    (``ExportError`` when it cannot)."""
+    from models.registry import Engine
+
+    if not spec.source:
+        raise ExportError("the registry gives no source")
+    if spec.vision is not None:
+        return export_colqwen2(spec.source, spec.store_tag, (spec.vision.min_pixels, spec.vision.max_pixels),
+                               max_tokens=spec.max_tokens, revision=spec.revision)
+    if spec.engine is Engine.ORT:
+        extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision, "int8": spec.ort.int8}
+    else:
+        extra = {"encoder_only": spec.vllm.serves_encoder_only}
+    return (export_model if spec.engine is Engine.ORT else import_vllm)(
+        spec.source, spec.store_tag, **extra, revision=spec.revision, pooling=spec.pooling.value,
+        normalize=spec.normalize, max_tokens=spec.max_tokens, dimensions=spec.dimensions,
+    )
 
 
 def trt_table_problem(spec, profile: str) -> str | None:
@@ -505,28 +535,82 @@ def calibrate_registry_model(name: str, profile: str | None, scan: int, enforce_
               f"(model.onnx sha256 {entry.metadata.get('onnx_sha256', '?')[:12]}...)", flush=True)
 
 
-def list_entries(as_json: bool) -> None:
-    """Print every store entry: tag, labels and metadata (one JSON array with ``as_json``)."""
-    rows = [
-        {
+def pin_command(names: list[str], profile: str | None, version: str | None) -> int:
+    from export.pins import pin
+    from models.registry import RegistryError, load_registry, registry_path, served
+
+    try:
+        registry = load_registry()
+        results = pin(registry, served(profile), names, version, registry_path())
+    except (RegistryError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(f"{result.action}: {result.model} {result.detail}", file=sys.stderr if result.action == "failed"
+              else sys.stdout, flush=True)
+    return 1 if any(r.action == "failed" for r in results) else 0
+
+
+def list_entries(as_json: bool, profile: str | None) -> int:
+    """Every store entry, by store name, with its content digest, provenance, parity and quality
+    figures, which registry models pin it and as which served name/variant the profile serves it;
+    then the profile's models that the store lacks. ``as_json``: one JSON array of entries."""
+    from export.pins import describe
+    from models.registry import RegistryError, load_registry, served
+    from models.store import StoreError, content_digest, entry_content, store_model
+
+    try:
+        registry, selection = load_registry(), served(profile)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serving: dict[str, list[str]] = {}  # tag -> served name/variant
+    lacking = []
+    for route in selection.routes.values():
+        for variant in route.variants:
+            try:
+                tag = str(store_model(variant.spec).tag)
+            except StoreError:
+                lacking.append(variant.spec)
+                continue
+            serving.setdefault(tag, []).append(f"{route.model}/{variant.name}")
+    rows = []
+    for model in store.entries():
+        digest = content_digest(entry_content(model))
+        rows.append({
             "tag": str(model.tag),
             "path": model.path,
             "created": model.info.creation_time.isoformat(),
+            "content_digest": digest,
+            "pinned_by": sorted(s.name for s in registry.models.values() if s.pin and s.pin.digest == digest
+                                and s.store_name == model.tag.name),
+            "served_as": serving.get(str(model.tag), []),
             "labels": dict(model.info.labels),
-            "metadata": dict(model.info.metadata),
-        }
-        for model in store.entries()
-    ]
+            "metadata": {k: v for k, v in dict(model.info.metadata).items() if k != "content"},
+        })
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
-        return
+        return 0
     if not rows:
         print("the model store is empty")
+    name = None
     for row in rows:
-        labels = " ".join(f"{key}={value}" for key, value in sorted(row["labels"].items()))
-        print(f"{row['tag']}  {row['created'][:19]}  {labels}")
-        for key, value in row["metadata"].items():
-            print(f"    {key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
+        if row["tag"].split(":")[0] != name:
+            name = row["tag"].split(":")[0]
+            print(name)
+        marks = [f"pinned by {', '.join(row['pinned_by'])}"] if row["pinned_by"] else []
+        marks += [f"served ({selection.profile}) as {', '.join(row['served_as'])}"] if row["served_as"] else []
+        print(f"  {row['tag'].split(':')[1]}  {row['created'][:19]}  {row['content_digest'][:19]}...  "
+              f"{'; '.join(marks) or '-'}")
+        print(f"      {describe(row['metadata'])}")
+    for spec in dict.fromkeys(lacking):
+        state = f"pinned to {spec.pin.digest[:19]}..." if spec.pin else "unpinned"
+        print(f"missing: {spec.name} ({state}) is served in {selection.profile} but the store lacks it: "
+              "`python -m export ensure`")
+    for spec in selection.units:
+        if spec.pin is None:
+            print(f"unpinned: {spec.name} serves the latest {spec.store_tag}; `python -m export pin` pins it")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -607,7 +691,16 @@ def _parser() -> argparse.ArgumentParser:
     col.add_argument("--opset", type=_positive_int, default=17)
     col.add_argument("--revision", help="hub revision, or a label for a folder")
 
-    list_cmd = commands.add_parser("list", help="show the store's entries")
+    pin_cmd = commands.add_parser("pin", help="pin models by content in the registry's lock (registry.lock)")
+    pin_cmd.add_argument("models", nargs="*", help="registry models to pin (again); default: every model the "
+                         "profile's runners load that is not pinned yet")
+    pin_cmd.add_argument("--profile", help="registry profile (default: $EMBED_PROFILE or cpu)")
+    pin_cmd.add_argument("--version", help="the store version to pin (one model); default: the latest")
+
+    list_cmd = commands.add_parser("list", help="show the store's entries: versions, content, source, parity, "
+                                   "quality, and which are pinned and served")
+    list_cmd.add_argument("--profile", help="the profile whose served versions are marked (default: $EMBED_PROFILE "
+                          "or cpu)")
     list_cmd.add_argument("--json", action="store_true", help="one JSON array with paths and metadata")
     return parser
 
@@ -651,8 +744,9 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
-        list_entries(args.json)
-        return 0
+        return list_entries(args.json, args.profile)
+    if args.command == "pin":
+        return pin_command(args.models, args.profile, args.version)
     if args.command == "ensure":
         return ensure(args.profile)
     try:

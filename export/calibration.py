@@ -376,8 +376,10 @@ def write_trt_table(ranges, folder: Path, leave_out: set[str] = frozenset()) -> 
 
     folder.mkdir(parents=True, exist_ok=True)
     table = symmetric(ranges)
-    kept = {name: value for name, value in table.items()
-            if name not in leave_out and 0 < float(value.highest) <= MAX_RANGE}
+    # by name: the calibrator's tensor order varies from run to run, and the table must be the same
+    # bytes for the same ranges (a pin checks every file: docs/models.md, "Pins")
+    kept = {name: table.data[name] for name in sorted(table.data)
+            if name not in leave_out and 0 < float(table.data[name].highest) <= MAX_RANGE}
     with _quiet():
         write_calibration_table(dict(TensorsData(table.calibration_method, kept).items()), dir=str(folder))
     return {name: float(value.highest) for name, value in kept.items()}

@@ -2,11 +2,16 @@
 
 The store is BentoML's own: ``$BENTOML_HOME/models`` (default ``~/bentoml/models``), read
 through ``bentoml.models`` so that services find entries with ``bentoml.models.get``.
+
+An entry's version is its content's (``models/store.py: content_version``) unless the caller
+names one: exporting the same thing twice, here or on another machine, gives the same version,
+and the entry records its content (every file's sha256) for pins.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from export import ExportError
+from models.store import CONTENT, content_digest, content_files, content_version, entry_content
 
 
 def check_tag(tag: str) -> None:
@@ -25,10 +31,25 @@ def check_tag(tag: str) -> None:
 
 
 def register(name: str, files_dir: Path, labels: dict[str, str], metadata: dict[str, Any]) -> bentoml.Model:
-    """Create store entry ``name`` (``name`` or ``name:version``; a new version when none is
-    given) holding a copy of every file under ``files_dir``, with string ``labels`` and
-    ``metadata`` of basic Python types. Returns the saved model; raises BentoML's errors."""
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+    """Create store entry ``name`` (``name:version``, or ``name``: then the version is the content's)
+    holding a copy of every file under ``files_dir``, with string ``labels`` and ``metadata`` of
+    basic Python types plus ``content`` (every file's sha256 and their digest). When that version
+    exists already with the same content, nothing is created and it is returned; with other content
+    (a version named by hand), ``ExportError``. Raises BentoML's errors otherwise."""
+    files = content_files(files_dir)
+    digest = content_digest(files)
+    tag = name if ":" in name else f"{name}:{content_version(digest)}"
+    existing = find(tag)
+    if existing is not None:
+        if content_digest(entry_content(existing)) != digest:
+            raise ExportError(f"store entry {tag} exists with other content; name another version")
+        if content_files(Path(existing.path)) != files:
+            raise ExportError(f"store entry {tag} should hold this content but its files differ (damaged): delete "
+                              f"it with `bentoml models delete {tag}` and export again")
+        print(f"{tag} holds this content already ({digest[:19]}...): nothing new registered", file=sys.stderr)
+        return existing
+    with bentoml.models.create(tag, labels=labels, metadata={**metadata, CONTENT: {"digest": digest, "files": files}}
+                               ) as model:
         shutil.copytree(files_dir, model.path, dirs_exist_ok=True)
     return model
 

@@ -6,6 +6,10 @@ line; blank lines and ``#`` comments ignored). With no keys configured, the API 
 to fail closed: then ``bentoml serve`` refuses to start. Keys are compared in constant time
 against every configured key and are never logged. Health endpoints are outside ``/v1`` and stay
 open; ``/metrics`` is open unless ``server.metrics_require_key`` (``gateway/edge.py``).
+
+The admin endpoint (``/v1/admin/routing``: who gets which model variant) takes the keys of
+``EMBED_ADMIN_API_KEYS`` (comma-separated) when set, else the API keys; with neither it answers
+403: changing what users are served is never open.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from pathlib import Path
 
 from gateway.errors import Unauthorized
 from models.registry import ServerSpec
+
+
+def load_admin_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:
+    """``EMBED_ADMIN_API_KEYS``: the keys of the admin endpoint (none: it takes the API keys)."""
+    return tuple(k.strip().encode() for k in environ.get("EMBED_ADMIN_API_KEYS", "").split(",") if k.strip())
 
 
 def load_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:

@@ -50,6 +50,14 @@ class Unauthorized(ApiError):
     code = "invalid_api_key"
 
 
+class Forbidden(ApiError):
+    """The caller may not do this (the admin endpoint without an admin key configured)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"

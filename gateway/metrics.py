@@ -1,4 +1,6 @@
-"""The gateway's Prometheus metrics, prefixed ``embedding_`` and labelled by ``model``.
+"""The gateway's Prometheus metrics, prefixed ``embedding_`` and labelled by ``model`` (the served
+name) and ``variant`` (the variant that answered; label values are configured names only, or
+``none`` when a request failed before a variant was chosen).
 
 Created at service start (``gateway_metrics()``), not at import: BentoML sets
 ``PROMETHEUS_MULTIPROC_DIR`` in each worker before start-up and ``prometheus_client`` must see
@@ -17,14 +19,22 @@ from runners.metrics import LATENCY_BUCKETS
 
 @dataclass(frozen=True)
 class GatewayMetrics:
-    requests: Any  # Counter embedding_requests_total{model,status}
-    inputs: Any  # Counter embedding_inputs_total{model}
-    input_tokens: Any  # Counter embedding_input_tokens_total{model}, after truncation
-    request_seconds: Any  # Histogram embedding_request_duration_seconds{model}
+    requests: Any  # Counter embedding_requests_total{model,variant,status}
+    inputs: Any  # Counter embedding_inputs_total{model,variant}
+    input_tokens: Any  # Counter embedding_input_tokens_total{model,variant}, after truncation
+    request_seconds: Any  # Histogram embedding_request_duration_seconds{model,variant}
     inflight_inputs: Any  # Gauge embedding_inflight_inputs (summed over live workers)
     runner_ready: Any  # Gauge embedding_runner_ready{runner}: 1 when the runner's /readyz answers 200
     image_worker_exits: Any  # Counter embedding_image_worker_exits_total{reason}: crash, timeout, memory
     image_worker_start_seconds: Any  # Histogram embedding_image_worker_start_seconds: start or replacement
+    shadow_requests: Any  # Counter embedding_shadow_requests_total{model,variant,shadow,outcome}
+    shadow_cosine: Any  # Histogram embedding_shadow_cosine{model,variant,shadow}: per input
+    shadow_topk_overlap: Any  # Histogram embedding_shadow_topk_overlap{model,variant,shadow}: per input
+
+
+NO_VARIANT = "none"  # the variant label of a request that failed before a variant was chosen
+COSINE_BUCKETS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
+OVERLAP_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @functools.cache
@@ -32,11 +42,14 @@ def gateway_metrics() -> GatewayMetrics:
     import prometheus_client as prom
 
     return GatewayMetrics(
-        requests=prom.Counter("embedding_requests", "Requests to /v1 by model and HTTP status", ["model", "status"]),
-        inputs=prom.Counter("embedding_inputs", "Inputs embedded", ["model"]),
-        input_tokens=prom.Counter("embedding_input_tokens", "Input tokens embedded, after truncation", ["model"]),
+        requests=prom.Counter("embedding_requests", "Requests to /v1 by model, variant and HTTP status",
+                              ["model", "variant", "status"]),
+        inputs=prom.Counter("embedding_inputs", "Inputs embedded", ["model", "variant"]),
+        input_tokens=prom.Counter("embedding_input_tokens", "Input tokens embedded, after truncation",
+                                  ["model", "variant"]),
         request_seconds=prom.Histogram(
-            "embedding_request_duration_seconds", "Gateway request latency", ["model"], buckets=LATENCY_BUCKETS
+            "embedding_request_duration_seconds", "Gateway request latency", ["model", "variant"],
+            buckets=LATENCY_BUCKETS,
         ),
         inflight_inputs=prom.Gauge(
             "embedding_inflight_inputs", "Inputs admitted and not yet answered", multiprocess_mode="livesum"
@@ -51,5 +64,17 @@ def gateway_metrics() -> GatewayMetrics:
         image_worker_start_seconds=prom.Histogram(
             "embedding_image_worker_start_seconds", "Time to start an image worker process (and so to replace one)",
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        ),
+        shadow_requests=prom.Counter(
+            "embedding_shadow_requests", "Shadow requests by outcome: compared, dropped (busy), skipped, failed",
+            ["model", "variant", "shadow", "outcome"],
+        ),
+        shadow_cosine=prom.Histogram(
+            "embedding_shadow_cosine", "Cosine of the primary's and the shadow's vector, per input",
+            ["model", "variant", "shadow"], buckets=COSINE_BUCKETS,
+        ),
+        shadow_topk_overlap=prom.Histogram(
+            "embedding_shadow_topk_overlap", "Share of an input's top-5 neighbours within its request (16+ inputs) "
+            "that primary and shadow agree on", ["model", "variant", "shadow"], buckets=OVERLAP_BUCKETS,
         ),
     )

@@ -22,7 +22,7 @@ from gateway.protocol import (
 
 ERRORS = {
     "400": "Invalid request: body, input, dimensions, token ids, or an image/PDF "
-           "(format, corrupt data, size, pixels, pages)",
+           "(format, corrupt data, size, pixels, pages); or an X-Embedding-Variant the model does not have",
     "401": "Missing or wrong API key (only when keys are configured)",
     "404": "Unknown model",
     "413": "Body larger than the configured limit",
@@ -43,6 +43,14 @@ def _errors(codes: list[str]) -> dict[str, Any]:
     return {code: {"description": ERRORS[code], **_ref("ErrorResponse")} for code in codes}
 
 
+VARIANT = {
+    "name": "X-Embedding-Variant", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "Force one variant of the model (GET /v1/models lists them); without it, a request with "
+                   "`user` goes to that user's variant, any other to the default variant.",
+}
+VARIANT_ANSWERED = {"X-Embedding-Variant": {"description": "The variant that answered.", "schema": {"type": "string"}}}
+
+
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(m, "validation" if m in (EmbeddingRequest, RerankRequest) else "serialization")
@@ -57,9 +65,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/embeddings": {
                 "post": {
                     "operationId": "createEmbedding",
+                    "parameters": [VARIANT],
                     "requestBody": {"required": True, **_ref("EmbeddingRequest")},
                     "responses": {
-                        "200": {"description": "Embeddings in input order", **_ref("EmbeddingResponse")},
+                        "200": {"description": "Embeddings in input order", "headers": VARIANT_ANSWERED,
+                                **_ref("EmbeddingResponse")},
                         **_errors(["400", "401", "404", "413", "422", "429", "500", "503", "504"]),
                     },
                 }
@@ -69,9 +79,11 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "rerank",
                     "description": "Score documents against a query, best first: MaxSim for multi-vector models "
                     "(ColQwen2; documents may be images or single PDF pages), cosine for pooled models.",
+                    "parameters": [VARIANT],
                     "requestBody": {"required": True, **_ref("RerankRequest")},
                     "responses": {
-                        "200": {"description": "Results sorted by relevance_score", **_ref("RerankResponse")},
+                        "200": {"description": "Results sorted by relevance_score", "headers": VARIANT_ANSWERED,
+                                **_ref("RerankResponse")},
                         **_errors(["400", "401", "404", "413", "422", "429", "500", "503", "504"]),
                     },
                 }

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 
 from gateway.errors import InvalidRequest
 from models.registry import GatewaySpec, ModelSpec
-from models.store import StoreEntry
+from models.store import StoreEntry, sha256_of
 
 DEFAULT_CHARS_PER_TOKEN = GatewaySpec.model_fields["max_chars_per_token"].default
 FIRST_WINDOW_CHARS_PER_TOKEN = 8  # real text takes 3.4 characters a token (median; at most 8.6 over 256 tokens)
@@ -73,6 +73,10 @@ class TextPreprocessor:
         self.vocab_size = int(entry.settings.get("vocab_size") or tokenizer.get_vocab_size(True))
         self.prefix, self.suffix = special_token_frame(tokenizer)
         self.max_chars = spec.max_tokens * max_chars_per_token
+        # two variants whose preprocessors have equal signatures get the same ids for the same
+        # request (gateway/shadow.py reuses them)
+        self.signature = (sha256_of(entry.file("tokenizer.json")), spec.max_tokens, spec.instructions,
+                          spec.token_ids_need_special_tokens, self.max_chars, spec.vision)
 
     def instruction(self, input_type: str | None, override: str | None = None) -> str:
         """The text prepended to each input: the request's ``instruction`` when given (even

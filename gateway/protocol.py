@@ -7,7 +7,8 @@ Request (``POST /v1/embeddings``), in OpenAI's field order:
 - ``model``: a served name or alias (``GET /v1/models``);
 - ``encoding_format``: ``float`` (default) or ``base64`` (little-endian float32 bytes);
 - ``dimensions``: only for models whose registry entry allows it (truncate, then re-normalise);
-- ``user``: accepted and ignored.
+- ``user``: the caller; a served name with several variants sends each caller to the same one
+  (a stable hash of ``user``; ``gateway/routing.py``), a request without it to the default.
 
 Extensions: ``input_type`` (``query`` / ``document``: prepends the model's instruction),
 ``instruction`` (prepended instead of the registry's instruction; ``""`` prepends none; not for
@@ -112,7 +113,11 @@ class EmbeddingRequest(BaseModel):
     dimensions: StrictInt | None = Field(
         default=None, ge=1, description="Output size for matryoshka models: truncate, then re-normalise."
     )
-    user: StrictStr | None = Field(default=None, description="Accepted for compatibility; unused.")
+    user: StrictStr | None = Field(
+        default=None, description="The caller. A model with several variants (A/B tests, canaries) sends each user "
+        "to the same variant; requests without it go to the default variant. The header X-Embedding-Variant "
+        "forces one.",
+    )
     input_type: Literal["query", "document"] | None = Field(
         default=None, description="Extension: prepend the model's query or document instruction."
     )
@@ -158,6 +163,12 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class VariantCard(BaseModel):
+    id: str = Field(description="The variant's name: the value of X-Embedding-Variant.")
+    model: str = Field(description="The registry model that computes it.")
+    weight: float = Field(description="Its share of the callers that send `user` (the shares add up to 1).")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -171,6 +182,11 @@ class ModelCard(BaseModel):
         description="[min, max] accepted by `dimensions`, or null."
     )
     pooling: str
+    variants: list[VariantCard] = Field(
+        description="The variants that answer for this name (one, `default`, unless an A/B test or canary is "
+        "configured), each with its share of the callers that send `user`."
+    )
+    default_variant: str = Field(description="The variant of requests without `user` or X-Embedding-Variant.")
 
 
 class ModelList(BaseModel):

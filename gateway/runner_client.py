@@ -29,6 +29,10 @@ passed; a live runner answers its probe while it computes, so long calls go on.
 A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
 logged). Either way only the requests in that call fail; and a job the runner failed alone
 (``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
+
+Shadow calls (``embed_shadow``, ``gateway/shadow.py``) never wait and never share a call with a
+request's inputs: one goes out as a call of its own only when no input waits here and, with it
+out, a call slot stays free for requests (``idle``); otherwise it is dropped at once.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
             future.exception()
 
 
+class ShadowDropped(Exception):
+    """The runner is busy with requests: the shadow call was not sent."""
+
+
 class RunnerClient:
     def __init__(
         self,
@@ -84,22 +92,24 @@ class RunnerClient:
         self.retry_after_s = retry_after_s
         self.max_calls_in_flight = max_calls_in_flight
         self.max_inputs_per_call = max_inputs_per_call
-        # one queue per waiting request, in turn order: (model, input, sent_at, future) each
-        self._requests: collections.deque[collections.deque[tuple[str, np.ndarray, float, asyncio.Future[str]]]] = (
-            collections.deque())
+        # one queue per waiting request, in turn order: (model, variant, input, sent_at, future) each
+        self._requests: collections.deque[collections.deque[tuple[str, str | None, np.ndarray, float,
+                                                                  asyncio.Future[str]]]] = collections.deque()
         self._calls_in_flight = 0
         self._probe: asyncio.Task | None = None  # set while a failed call's probe runs: nothing is sent
         self._recovery: asyncio.Task | None = None  # set while the runner is marked down
 
-    async def embed(self, model: str, inputs: Sequence[np.ndarray]) -> list[str]:
+    async def embed(self, model: str, inputs: Sequence[np.ndarray], variant: str | None = None) -> list[str]:
         """One base64 float32 result per input (token ids, or a uint8 image for vision models),
-        in order (see ``runners/engine.py``)."""
+        in order (see ``runners/engine.py``), computed by ``model``'s ``variant`` (None: the
+        runner's default for it)."""
         if self._recovery is not None:
             raise self._unavailable("is down (it does not answer its readiness probe)")
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
-        queue = collections.deque((model, value, now, future) for value, future in zip(inputs, futures, strict=True))
+        queue = collections.deque((model, variant, value, now, future)
+                                  for value, future in zip(inputs, futures, strict=True))
         self._requests.append(queue)
         self._dispatch()
         try:
@@ -123,11 +133,11 @@ class RunnerClient:
         batch = []
         while self._requests and len(batch) < self.max_inputs_per_call:
             queue = self._requests.popleft()
-            while queue and queue[0][3].done():  # its request has gone
+            while queue and queue[0][4].done():  # its request has gone
                 queue.popleft()
             if queue:
-                model, value, sent_at, future = queue.popleft()
-                batch.append((job_payload(model, value, sent_at), future))
+                model, variant, value, sent_at, future = queue.popleft()
+                batch.append((job_payload(model, value, sent_at, variant), future))
             if queue:
                 self._requests.append(queue)
         return batch
@@ -154,6 +164,29 @@ class RunnerClient:
         finally:
             self._calls_in_flight -= 1
             self._dispatch()
+
+    def idle(self) -> bool:
+        """No input waits here, the runner is not marked down, and one more call would leave a call
+        slot free for requests: a shadow call may go out."""
+        return (not self._requests and self._probe is None and self._recovery is None
+                and self._calls_in_flight + 1 < self.max_calls_in_flight)
+
+    async def embed_shadow(self, model: str, variant: str, inputs: Sequence[np.ndarray]) -> list[str]:
+        """Like ``embed``, as one call of its own sent at once, or ``ShadowDropped`` unless ``idle``
+        and the inputs fit one call; a job the runner failed raises its error."""
+        if not self.idle() or len(inputs) > self.max_inputs_per_call:
+            raise ShadowDropped
+        now = time.time()
+        self._calls_in_flight += 1
+        try:
+            results = await self._call([job_payload(model, value, now, variant) for value in inputs])
+        finally:
+            self._calls_in_flight -= 1
+            self._dispatch()
+        for result in results:
+            if (failure := job_failure(result)) is not None:
+                raise self._job_error(*failure)
+        return results
 
     def _unavailable(self, why: str) -> EngineUnavailable:
         return EngineUnavailable(f"The {self.engine} runner {why}.", self.retry_after_s)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ from gateway.image_pool import ImagePool, RequestBudget
 from gateway.metrics import gateway_metrics
 from gateway.preprocess import TextPreprocessor, VisionPreprocessor
 from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
-from gateway.runner_client import RunnerClient
+from gateway.routing import LiveRoute, RoutingTable, Target
+from gateway.shadow import ShadowJob, Shadows
 from models.registry import ModelSpec, Pooling, Served
 from runners.engine import decode_array
 from runners.pooling import normalize
@@ -63,22 +65,22 @@ class EmbeddingResult:
     model: str
     inputs: int
     tokens: int
+    shadow: ShadowJob | None = None  # to start once the answer has gone out
 
 
 class EmbeddingServing:
     def __init__(
         self,
         served: Served,
-        preprocessors: dict[str, TextPreprocessor],
-        runners: dict[str, RunnerClient],  # served model name -> its runner's client
+        routing: RoutingTable,
         admission: Admission,
         image_pool: ImagePool | None = None,  # needed when a vision model is served
     ) -> None:
         self.served = served
-        self.preprocessors = preprocessors
-        self.runners = runners
+        self.routing = routing
         self.admission = admission
         self.image_pool = image_pool
+        self.shadows = Shadows(self._prepare)
 
     def model(self, name: str) -> ModelSpec:
         spec = self.served.find(name)
@@ -89,21 +91,30 @@ class EmbeddingServing:
             )
         return spec
 
-    async def embed(self, request: EmbeddingRequest, spec: ModelSpec) -> EmbeddingResult:
+    async def embed(self, request: EmbeddingRequest, spec: ModelSpec, route: LiveRoute,
+                    target: Target) -> EmbeddingResult:
+        """``request`` for served model ``spec``, answered by its variant ``target`` (of ``route``);
+        the result may carry a shadow job for ``route``'s shadow variant (``gateway/shadow.py``)."""
         items = self._items(request.input)
         if request.dimensions is not None:
             self._check_dimensions(spec, request.dimensions)
         with self.admission.admit(len(items)):  # before tokenizing: a refused request costs nothing
-            prepared = await self._prepare(spec, items, request.input_type, request.truncate, request.instruction)
+            prepared = await self._prepare(target.preprocessor, target.spec, items, request.input_type,
+                                           request.truncate, request.instruction)
             self._check_tokens(prepared.tokens)
-            payloads = await self._run(spec, prepared.arrays)
+            payloads = await self._run(spec.name, target, prepared.arrays)
         if len(payloads) < RESPONSE_INLINE_INPUTS:
             body = self._response(spec, request, payloads, prepared)
         else:  # decoding and serializing thousands of vectors takes milliseconds of event loop
             body = await asyncio.to_thread(self._response, spec, request, payloads, prepared)
-        return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens)
+        shadow = None
+        if route.shadow is not None and route.shadow is not target and random.random() < route.fraction:
+            shadow = ShadowJob(spec.name, target, route.shadow, items,
+                               (request.input_type, request.truncate, request.instruction), prepared.arrays, payloads)
+        return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens, shadow=shadow)
 
-    async def rerank(self, request: RerankRequest, spec: ModelSpec) -> EmbeddingResult:
+    async def rerank(self, request: RerankRequest, spec: ModelSpec, route: LiveRoute,
+                     target: Target) -> EmbeddingResult:
         """Scores of ``request.documents`` against ``request.query``, best first (JSON body)."""
         limit = self.served.gateway.max_inputs_per_request
         if len(request.documents) + 1 > limit:
@@ -113,13 +124,14 @@ class EmbeddingServing:
             raise InvalidRequest("'query' must not be empty.", param="query")
         items = [request.query, *request.documents]
         with self.admission.admit(len(items)):
-            query = await self._prepare(spec, items[:1], "query", None)
-            documents = await self._prepare(spec, items[1:], None, None, param="documents")
+            query = await self._prepare(target.preprocessor, target.spec, items[:1], "query", None)
+            documents = await self._prepare(target.preprocessor, target.spec, items[1:], None, None,
+                                            param="documents")
             if len(documents.arrays) != len(request.documents):
                 raise InvalidRequest("Each rerank document must be one text, image or PDF page; select one page with "
                                      "'pages'.", param="documents")
             self._check_tokens(query.tokens + documents.tokens)
-            payloads = await self._run(spec, query.arrays + documents.arrays)
+            payloads = await self._run(spec.name, target, query.arrays + documents.arrays)
         multi = spec.pooling is Pooling.MULTI
         vectors = [decode_array(payload, spec.dimensions, multi) for payload in payloads]
         scores = [self._score(vectors[0], document, multi) for document in vectors[1:]]
@@ -152,11 +164,12 @@ class EmbeddingServing:
                                  "request. Send fewer inputs per request.", param="input",
                                  code="max_tokens_per_request")
 
-    async def _run(self, spec: ModelSpec, arrays: list[np.ndarray]) -> list[str]:
+    @staticmethod
+    async def _run(model: str, target: Target, arrays: list[np.ndarray]) -> list[str]:
         inflight = gateway_metrics().inflight_inputs
         inflight.inc(len(arrays))
         try:
-            return await self.runners[spec.name].embed(spec.name, arrays)
+            return await target.runner.embed(model, arrays, target.name)
         finally:
             inflight.dec(len(arrays))
 
@@ -189,6 +202,7 @@ class EmbeddingServing:
 
     async def _prepare(
         self,
+        preprocessor: TextPreprocessor,
         spec: ModelSpec,
         items: Sequence,
         input_type: str | None,
@@ -196,9 +210,9 @@ class EmbeddingServing:
         instruction: str | None = None,
         param: str = "input",
     ) -> Prepared:
-        """Engine inputs for ``items`` (texts, token-id lists, or image/file parts), or a 400.
-        ``instruction``: the request's override of the registry's instruction (``preprocess.py``)."""
-        preprocessor = self.preprocessors[spec.name]
+        """Engine inputs for ``items`` (texts, token-id lists, or image/file parts) for the registry
+        model ``spec`` (a variant's) through its ``preprocessor``, or a 400. ``instruction``: the
+        request's override of the registry's instruction (``preprocess.py``)."""
         truncate = spec.truncate if truncate is None else truncate
         parts = [i for i, item in enumerate(items) if isinstance(item, (ImagePart, FilePart))]
         if not parts:

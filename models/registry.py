@@ -25,6 +25,8 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -243,6 +245,25 @@ class VllmOptions(_Frozen):
         return self.hf_overrides.get("architectures") == ["BertModel"]
 
 
+class Pin(_Frozen):
+    """What a model is, pinned by content: the sha256 of every file of its store entry (graphs or
+    weights, tokenizer, configs). Pins live in the registry's lock (``registry.lock`` beside the
+    registry file), written by ``python -m export pin`` and never in the registry itself; the
+    runners load the store version whose recorded content has ``digest``, and ``python -m export
+    ensure`` exports again on a store that lacks it and refuses a result that differs.
+
+    ``version`` (the store version it was pinned from), ``source``, ``revision`` and
+    ``exported_with`` (library versions) are details that explain a difference; they select nothing."""
+
+    store: str = Field(description="the store entry's name (the registry's store_tag without a version)")
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 over `files` (models/store.py)")
+    files: dict[str, str] = Field(min_length=1, description="relative path -> sha256 of every file")
+    version: str | None = None
+    source: str | None = None
+    revision: str | None = None
+    exported_with: dict[str, str] = Field(default_factory=dict)
+
+
 class ModelSpec(_Frozen):
     """One served model.
 
@@ -284,6 +305,8 @@ class ModelSpec(_Frozen):
     )
     vllm: VllmOptions = VllmOptions()
     memory: MemorySpec | None = Field(default=None, description="sizes for the GPU memory plan (models/memory_plan.py)")
+    pin: Pin | None = Field(default=None, description="from the registry's lock (registry.lock), never from the "
+                            "registry file: the store content this model is pinned to")
 
     @field_validator("store_tag")
     @classmethod
@@ -292,6 +315,24 @@ class ModelSpec(_Frozen):
         if not name or name != name.lower() or not all(c.isalnum() or c in "-_." for c in name):
             raise ValueError("store tag names are lowercase letters, digits, '-', '_' or '.'")
         return value
+
+    @model_validator(mode="after")
+    def _check_pin(self) -> ModelSpec:
+        if self.pin is None:
+            return self
+        name, _, version = self.store_tag.partition(":")
+        if version:
+            raise ValueError(f"store_tag {self.store_tag!r} names a version and registry.lock pins the model by "
+                             "content: keep one (drop the version; `python -m export pin` chose the content)")
+        if self.pin.store != name:
+            raise ValueError(f"registry.lock pins store entry {self.pin.store!r}, the registry says {name!r}: "
+                             f"pin it again with `python -m export pin {self.name}`")
+        return self
+
+    @property
+    def store_name(self) -> str:
+        """The store entry's name, without a version."""
+        return self.store_tag.split(":", 1)[0]
 
     @model_validator(mode="after")
     def _check_dimensions(self) -> ModelSpec:
@@ -368,11 +409,66 @@ class GpuSpec(_Frozen):
     headroom_bytes: int = Field(ge=0, description="kept free of the plan: the driver's own use, fragmentation")
 
 
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # header-safe, a bounded metric label value
+DEFAULT_VARIANT = "default"  # the one variant of a served model without a `routing` entry
+
+
+class VariantSpec(_Frozen):
+    """One variant of a served name: a registry model (``model``, default the served name itself;
+    another store version is another registry entry with the same ``store_tag`` name pinned to other
+    content) and its ``weight``: the share of callers (by the OpenAI ``user`` field) sent to it."""
+
+    model: str | None = None
+    weight: float = Field(default=1.0, ge=0)
+
+
+class ShadowSpec(_Frozen):
+    """Shadow traffic: ``fraction`` of the requests answered by another variant are also sent to
+    ``variant`` after the answer has gone out, and the two results compared (gateway/shadow.py)."""
+
+    variant: str
+    fraction: float = Field(gt=0, le=1)
+
+
+class RouteSpec(_Frozen):
+    """How one served name picks a variant per request (gateway/routing.py): the request header
+    ``X-Embedding-Variant`` forces one; a request with a ``user`` goes to the variant its stable hash
+    falls in (shares by ``weight``); any other to ``default`` (the first listed when unset).
+    Every variant is loaded by its engine's runner at start; the admin endpoint changes weights,
+    default and shadow while the server runs, among these variants only."""
+
+    variants: dict[str, VariantSpec] = Field(min_length=1)
+    default: str | None = None
+    shadow: ShadowSpec | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, VariantSpec]) -> dict[str, VariantSpec]:
+        if bad := [name for name in value if not re.match(VARIANT_NAME, name)]:
+            raise ValueError(f"variant names are letters, digits, '.', '_' or '-' (at most 63): {', '.join(bad)}")
+        if sum(v.weight for v in value.values()) <= 0:
+            raise ValueError("the variants' weights add up to 0")
+        return value
+
+    @model_validator(mode="after")
+    def _named_variants(self) -> RouteSpec:
+        if self.default is not None and self.default not in self.variants:
+            raise ValueError(f"default {self.default!r} is not one of the variants ({', '.join(self.variants)})")
+        if self.shadow is not None and self.shadow.variant not in self.variants:
+            raise ValueError(f"shadow.variant {self.shadow.variant!r} is not one of the variants "
+                             f"({', '.join(self.variants)})")
+        return self
+
+
 class ProfileSpec(_Frozen):
     description: str = ""
     models: tuple[str, ...] = Field(min_length=1)
     runners: dict[Engine, RunnerSpec] = Field(default_factory=dict)
     gpu: GpuSpec | None = None
+    routing: dict[str, RouteSpec] = Field(
+        default_factory=dict, description="served name -> its variants, weights, default and shadow "
+        "(a served name without an entry has one variant, `default`: its own registry entry)",
+    )
 
     @model_validator(mode="after")
     def _vllm_batches_itself(self) -> ProfileSpec:
@@ -511,7 +607,10 @@ class Registry(_Frozen):
             for model in profile.models:
                 if model not in self.models:
                     raise ValueError(f"profiles.{pname}.models: unknown model {model!r}")
-            ort_models = [self.models[m] for m in profile.models if self.models[m].engine is Engine.ORT]
+            for model, route in profile.routing.items():
+                self._check_route(f"profiles.{pname}.routing.{model}", profile, model, route)
+            units = {name: self.models[name] for name in profile_units(profile)}
+            ort_models = [spec for spec in units.values() if spec.engine is Engine.ORT]
             if not ort_models:
                 continue
             runner = profile.runners.get(Engine.ORT, RunnerSpec())
@@ -528,6 +627,30 @@ class Registry(_Frozen):
                     check_vision_providers(tuple(ProviderSpec(name=p) for p in listed))
         return self
 
+    def _check_route(self, where: str, profile: ProfileSpec, model: str, route: RouteSpec) -> None:
+        """The variants of served name ``model`` exist and answer like it: the same dimensions,
+        pooled or multi-vector alike, normalised alike, the same matryoshka range, vision alike."""
+        if model not in profile.models:
+            raise ValueError(f"{where}: {model!r} is not one of the profile's models")
+        served_spec = self.models[model]
+        for name, variant in route.variants.items():
+            unit = variant.model or model
+            if unit not in self.models:
+                raise ValueError(f"{where}.variants.{name}.model: unknown model {unit!r}")
+            spec = self.models[unit]
+            differs = [field for field, a, b in (
+                ("dimensions", spec.dimensions, served_spec.dimensions),
+                ("pooling (multi-vector or not)", spec.pooling is Pooling.MULTI, served_spec.pooling is Pooling.MULTI),
+                ("normalize", spec.normalize, served_spec.normalize),
+                ("matryoshka", spec.matryoshka, served_spec.matryoshka),
+                ("vision", spec.vision is None, served_spec.vision is None)) if a != b]
+            if differs:
+                raise ValueError(f"{where}.variants.{name}: model {unit!r} differs from {model!r} in "
+                                 f"{', '.join(differs)}; a variant must answer like the served model")
+        if route.shadow is not None and served_spec.pooling is Pooling.MULTI:
+            raise ValueError(f"{where}.shadow: shadow comparison is defined for pooled vectors, not multi-vector "
+                             "models")
+
     def served(self, profile: str) -> Served:
         if profile not in self.profiles:
             raise RegistryError(
@@ -535,9 +658,16 @@ class Registry(_Frozen):
             )
         spec = self.profiles[profile]
         ort_runner = spec.runners.get(Engine.ORT)
+        units = {name: with_profile_providers(self.models[name], ort_runner) for name in profile_units(spec)}
         models = tuple(with_profile_providers(self.models[name], ort_runner) for name in spec.models)
-        runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in models}}
-        served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server)
+        routes = {}
+        for model in spec.models:
+            route = spec.routing.get(model) or RouteSpec(variants={DEFAULT_VARIANT: VariantSpec()})
+            variants = tuple(Variant(name, units[v.model or model], v.weight) for name, v in route.variants.items())
+            routes[model] = Routing(model, variants, route.default or variants[0].name, route.shadow)
+        runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in units.values()}}
+        served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server,
+                        routes=routes)
         total = sum(served.gpu_memory_shares().values())
         if total > 1 + 1e-9:
             raise RegistryError(
@@ -546,6 +676,40 @@ class Registry(_Frozen):
                 "the ORT runner's gpu_memory_share or the vllm models' vllm.gpu_memory_utilization"
             )
         return served
+
+
+def profile_units(profile: ProfileSpec) -> tuple[str, ...]:
+    """The registry models a profile's runners load, in order: each served model's variants' models
+    (the served model itself when it has no ``routing`` entry), each once."""
+    names: dict[str, None] = {}
+    for model in profile.models:
+        route = profile.routing.get(model)
+        names.update(dict.fromkeys([v.model or model for v in route.variants.values()] if route else [model]))
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant of a served name as a profile serves it: its name, the registry model it runs
+    (``spec``, with the profile's providers) and its configured weight."""
+
+    name: str
+    spec: ModelSpec
+    weight: float
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A served name's variants (in profile order), default and shadow as the profile configures
+    them; the gateway starts from this and the admin endpoint changes it (gateway/routing.py)."""
+
+    model: str
+    variants: tuple[Variant, ...]
+    default: str
+    shadow: ShadowSpec | None
+
+    def variant(self, name: str) -> Variant | None:
+        return next((v for v in self.variants if v.name == name), None)
 
 
 class Served:
@@ -558,13 +722,20 @@ class Served:
         runners: dict[Engine, RunnerSpec],
         gateway: GatewaySpec,
         server: ServerSpec | None = None,
+        routes: dict[str, Routing] | None = None,
     ) -> None:
+        """``models``: the served names; ``routes``: each one's variants (default: one variant,
+        ``default``, the model itself); ``units``: the registry models the runners load."""
         self.profile = profile
         self.models = models
         self.runners = runners
         self.gateway = gateway
         self.server = server or ServerSpec()
         self._by_name = {alias: m for m in models for alias in (m.name, *m.aliases)}
+        self.routes = {m.name: Routing(m.name, (Variant(DEFAULT_VARIANT, m, 1.0),), DEFAULT_VARIANT, None)
+                       for m in models} | (routes or {})
+        self.units = tuple({v.spec.name: v.spec for r in self.routes.values() for v in r.variants}.values())
+        self._units_by_name = {alias: m for m in self.units for alias in (m.name, *m.aliases)}
 
     @property
     def request_timeout_s(self) -> float:
@@ -577,7 +748,12 @@ class Served:
         return self._by_name.get(name)
 
     def for_engine(self, engine: Engine) -> tuple[ModelSpec, ...]:
-        return tuple(m for m in self.models if m.engine == engine)
+        """The registry models ``engine``'s runner loads (the variants' models)."""
+        return tuple(m for m in self.units if m.engine == engine)
+
+    def unit(self, name: str) -> ModelSpec | None:
+        """The loaded registry model ``name`` or alias (a served model or a variant's model), else None."""
+        return self._units_by_name.get(name)
 
     def runner(self, engine: Engine) -> RunnerSpec:
         return self.runners.get(engine, RunnerSpec())
@@ -667,27 +843,73 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def parse_registry(text: str, source: str = "registry") -> Registry:
-    """Validate registry YAML text; raises ``RegistryError`` naming the bad field."""
+def parse_registry(text: str, source: str = "registry", lock: str | None = None,
+                   lock_source: str = "registry.lock") -> Registry:
+    """Validate registry YAML text and its lock's (``lock``: the pins, or None); raises
+    ``RegistryError`` naming the bad field."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RegistryError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{source}: expected a mapping with 'models' and 'profiles'")
+    models = data.get("models")
+    if isinstance(models, dict):
+        for name, value in models.items():
+            if isinstance(value, dict) and "pin" in value:
+                raise RegistryError(f"{source}: models.{name}.pin: pins live in {lock_source} beside the registry, "
+                                    "written by `python -m export pin`")
+        pins = parse_lock(lock, lock_source) if lock is not None else {}
+        if unknown := sorted(set(pins) - set(models)):
+            raise RegistryError(f"{lock_source}: pins {', '.join(unknown)}, which {source} does not have; delete "
+                                "the entry or pin again (`python -m export pin`)")
+        data = {**data, "models": {name: {**value, "pin": pins[name]} if name in pins and isinstance(value, dict)
+                                   else value for name, value in models.items()}}
     try:
         return Registry.model_validate(_env_overrides(data))
     except ValidationError as exc:
         raise RegistryError(_format_validation_error(source, exc)) from None
 
 
+LOCK_FORMAT = 1
+
+
+def parse_lock(text: str, source: str = "registry.lock") -> dict[str, dict[str, Any]]:
+    """The pins of a lock file's text (model name -> ``Pin`` fields); ``RegistryError`` when it is
+    not a lock. The fields themselves are checked with the model (``ModelSpec.pin``)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT or not isinstance(data.get("pins") or {}, dict):
+        raise RegistryError(f"{source}: not a registry lock (format {LOCK_FORMAT} with a `pins` mapping); write it "
+                            "with `python -m export pin`")
+    return dict(data.get("pins") or {})
+
+
+def registry_path() -> Path:
+    """The registry file: ``EMBED_REGISTRY``, else ``models/registry.yaml``."""
+    return Path(os.environ.get("EMBED_REGISTRY") or DEFAULT_REGISTRY)
+
+
+def lock_path(registry: str | os.PathLike[str] | None = None) -> Path:
+    """The registry's lock, beside it: ``registry.yaml`` -> ``registry.lock``."""
+    return Path(registry or registry_path()).with_suffix(".lock")
+
+
 def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
-    path = Path(path or os.environ.get("EMBED_REGISTRY") or DEFAULT_REGISTRY)
+    """The registry file (``registry_path()`` unless ``path``) with the pins of its lock, if any."""
+    path = Path(path or registry_path())
     try:
         text = path.read_text()
     except OSError as exc:
         raise RegistryError(f"cannot read registry {path}: {exc.strerror}") from None
-    return parse_registry(text, str(path))
+    lock = lock_path(path)
+    try:
+        lock_text = lock.read_text() if lock.is_file() else None
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry lock {lock}: {exc.strerror}") from None
+    return parse_registry(text, str(path), lock_text, str(lock))
 
 
 @functools.cache

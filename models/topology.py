@@ -29,7 +29,7 @@ class RunnerRoute:
     key: str  # unique per gateway: the engine (``ort``), or ``ort_1``, ``ort_2``... when split
     engine: Engine
     url: str | None  # None: the runner runs inside this ``bentoml serve``
-    models: tuple[str, ...]  # served model names this runner answers for
+    models: tuple[str, ...]  # registry models this runner loads (the profile's variants' models)
 
 
 def url_variable(engine: Engine) -> str:
@@ -57,7 +57,7 @@ def runner_routes(served: Served, environ: Mapping[str, str] = os.environ) -> tu
             by_url: dict[str, list[str]] = {}
             for item in value.split():
                 model, _, url = item.partition("=")
-                spec = served.find(model)
+                spec = served.unit(model)
                 if spec is None or spec.engine is not engine:
                     raise RegistryError(
                         f"{variable}: {model!r} is not an {engine.value} model of profile {served.profile!r}"
@@ -73,13 +73,13 @@ def runner_routes(served: Served, environ: Mapping[str, str] = os.environ) -> tu
 
 
 def runner_models(served: Served, engine: Engine, environ: Mapping[str, str] = os.environ) -> tuple[ModelSpec, ...]:
-    """The models one runner process loads: its engine's models of the profile, or the subset
-    named in ``EMBED_RUNNER_MODELS`` (comma-separated served names)."""
+    """The models one runner process loads: its engine's models of the profile (the registry models
+    its variants name), or the subset named in ``EMBED_RUNNER_MODELS`` (comma-separated)."""
     specs = served.for_engine(engine)
     wanted = [name.strip() for name in environ.get("EMBED_RUNNER_MODELS", "").split(",") if name.strip()]
     if not wanted:
         return specs
-    chosen = [served.find(name) for name in wanted]
+    chosen = [served.unit(name) for name in wanted]
     if bad := [name for name, spec in zip(wanted, chosen, strict=True) if spec is None or spec.engine is not engine]:
         raise RegistryError(
             f"EMBED_RUNNER_MODELS: {', '.join(bad)} not {engine.value} models of profile {served.profile!r}"

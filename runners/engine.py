@@ -41,11 +41,15 @@ class ImagePayload(BaseModel):
 
 
 class EmbedJob(BaseModel):
-    """One input of one request: the served model's name, its token ids (or, for a page of a
-    vision model, ``image`` and no ids), and when the gateway sent it (unix seconds; the runner
-    reports queue wait from it)."""
+    """One input of one request: the served model's name and the variant of it that runs the job
+    (``variant``; None: the profile's default variant of that model, as configured: the gateway
+    always names the one it chose, since the admin endpoint can change the default), its token ids
+    (or, for a page of a vision model, ``image`` and no ids), and when the gateway sent it (unix
+    seconds; the runner reports queue wait from it). A runner runs the job on the registry model
+    the profile lists for that variant (``models/registry.py: Routing``)."""
 
     model: str
+    variant: str | None = None
     ids: list[int] = []
     image: ImagePayload | None = None
     sent_at: float
@@ -58,17 +62,22 @@ class EmbedJob(BaseModel):
         return pixels.reshape(self.image.height, self.image.width, 3)
 
 
-def job_payload(model: str, value: np.ndarray, sent_at: float) -> dict:
+def job_payload(model: str, value: np.ndarray, sent_at: float, variant: str | None = None) -> dict:
     """The JSON form of an ``EmbedJob`` for an engine input (1-D ids or a uint8 HxWx3 image)."""
+    job: dict = {"model": model, "sent_at": sent_at}
+    if variant is not None:
+        job["variant"] = variant
     if value.ndim == 3:
         height, width, _ = value.shape
         data = base64.b64encode(np.ascontiguousarray(value, dtype=np.uint8).tobytes()).decode("ascii")
-        return {"model": model, "image": {"height": height, "width": width, "data": data}, "sent_at": sent_at}
-    return {"model": model, "ids": value.tolist(), "sent_at": sent_at}
+        job["image"] = {"height": height, "width": width, "data": data}
+    else:
+        job["ids"] = value.tolist()
+    return job
 
 
 class JobFailure(enum.StrEnum):
-    """Why a job has no result: ``invalid``: the runner refused the job (a model it does not
+    """Why a job has no result: ``invalid``: the runner refused the job (a model or variant it does not
     serve, token ids outside the vocabulary or too many, an image that is not one of the model's
     buckets; the gateway checks all this first, so it means a misrouted or hand-made call);
     ``unavailable``: the model's engine is down or restarting (retry later); ``engine``: the
@@ -105,10 +114,12 @@ class EmbedResults(BaseModel):
 class EmbeddingEngine(Protocol):
     spec: ModelSpec
 
-    def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def embed(self, inputs: Sequence[np.ndarray], labels: tuple[str, str] | None = None) -> list[np.ndarray]:
         """int64 token ids ``(tokens,)`` (or, for vision models, uint8 ``(height, width, 3)``
         images as the gateway resized them) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
-        in input order. Raises only for engine faults (inputs are pre-validated)."""
+        in input order. Raises only for engine faults (inputs are pre-validated). ``labels``: the
+        (served model, variant) its engine metrics count the call under (default: ``(spec.name,
+        "default")``)."""
         ...
 
 

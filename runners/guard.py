@@ -4,8 +4,9 @@ The gateway validates every input before it reaches a runner, but a runner is al
 its own (a Kubernetes Service, a port on the host), and one call carries the inputs of many
 requests. So each runner, before batching:
 
-- ``JobChecker.array``: turns one ``EmbedJob`` into its engine input or refuses it with
-  ``JobRefused`` (a model this runner does not serve, no or too many token ids, ids outside the
+- ``JobChecker.check``: turns one ``EmbedJob`` into its target (served model, variant) and engine
+  input, or refuses it with ``JobRefused`` (a model or variant this runner does not serve, no or
+  too many token ids, ids outside the
   vocabulary or negative, an image of a size the model does not take (sides multiples of 28,
   area within the registry's ``vision.min_pixels``/``max_pixels``) or whose bytes do not match
   its size). A refused job gets ``job_error(INVALID, ...)`` and its call-mates run.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
-from models.registry import ModelSpec
+from models.registry import DEFAULT_VARIANT, ModelSpec, Routing, Variant
 from runners.engine import EmbedJob, JobFailure, job_error
 
 if TYPE_CHECKING:
@@ -58,18 +59,41 @@ class ModelLimits:
         return cls(spec, int(vocab) if vocab else None)
 
 
-class JobChecker:
-    def __init__(self, limits: Sequence[ModelLimits]) -> None:
-        self.limits = {item.spec.name: item for item in limits}
+Key = tuple[str, str]  # (served model, variant): what a job runs as (metric labels) and on (its registry model)
 
-    def array(self, job: EmbedJob) -> np.ndarray:
-        """The engine input of ``job``: int64 ids ``(tokens,)`` or a uint8 ``(height, width, 3)``
-        image; ``JobRefused`` when the job is not one this runner can run."""
-        limits = self.limits.get(job.model)
+
+class JobChecker:
+    def __init__(self, limits: Sequence[ModelLimits], routes: Iterable[Routing] = ()) -> None:
+        """``limits``: one per registry model this runner loaded; ``routes``: the profile's served
+        names and their variants. A job names a served model and a variant (none: the model's
+        configured default) and runs on that variant's registry model when it is loaded here.
+        Without ``routes`` each loaded model is served under its own name, as variant ``default``."""
+        by_unit = {item.spec.name: item for item in limits}
+        routes = list(routes) or [Routing(name, (Variant(DEFAULT_VARIANT, item.spec, 1.0),), DEFAULT_VARIANT, None)
+                                  for name, item in by_unit.items()]
+        self.targets: dict[Key, ModelLimits] = {
+            (route.model, variant.name): by_unit[variant.spec.name]
+            for route in routes for variant in route.variants if variant.spec.name in by_unit}
+        self.defaults = {route.model: route.default for route in routes}
+
+    def unit(self, key: Key) -> str:
+        """The registry model that runs ``key``'s jobs."""
+        return self.targets[key].spec.name
+
+    def check(self, job: EmbedJob) -> tuple[Key, np.ndarray]:
+        """The target of ``job`` and its engine input: int64 ids ``(tokens,)`` or a uint8 ``(height,
+        width, 3)`` image; ``JobRefused`` when the job is not one this runner can run."""
+        key = (job.model, job.variant or self.defaults.get(job.model, DEFAULT_VARIANT))
+        limits = self.targets.get(key)
         if limits is None:
-            raise JobRefused(f"model {job.model!r} is not served by this runner (it serves {', '.join(self.limits)})")
+            variants = [variant for model, variant in self.targets if model == job.model]
+            if variants:
+                raise JobRefused(f"model {job.model!r} has no variant {key[1]!r} on this runner (it has "
+                                 f"{', '.join(variants)})")
+            served = sorted({model for model, _ in self.targets})
+            raise JobRefused(f"model {job.model!r} is not served by this runner (it serves {', '.join(served)})")
         if job.image is not None:
-            return self._image(job, limits)
+            return key, self._image(job, limits)
         ids, name = job.ids, job.model
         if not ids:
             raise JobRefused(f"{name}: a job needs token ids or an image")
@@ -80,7 +104,7 @@ class JobChecker:
             raise JobRefused(f"{name}: token id {low} is negative")
         if limits.vocab_size is not None and high >= limits.vocab_size:
             raise JobRefused(f"{name}: token id {high} is outside the vocabulary of {limits.vocab_size}")
-        return np.asarray(ids, dtype=np.int64)
+        return key, np.asarray(ids, dtype=np.int64)
 
     @staticmethod
     def _image(job: EmbedJob, limits: ModelLimits) -> np.ndarray:
@@ -124,7 +148,7 @@ class QueueLimit:
             self.held -= inputs
 
 
-Item = tuple[str, np.ndarray, float]  # (model, engine input, sent_at)
+Item = tuple[Key, np.ndarray, float]  # ((served model, variant), engine input, sent_at)
 
 
 async def run_jobs(
@@ -143,7 +167,8 @@ async def run_jobs(
         items: list[Item] = []
         for index, job in enumerate(jobs):
             try:
-                items.append((job.model, checker.array(job), job.sent_at))
+                key, array = checker.check(job)
+                items.append((key, array, job.sent_at))
                 accepted.append(index)
             except JobRefused as refused:
                 results[index] = job_error(JobFailure.INVALID, str(refused))

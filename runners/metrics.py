@@ -1,4 +1,5 @@
-"""Runner-side Prometheus metrics, prefixed ``embedding_`` and labelled by ``model``.
+"""Runner-side Prometheus metrics, prefixed ``embedding_`` and labelled by ``model`` (the served
+name) and ``variant`` (one of its configured variants: label values stay bounded).
 
 Created at service start (``runner_metrics()``), after BentoML has set
 ``PROMETHEUS_MULTIPROC_DIR``. Per engine call: inputs, padded tokens (rows x longest row) and
@@ -12,6 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+LABELS = ("model", "variant")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -19,11 +21,12 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 
 @dataclass(frozen=True)
 class RunnerMetrics:
-    batch_size: Any  # Histogram embedding_batch_size{model}
-    batch_tokens: Any  # Histogram embedding_batch_tokens{model}
-    queue_wait_seconds: Any  # Histogram embedding_queue_wait_seconds{model}
-    engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model}
-    model_info: Any  # Gauge embedding_model_info{runner,model,store_tag,provider} = 1 per loaded model
+    batch_size: Any  # Histogram embedding_batch_size{model,variant}
+    batch_tokens: Any  # Histogram embedding_batch_tokens{model,variant}
+    queue_wait_seconds: Any  # Histogram embedding_queue_wait_seconds{model,variant}
+    engine_seconds: Any  # Histogram embedding_engine_duration_seconds{model,variant}
+    # Gauge embedding_model_info{runner,model,variant,store_tag,content,provider} = 1 per served variant loaded
+    model_info: Any
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,19 @@ def runner_metrics() -> RunnerMetrics:
     import prometheus_client as prom
 
     return RunnerMetrics(
-        batch_size=prom.Histogram("embedding_batch_size", "Inputs per engine call", ["model"], buckets=SIZE_BUCKETS),
+        batch_size=prom.Histogram("embedding_batch_size", "Inputs per engine call", LABELS, buckets=SIZE_BUCKETS),
         batch_tokens=prom.Histogram(
-            "embedding_batch_tokens", "Padded tokens per engine call", ["model"], buckets=TOKEN_BUCKETS
+            "embedding_batch_tokens", "Padded tokens per engine call", LABELS, buckets=TOKEN_BUCKETS
         ),
         queue_wait_seconds=prom.Histogram(
-            "embedding_queue_wait_seconds", "Gateway send to batch start, per input", ["model"], buckets=LATENCY_BUCKETS
+            "embedding_queue_wait_seconds", "Gateway send to batch start, per input", LABELS, buckets=LATENCY_BUCKETS
         ),
         engine_seconds=prom.Histogram(
-            "embedding_engine_duration_seconds", "Engine time per engine call", ["model"], buckets=LATENCY_BUCKETS
+            "embedding_engine_duration_seconds", "Engine time per engine call", LABELS, buckets=LATENCY_BUCKETS
         ),
         model_info=prom.Gauge(
-            "embedding_model_info", "1 per model a runner has loaded: its store version and execution provider",
-            ["runner", "model", "store_tag", "provider"], multiprocess_mode="livemax",
+            "embedding_model_info", "1 per served model and variant a runner has loaded: its store version, "
+            "content digest (first 12 hex digits) and execution provider",
+            ["runner", "model", "variant", "store_tag", "content", "provider"], multiprocess_mode="livemax",
         ),
     )

@@ -74,16 +74,23 @@ def serve_process(
         process.wait()
 
 
-def own_bentoml_home(path: Path) -> str:
+def own_bentoml_home(path: Path, models: Path | None = None) -> str:
     """A ``BENTOML_HOME`` of its own for one more ``bentoml serve`` beside the others: its
     ``prometheus_multiproc_dir`` (which every serve empties at start) is its own, while its
-    ``models`` is a link to the test store, so the same models are found. BentoML derives both
-    from ``BENTOML_HOME`` and has no separate setting for either (1.4.40)."""
+    ``models`` is a link to the test store (or to ``models``), so the same models are found.
+    BentoML derives both from ``BENTOML_HOME`` and has no separate setting for either (1.4.40)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     path.mkdir(parents=True, exist_ok=True)
-    (path / "models").symlink_to(BentoMLContainer.model_store_dir.get(), target_is_directory=True)
+    (path / "models").symlink_to(models or BentoMLContainer.model_store_dir.get(), target_is_directory=True)
     return str(path)
+
+
+def session_store() -> Path:
+    """The test session's Bento model store (``$BENTOML_HOME/models``)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
 
 
 # What a runner logs when a model failed to load and it will stay not ready for good

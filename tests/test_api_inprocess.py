@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.auth import ApiKeys
 from gateway.errors import EngineUnavailable
 from gateway.preprocess import TextPreprocessor
+from gateway.routing import RoutingTable, Target
 from gateway.serving import EmbeddingServing
 from models.registry import parse_registry
 from models.store import StoreEntry
@@ -65,7 +66,7 @@ class FakeRunner:
         self.gate: asyncio.Event | None = None
         self.down = False
 
-    async def embed(self, model, inputs):
+    async def embed(self, model, inputs, variant=None):
         self.calls.append((model, [ids.tolist() for ids in inputs]))
         if self.down:
             raise EngineUnavailable("The ort runner serving it is unreachable.")
@@ -80,7 +81,9 @@ def api():
     entry = StoreEntry(tag="fake", path=get_model_path(), metadata={}, settings={"vocab_size": 30522})
     preprocessors = {spec.name: TextPreprocessor(spec, entry) for spec in served.models}
     runner = FakeRunner({spec.name: spec.dimensions for spec in served.models})
-    serving = EmbeddingServing(served, preprocessors, {m.name: runner for m in served.models}, Admission(8, 3))
+    targets = {route.model: {v.name: Target(v.name, v.spec, "fake", "unrecorded", preprocessors[v.spec.name], runner)
+                             for v in route.variants} for route in served.routes.values()}
+    serving = EmbeddingServing(served, RoutingTable(served, targets), Admission(8, 3))
     client = TestClient(mounted(create_app(serving, ApiKeys(()))), base_url="http://test/v1")
     client.runner, client.preprocessors, client.serving = runner, preprocessors, serving
     return client

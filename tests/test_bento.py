@@ -1,4 +1,6 @@
-"""`bentoml build` packs the service, its runners, the registry and the profile's store entries."""
+"""`bentoml build` packs the service, its runners, the registry with its lock and the profile's store
+entries: a pinned model's exactly (the version holding the pinned content; tests/test_pins.py builds
+with another version as the latest)."""
 
 import subprocess
 import sys
@@ -22,6 +24,9 @@ def bentoml(*args: str) -> str:
 def test_build_packs_services_registry_and_models():
     import bentoml as bml
 
+    from models.registry import load_registry
+
+    pin = load_registry().models["all-MiniLM-L6-v2"].pin
     tag = bentoml("build", "--output", "tag").splitlines()[-1].removeprefix("__tag__:")
     try:
         path = Path(bml.get(tag).path)
@@ -29,9 +34,10 @@ def test_build_packs_services_registry_and_models():
         services = {s["name"]: s for s in info["services"]}
         assert info["entry_service"] == "gateway" and set(services) == {"gateway", "ort_runner"}
         assert services["gateway"]["dependencies"] == [{"service": "ort_runner"}]
-        assert [m["tag"].split(":")[0] for m in services["gateway"]["models"]] == ["all-minilm-l6-v2"]
+        assert [m["tag"] for m in services["gateway"]["models"]] == [f"all-minilm-l6-v2:{pin.version}"]
         assert services["ort_runner"]["config"]["runner_connection"]["max_requests"] >= 10**9
-        for packed in ("src/service.py", "src/models/registry.yaml", "src/runners/ort/engine.py", "src/gateway/app.py"):
+        for packed in ("src/service.py", "src/models/registry.yaml", "src/models/registry.lock",
+                       "src/runners/ort/engine.py", "src/gateway/app.py"):
             assert (path / packed).is_file(), packed
         requirements = (path / "env/python/requirements.txt").read_text()
         assert "onnxruntime==" in requirements and "torch" not in requirements

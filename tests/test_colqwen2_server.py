@@ -212,7 +212,7 @@ def _bomb() -> str:  # 5000 x 5000 pixels in a few KB: over EMBED_MAX_IMAGE_PIXE
 def test_rerank_is_counted_like_embeddings(http):
     def inputs_total() -> float:
         for line in http.get("/metrics").text.splitlines():
-            if line.startswith('embedding_inputs_total{model="all-MiniLM-L6-v2"}'):
+            if line.startswith('embedding_inputs_total{model="all-MiniLM-L6-v2",variant="default"}'):
                 return float(line.split()[-1])
         return 0.0
 

@@ -212,17 +212,17 @@ def test_connections_past_the_cap_get_503_and_are_closed(served):
 
 def test_a_client_gone_while_uploading_is_counted_apart_without_a_traceback(served):
     _, url, log = served
-    before = counter(url, 'embedding_requests_total{model="unknown",status="499"}')
+    before = counter(url, 'embedding_requests_total{model="unknown",status="499",variant="none"}')
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
                      + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"model\": \"x\", ")
         time.sleep(0.3)
     deadline = time.monotonic() + 5
-    while counter(url, 'embedding_requests_total{model="unknown",status="499"}') < before + 1:
+    while counter(url, 'embedding_requests_total{model="unknown",status="499",variant="none"}') < before + 1:
         assert time.monotonic() < deadline, metric_lines(url, "embedding_requests_total")
         time.sleep(0.2)
-    assert counter(url, 'embedding_requests_total{model="unknown",status="500"}') == 0
+    assert counter(url, 'embedding_requests_total{model="unknown",status="500",variant="none"}') == 0
     assert "Traceback" not in log.read_text()
 
 
@@ -235,7 +235,7 @@ def test_a_request_past_the_request_timeout_gets_an_openai_504(served):
     openai_error(response, 504, "timeout")
     assert response.headers["retry-after"] == "1"
     assert REQUEST_TIMEOUT_S - 0.1 <= elapsed <= REQUEST_TIMEOUT_S + 3, elapsed
-    assert counter(url, f'embedding_requests_total{{model="{MODEL}",status="504"}}') >= 1
+    assert counter(url, f'embedding_requests_total{{model="{MODEL}",status="504",variant="default"}}') >= 1
 
 
 def test_the_openapi_document_lists_the_504(served):

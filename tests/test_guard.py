@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 
-from models.registry import ModelSpec
+from models.registry import ModelSpec, Routing, Variant
 from runners.engine import EmbedJob, JobFailure, job_failure
-from runners.guard import EngineDown, JobChecker, ModelLimits, QueueLimit, run_jobs
+from runners.guard import EngineDown, JobChecker, JobRefused, ModelLimits, QueueLimit, run_jobs
 
 TEXT = ModelSpec(name="text", engine="ort", store_tag="t", pooling="mean", max_tokens=8, dimensions=4)
 PAGES = ModelSpec(name="pages", engine="ort", store_tag="p", pooling="multi", max_tokens=8, dimensions=4,
@@ -18,8 +18,8 @@ PAGES = ModelSpec(name="pages", engine="ort", store_tag="p", pooling="multi", ma
 CHECKER = JobChecker([ModelLimits(TEXT, 100), ModelLimits(PAGES, 50)])
 
 
-def job(model="text", ids=(1, 2, 3), image=None):
-    return EmbedJob(model=model, ids=list(ids), image=image, sent_at=0.0)
+def job(model="text", ids=(1, 2, 3), image=None, variant=None):
+    return EmbedJob(model=model, variant=variant, ids=list(ids), image=image, sent_at=0.0)
 
 
 def image(height=28, width=56, size=None):
@@ -42,7 +42,7 @@ def image(height=28, width=56, size=None):
 ])
 def test_a_bad_job_fails_alone_with_a_clear_error(bad, message):
     async def run(items):
-        return [f"ran {model}" for model, _, _ in items]
+        return [f"ran {model}" for (model, _), _, _ in items]
 
     results = asyncio.run(run_jobs([job(), bad, job(model="pages", ids=(), image=image())], CHECKER,
                                    QueueLimit(100), run))
@@ -52,9 +52,26 @@ def test_a_bad_job_fails_alone_with_a_clear_error(bad, message):
 
 
 def test_valid_jobs_become_engine_inputs():
-    assert CHECKER.array(job(ids=(5, 99))).tolist() == [5, 99]
-    page = CHECKER.array(job(model="pages", ids=(), image=image()))
-    assert page.shape == (28, 56, 3) and page.dtype == np.uint8
+    key, ids = CHECKER.check(job(ids=(5, 99)))
+    assert key == ("text", "default") and ids.tolist() == [5, 99]
+    key, page = CHECKER.check(job(model="pages", ids=(), image=image()))
+    assert key == ("pages", "default") and page.shape == (28, 56, 3) and page.dtype == np.uint8
+
+
+OTHER = ModelSpec(name="text-int8", engine="ort", store_tag="t8", pooling="mean", max_tokens=4, dimensions=4)
+VARIANTS = JobChecker([ModelLimits(TEXT, 100), ModelLimits(OTHER, 50)], [
+    Routing("text", (Variant("a", TEXT, 1), Variant("b", OTHER, 1), Variant("elsewhere", PAGES, 0)), "b", None)])
+
+
+def test_a_job_runs_on_its_variants_model_and_without_one_on_the_default():
+    assert VARIANTS.check(job(variant="a"))[0] == ("text", "a") and VARIANTS.unit(("text", "a")) == "text"
+    assert VARIANTS.check(job())[0] == ("text", "b") and VARIANTS.unit(("text", "b")) == "text-int8"
+    with pytest.raises(JobRefused, match="more than max_tokens 4"):  # the variant's own limits
+        VARIANTS.check(job(ids=range(1, 6)))
+    with pytest.raises(JobRefused, match="no variant 'c' on this runner .it has a, b"):
+        VARIANTS.check(job(variant="c"))
+    with pytest.raises(JobRefused, match="no variant 'elsewhere'"):  # loaded by another runner
+        VARIANTS.check(job(variant="elsewhere"))
 
 
 def test_a_full_queue_refuses_the_call_at_once():

@@ -384,7 +384,7 @@ def test_ensure_builds_static_int8_from_the_registry_and_rebuilds_it_when_the_se
     entry = entries(home)["tiny-int8"]
     assert entry["metadata"]["int8"]["calibration_texts"] == 16 and entry["metadata"]["quality"]["queries"] == 500
     again = cli(home, "ensure", "--profile", "p", env=env)
-    assert again.returncode == 0 and f"already in the store as {entry['tag']} (checked)" in again.stdout
+    assert again.returncode == 0 and f"already in the store as {entry['tag']} (unpinned; checked)" in again.stdout
 
     env = {"EMBED_REGISTRY": str(registry_file(tmp_path, tiny, {"tiny-int8": {
         "store_tag": "tiny-int8", "ort": {"precision": "int8", "int8": {**int8, "calibration": "entropy"}}}}))}

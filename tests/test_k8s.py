@@ -2,7 +2,8 @@
 strict: unknown fields fail), and the pieces fit together: each Deployment runs one BentoML
 service of this repository with probes and limits, runners ask for a GPU on GPU nodes, the
 gateway's runner URLs name Services that exist, HPAs scale existing Deployments, every volume's
-claim exists, and the registry ConfigMap equals models/registry.yaml."""
+claim exists, the registry ConfigMap equals models/registry.yaml and its lock, and the gateway
+replicas share a routing file on a ReadWriteMany volume."""
 
 import re
 from pathlib import Path
@@ -95,11 +96,32 @@ def test_hpas_scale_runner_deployments_on_queue_wait():
     assert 'as: "embedding_queue_wait_seconds_mean"' in adapter
 
 
-def test_registry_configmap_is_models_registry_yaml():
-    text = of_kind("ConfigMap")["embedding-registry"]["data"]["registry.yaml"]
-    assert text == (ROOT / "models/registry.yaml").read_text(), "copy models/registry.yaml: make k8s-registry"
+def test_registry_configmap_is_models_registry_yaml_and_its_lock():
+    data = of_kind("ConfigMap")["embedding-registry"]["data"]
+    assert data["registry.yaml"] == (ROOT / "models/registry.yaml").read_text(), "copy it: make k8s-registry"
+    assert data["registry.lock"] == (ROOT / "models/registry.lock").read_text(), "copy it: make k8s-registry"
     settings = of_kind("ConfigMap")["embedding-settings"]["data"]
-    assert parse_registry(text).served(settings["EMBED_PROFILE"]).models
+    assert settings["EMBED_REGISTRY"] == "/etc/embedding/registry.yaml"  # the lock is read beside it
+    assert parse_registry(data["registry.yaml"], lock=data["registry.lock"]).served(settings["EMBED_PROFILE"]).models
+
+
+def test_gateway_replicas_share_their_routing_file_on_a_read_write_many_volume():
+    deployment = of_kind("Deployment")["embedding-gateway"]
+    assert deployment["spec"]["replicas"] > 1
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    path = env["EMBED_ROUTING_FILE"]["value"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = of_kind("PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert env["EMBED_ADMIN_API_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True  # else the API keys
+    for name, other in of_kind("Deployment").items():  # runners never see routing: jobs name their variant
+        if name != "embedding-gateway":
+            assert "EMBED_ROUTING_FILE" not in {e["name"] for e in other["spec"]["template"]["spec"]["containers"][0]
+                                                .get("env", [])}
 
 
 def test_only_the_gateway_reaches_the_runners_api():

@@ -5,7 +5,9 @@ labels the query uses. A panel over a metric nobody exports fails this test.
 
 The test server has no GPU, so its runner exports no GPU series (checked here too); the GPU
 gauges come from a second target, ``tests/fake_nvml.py``, which runs the runner's real GPU
-metric code on a stand-in NVML library.
+metric code on a stand-in NVML library. The session server serves one variant per model and no
+shadow traffic, so a third target, a server whose all-MiniLM-L6-v2 has a shadow variant, makes
+the shadow agreement series.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 import yaml
 
 from deploy.stop_tree import stop_tree
-from tests.conftest import API_KEY, ROOT, free_port
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home
 
 pytestmark = pytest.mark.slow
 
@@ -73,23 +75,46 @@ def test_dashboard_uses_the_provisioned_datasource():
     assert panels and {p["datasource"]["uid"] for p in panels} == {uid}
 
 
+def shadow_registry(folder: Path) -> str:
+    """The shipped registry plus a profile whose all-MiniLM-L6-v2 shadows every request to a twin."""
+    registry = yaml.safe_load((ROOT / "models/registry.yaml").read_text())
+    registry["models"]["all-MiniLM-L6-v2-twin"] = {**registry["models"]["all-MiniLM-L6-v2"], "aliases": []}
+    registry["profiles"]["shadowed"] = {
+        "models": ["all-MiniLM-L6-v2"], "runners": registry["profiles"]["cpu"]["runners"],
+        "routing": {"all-MiniLM-L6-v2": {"variants": {"a": {}, "b": {"model": "all-MiniLM-L6-v2-twin", "weight": 0}},
+                                         "shadow": {"variant": "b", "fraction": 1.0}}}}
+    (folder / "registry.yaml").write_text(yaml.safe_dump(registry))
+    return str(folder / "registry.yaml")
+
+
 @pytest.fixture(scope="module")
-def prometheus(server, tmp_path_factory):
-    """Prometheus scraping the test server and the stand-in GPU exporter every second, after
-    some traffic; yields its HTTP API base URL once both targets have been scraped."""
+def shadowed_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shadowed")
+    env = {"EMBED_REGISTRY": shadow_registry(tmp), "EMBED_PROFILE": "shadowed", "EMBED_API_KEYS": API_KEY,
+           "BENTOML_HOME": own_bentoml_home(tmp / "home")}
+    with bentoml_server(env, tmp / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, shadowed_server, tmp_path_factory):
+    """Prometheus scraping the test server, the shadowed server and the stand-in GPU exporter every
+    second, after some traffic; yields its HTTP API base URL once every target has been scraped."""
     tmp = tmp_path_factory.mktemp("prometheus")
-    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
-        for body in (
-            {"model": "all-MiniLM-L6-v2", "input": ["hello world", "a second text"]},
-            {"model": "all-MiniLM-L6-v2", "input": "one more"},
-            {"model": "no-such-model", "input": "x"},  # 404
-        ):
-            http.post("/v1/embeddings", json=body)
+    for url in (server, shadowed_server):
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
+            for body in (
+                {"model": "all-MiniLM-L6-v2", "input": ["hello world", "a second text"]},
+                {"model": "all-MiniLM-L6-v2", "input": [f"text {i}" for i in range(16)]},  # top-5 overlap
+                {"model": "no-such-model", "input": "x"},  # 404
+            ):
+                http.post("/v1/embeddings", json=body)
+                time.sleep(0.5)  # the shadow of each answer runs while no request waits
     gpu_port, prom_port = free_port(), free_port()
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "embedding"]
-    job["static_configs"] = [{"targets": [urlparse(server).netloc]}]
+    job["static_configs"] = [{"targets": [urlparse(server).netloc, urlparse(shadowed_server).netloc]}]
     config["scrape_configs"].append(
         {"job_name": "gpu-stand-in", "static_configs": [{"targets": [f"127.0.0.1:{gpu_port}"]}]}
     )
@@ -107,7 +132,7 @@ def prometheus(server, tmp_path_factory):
             # ValueError: a plain-text "Service Unavailable" while Prometheus starts
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
-                if len(targets) == 2 and all(t["health"] == "up" for t in targets):
+                if len(targets) == 3 and all(t["health"] == "up" for t in targets):
                     break
             assert time.monotonic() < deadline, f"targets not up: {targets}"
             time.sleep(0.5)

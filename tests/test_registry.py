@@ -89,3 +89,88 @@ def test_matryoshka_range_must_fit_native_dimensions():
     bad = MINIMAL.replace("dimensions: 8", "dimensions: 8\n    matryoshka: {min: 4, max: 16}")
     with pytest.raises(RegistryError, match="matryoshka"):
         parse_registry(bad)
+
+
+VARIANTS = """
+models:
+  m: {engine: ort, store_tag: m, pooling: mean, max_tokens: 16, dimensions: 8}
+  m-next: {engine: ort, store_tag: m, pooling: mean, max_tokens: 16, dimensions: 8}
+  wide: {engine: ort, store_tag: wide, pooling: mean, max_tokens: 16, dimensions: 16}
+  pages: {engine: ort, store_tag: pages, pooling: multi, max_tokens: 16, dimensions: 8,
+          vision: {min_pixels: 784, max_pixels: 3136}}
+  pages-b: {engine: ort, store_tag: pages, pooling: multi, max_tokens: 16, dimensions: 8,
+            vision: {min_pixels: 784, max_pixels: 3136}}
+profiles:
+  p:
+    models: [m, pages]
+    routing:
+      m: {variants: {a: {}, b: {model: m-next, weight: 3}}, shadow: {variant: b, fraction: 0.5}}
+"""
+
+
+def test_variants_are_units_the_runners_load_and_default_to_the_first():
+    served = parse_registry(VARIANTS).served("p")
+    route = served.routes["m"]
+    assert [(v.name, v.spec.name, v.weight) for v in route.variants] == [("a", "m", 1.0), ("b", "m-next", 3.0)]
+    assert route.default == "a" and route.shadow.variant == "b"
+    assert [u.name for u in served.units] == ["m", "m-next", "pages"] and served.unit("m-next").name == "m-next"
+    assert [v.name for v in served.routes["pages"].variants] == ["default"]  # a model without routing
+    assert [s.name for s in served.for_engine(Engine.ORT)] == ["m", "m-next", "pages"]
+    ab = load_registry().served("cpu-ab")  # the shipped example: another engine as a variant
+    assert set(ab.runners) == {Engine.ORT, Engine.VLLM} and [m.name for m in ab.models] == ["all-MiniLM-L6-v2"]
+
+
+@pytest.mark.parametrize("routing, message", [
+    ({"x": {"variants": {"a": {}}}}, "'x' is not one of the profile's models"),
+    ({"m": {"variants": {"a": {"model": "nope"}}}}, "variants.a.model: unknown model 'nope'"),
+    ({"m": {"variants": {"a": {"model": "wide"}}}}, "differs from 'm' in dimensions"),
+    ({"m": {"variants": {"a": {"model": "pages"}}}}, "pooling .multi-vector or not., vision"),
+    ({"m": {"variants": {"a": {}}, "default": "z"}}, "default 'z' is not one of the variants"),
+    ({"m": {"variants": {"a": {}}, "shadow": {"variant": "z", "fraction": 1}}}, "shadow.variant 'z'"),
+    ({"m": {"variants": {"a b": {}}}}, "variant names are letters"),
+    ({"m": {"variants": {"a": {"weight": 0}}}}, "weights add up to 0"),
+    ({"pages": {"variants": {"a": {}, "b": {"model": "pages-b"}}, "shadow": {"variant": "b", "fraction": 1}}},
+     "shadow comparison is defined for pooled vectors"),
+])
+def test_bad_routing_is_refused_naming_the_field(routing, message):
+    import yaml
+
+    data = yaml.safe_load(VARIANTS)
+    data["profiles"]["p"]["routing"] = routing
+    with pytest.raises(RegistryError, match=message):
+        parse_registry(yaml.safe_dump(data)).served("p")
+
+
+PIN = {"store": "m", "digest": "sha256:" + "a" * 64, "files": {"model.onnx": "b" * 64}, "version": "aaaaaaaaaaaaaaaa"}
+
+
+def lock(**pins) -> str:
+    import yaml
+
+    return yaml.safe_dump({"format": 1, "pins": pins})
+
+
+def test_the_lock_pins_registry_models_by_content():
+    registry = parse_registry(MINIMAL, lock=lock(m=PIN))
+    assert registry.models["m"].pin.digest == PIN["digest"] and registry.models["m"].pin.files == PIN["files"]
+    assert parse_registry(MINIMAL).models["m"].pin is None
+
+
+@pytest.mark.parametrize("text, lock_text, message", [
+    (MINIMAL.replace("store_tag: m", "store_tag: m\n    pin: {}"), None, "models.m.pin: pins live in registry.lock"),
+    (MINIMAL, lock(other=PIN), "pins other, which registry does not have"),
+    (MINIMAL.replace("store_tag: m", "store_tag: m:v1"), lock(m=PIN), "names a version and registry.lock pins"),
+    (MINIMAL, lock(m={**PIN, "store": "n"}), "pins store entry 'n', the registry says 'm'"),
+    (MINIMAL, lock(m={**PIN, "digest": "md5:1"}), "models.m.pin.digest"),
+    (MINIMAL, "pins: {}", "not a registry lock"),
+])
+def test_a_bad_pin_is_refused_naming_the_fix(text, lock_text, message):
+    with pytest.raises(RegistryError, match=message):
+        parse_registry(text, lock=lock_text)
+
+
+def test_the_shipped_lock_pins_the_offline_models_and_is_read_beside_the_registry():
+    registry = load_registry()
+    pinned = {name for name, spec in registry.models.items() if spec.pin is not None}
+    assert pinned == {"all-MiniLM-L6-v2", "all-MiniLM-L6-v2-vllm", "all-MiniLM-L6-v2-int8", "colqwen2-tiny-random"}
+    assert registry.models["all-MiniLM-L6-v2"].pin.files["model.onnx"]

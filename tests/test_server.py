@@ -144,15 +144,15 @@ def test_metrics_have_model_labels(http):
     httpx.post(f"{http.base_url}/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "x"})  # no key
     text = httpx.get(f"{http.base_url}/metrics").text
     for line in (
-        'embedding_requests_total{model="all-MiniLM-L6-v2",status="200"}',
-        'embedding_requests_total{model="unknown",status="404"}',
-        'embedding_requests_total{model="unknown",status="401"}',
-        'embedding_input_tokens_total{model="all-MiniLM-L6-v2"}',
-        'embedding_batch_size_bucket{le="1.0",model="all-MiniLM-L6-v2"}',
-        'embedding_batch_tokens_count{model="all-MiniLM-L6-v2"}',
-        'embedding_queue_wait_seconds_count{model="all-MiniLM-L6-v2"}',
-        'embedding_engine_duration_seconds_count{model="all-MiniLM-L6-v2"}',
-        'embedding_request_duration_seconds_count{model="all-MiniLM-L6-v2"}',
+        'embedding_requests_total{model="all-MiniLM-L6-v2",status="200",variant="default"}',
+        'embedding_requests_total{model="unknown",status="404",variant="none"}',
+        'embedding_requests_total{model="unknown",status="401",variant="none"}',
+        'embedding_input_tokens_total{model="all-MiniLM-L6-v2",variant="default"}',
+        'embedding_batch_size_bucket{le="1.0",model="all-MiniLM-L6-v2",variant="default"}',
+        'embedding_batch_tokens_count{model="all-MiniLM-L6-v2",variant="default"}',
+        'embedding_queue_wait_seconds_count{model="all-MiniLM-L6-v2",variant="default"}',
+        'embedding_engine_duration_seconds_count{model="all-MiniLM-L6-v2",variant="default"}',
+        'embedding_request_duration_seconds_count{model="all-MiniLM-L6-v2",variant="default"}',
         "embedding_inflight_inputs",
     ):
         assert line in text, line

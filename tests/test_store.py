@@ -39,7 +39,7 @@ def test_latest_and_pinned_tags_open_the_same_entry():
 
 def test_missing_and_mismatched_entries_are_refused_with_the_fix():
     with pytest.raises(StoreError, match=r"'no-such-model' is missing; run `python -m export ensure`"):
-        open_entry(SPEC.model_copy(update={"store_tag": "no-such-model"}))
+        open_entry(SPEC.model_copy(update={"store_tag": "no-such-model", "pin": None}))
     with pytest.raises(StoreError, match="the registry says 512 dimensions"):
         open_entry(SPEC.model_copy(update={"dimensions": 512}))
 
@@ -56,33 +56,49 @@ def test_an_entry_of_another_precision_or_fusion_is_refused():
 
 
 def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
+    """It holds the pinned content (the shipped lock): a person decides, since an export would get the
+    same version."""
     done = cli(corrupt_home, "ensure", "--profile", "cpu")
     assert done.returncode == 1
-    assert "model.onnx is corrupt" in done.stderr and "bentoml models delete all-minilm-l6-v2:" in done.stderr
+    assert "model.onnx is corrupt" in done.stderr and "it holds the pinned content" in done.stderr
+    assert f"bentoml models delete {SPEC.store_name}:{SPEC.pin.version}" in done.stderr
 
 
 @pytest.fixture
 def outdated_home(tmp_path) -> tuple[Path, str]:
-    """A BENTOML_HOME whose MiniLM entry has an older layout: its graph is not where the runner
-    reads it (``model.onnx``). Returns the home and the outdated version."""
-    source = Path(bentoml.models.get(SPEC.store_tag).path).parent
-    shutil.copytree(source, tmp_path / "models" / source.name)
-    version = (source / "latest").read_text().strip()
-    entry = tmp_path / "models" / source.name / version
+    """A BENTOML_HOME whose MiniLM entry is as an older export wrote it: a version id of its own, no
+    recorded content, and its graph not where the runner reads it (``model.onnx``); and a copy of
+    the registry without its lock (nothing pinned). Returns the home and the outdated version."""
+    import yaml
+
+    source = Path(bentoml.models.get(SPEC.store_tag).path)
+    version = "olderlayout1"
+    entry = tmp_path / "models" / source.parent.name / version
+    shutil.copytree(source, entry)
+    (entry.parent / "latest").write_text(version)
+    info = yaml.safe_load((entry / "model.yaml").read_text())
+    info["version"] = version
+    del info["metadata"]["content"]
+    (entry / "model.yaml").write_text(yaml.safe_dump(info))
     (entry / "model.onnx").rename(entry / "graph.onnx")
+    shutil.copy(ROOT / "models" / "registry.yaml", tmp_path / "registry.yaml")
     return tmp_path, version
 
 
-def test_ensure_exports_a_new_version_beside_an_outdated_entry(outdated_home):
+def unpinned(home: Path) -> dict[str, str]:
+    return {"EMBED_REGISTRY": str(home / "registry.yaml")}
+
+
+def test_ensure_exports_a_new_version_beside_an_outdated_unpinned_entry(outdated_home):
     home, old = outdated_home
-    done = cli(home, "ensure", "--profile", "cpu")
+    done = cli(home, "ensure", "--profile", "cpu", env=unpinned(home))
     assert done.returncode == 0, done.stderr
     assert f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stdout and "exporting a new version" in done.stdout
     folder = home / "models" / "all-minilm-l6-v2"
     latest = (folder / "latest").read_text().strip()
     assert latest != old and (folder / latest / "model.onnx").is_file()
     assert (folder / old / "graph.onnx").is_file()  # the old version is left as it was
-    again = cli(home, "ensure", "--profile", "cpu")
+    again = cli(home, "ensure", "--profile", "cpu", env=unpinned(home))
     assert again.returncode == 0 and f"already in the store as all-minilm-l6-v2:{latest}" in again.stdout
 
 
@@ -93,7 +109,7 @@ def test_ensure_never_replaces_a_pinned_outdated_version(outdated_home):
     registry = yaml.safe_load((ROOT / "models" / "registry.yaml").read_text())
     registry["models"]["all-MiniLM-L6-v2"]["store_tag"] = f"all-minilm-l6-v2:{old}"
     (home / "registry.yaml").write_text(yaml.safe_dump(registry))
-    done = cli(home, "ensure", "--profile", "cpu", env={"EMBED_REGISTRY": str(home / "registry.yaml")})
+    done = cli(home, "ensure", "--profile", "cpu", env=unpinned(home))
     assert done.returncode == 1 and f"all-minilm-l6-v2:{old} lacks model.onnx" in done.stderr
     assert sorted(p.name for p in (home / "models" / "all-minilm-l6-v2").iterdir()) == sorted([old, "latest"])
 

@@ -146,8 +146,8 @@ def test_64_concurrent_clients_get_their_own_vectors(vllm_server, reference_mode
 
 def test_metrics_label_the_vllm_model(http):
     text = http.get("/metrics").text
-    assert f'embedding_engine_duration_seconds_count{{model="{VLLM}"}}' in text
-    assert f'embedding_requests_total{{model="{VLLM}",status="200"}}' in text
+    assert f'embedding_engine_duration_seconds_count{{model="{VLLM}",variant="default"}}' in text
+    assert f'embedding_requests_total{{model="{VLLM}",status="200",variant="default"}}' in text
 
 
 def test_models_endpoint_lists_both_engines(client):

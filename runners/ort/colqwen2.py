@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import ModelSpec
+from models.registry import DEFAULT_VARIANT, ModelSpec
 from models.store import LANGUAGE_GRAPH, VISION_GRAPH, StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers
@@ -190,10 +190,12 @@ class ColQwen2Engine:
             "pages %d-%d pixels", spec.name, entry.tag, self.provider, spec.vision.min_pixels, spec.vision.max_pixels,
         )
 
-    def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def embed(self, inputs: Sequence[np.ndarray], labels: tuple[str, str] | None = None) -> list[np.ndarray]:
         """Queries (int64 ids) and pages (uint8 H x W x 3) in any mix -> float32 (tokens, 128) each,
         in input order. Queries and pages are cut into sub-batches of their own by length (a
-        page's length is its prompt's, which grows with its patch count)."""
+        page's length is its prompt's, which grows with its patch count). ``labels``: the
+        (model, variant) the engine metrics are recorded under (default: this model's own)."""
+        labels = labels or (self.spec.name, DEFAULT_VARIANT)
         results: list[np.ndarray] = [np.empty((0, self.spec.dimensions), np.float32)] * len(inputs)
         vision = self.spec.vision
         queries = [i for i, x in enumerate(inputs) if x.ndim == 1]
@@ -206,18 +208,18 @@ class ColQwen2Engine:
             for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, rows_allowed,
                                               self.spec.batch_call_cost_tokens):
                 rows = [indices[b] for b in batch]
-                for index, result in zip(rows, run([inputs[i] for i in rows]), strict=True):
+                for index, result in zip(rows, run([inputs[i] for i in rows], labels), strict=True):
                     results[index] = result
         return results
 
-    def _run_queries(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+    def _run_queries(self, rows: list[np.ndarray], labels: tuple[str, str]) -> list[np.ndarray]:
         started = time.perf_counter()
         ids, mask = right_padded(rows, self.pad_id)
         out = self._language(ids, mask, text_positions(*ids.shape), self.no_features, np.full(ids.shape, -1))
-        self._observe(started, len(rows), ids.size)
+        self._observe(started, len(rows), ids.size, labels)
         return [out[r, : len(row)] for r, row in enumerate(rows)]
 
-    def _run_pages(self, pages: list[np.ndarray]) -> list[np.ndarray]:
+    def _run_pages(self, pages: list[np.ndarray], labels: tuple[str, str]) -> list[np.ndarray]:
         started = time.perf_counter()
         layout, patch, merge = self.layout, self.layout.patch_size, self.layout.merge_size
         for page in pages:
@@ -248,7 +250,7 @@ class ColQwen2Engine:
             index[i, start : start + count] = np.arange(first, first + count)
             first += count
         out = self._language(ids, attention, position_ids, merged, index)
-        self._observe(started, len(pages), ids.size)
+        self._observe(started, len(pages), ids.size, labels)
         return [out[i, : len(prompt)] for i, prompt in enumerate(prompts)]
 
     def _language(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features: np.ndarray,
@@ -257,8 +259,9 @@ class ColQwen2Engine:
                 "image_index": index.astype(np.int64, copy=False)}
         return self.language.run(["embeddings"], feed)[0]
 
-    def _observe(self, started: float, rows: int, padded_tokens: int) -> None:
+    @staticmethod
+    def _observe(started: float, rows: int, padded_tokens: int, labels: tuple[str, str]) -> None:
         metrics = runner_metrics()
-        metrics.engine_seconds.labels(self.spec.name).observe(time.perf_counter() - started)
-        metrics.batch_size.labels(self.spec.name).observe(rows)
-        metrics.batch_tokens.labels(self.spec.name).observe(padded_tokens)
+        metrics.engine_seconds.labels(*labels).observe(time.perf_counter() - started)
+        metrics.batch_size.labels(*labels).observe(rows)
+        metrics.batch_tokens.labels(*labels).observe(padded_tokens)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.registry import ModelSpec, Pooling
+from models.registry import DEFAULT_VARIANT, ModelSpec, Pooling
 from models.store import StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers
@@ -96,15 +96,16 @@ class OrtEngine:
                 spec.name, entry.tag, entry.metadata["quality"],
             )
 
-    def embed(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def embed(self, inputs: Sequence[np.ndarray], labels: tuple[str, str] | None = None) -> list[np.ndarray]:
+        labels = labels or (self.spec.name, DEFAULT_VARIANT)
         lengths = [len(ids) for ids in inputs]
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
         for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, None, self.spec.batch_call_cost_tokens):
-            for index, result in zip(batch, self._run([inputs[i] for i in batch]), strict=True):
+            for index, result in zip(batch, self._run([inputs[i] for i in batch], labels), strict=True):
                 results[index] = result
         return results
 
-    def _run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, rows: list[np.ndarray], labels: tuple[str, str]) -> list[np.ndarray]:
         ids, mask = right_padded(rows, self.pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
@@ -112,9 +113,9 @@ class OrtEngine:
         started = time.perf_counter()
         hidden = self.session.run(["last_hidden_state"], feed)[0]
         metrics = runner_metrics()
-        metrics.engine_seconds.labels(self.spec.name).observe(time.perf_counter() - started)
-        metrics.batch_size.labels(self.spec.name).observe(len(rows))
-        metrics.batch_tokens.labels(self.spec.name).observe(ids.size)
+        metrics.engine_seconds.labels(*labels).observe(time.perf_counter() - started)
+        metrics.batch_size.labels(*labels).observe(len(rows))
+        metrics.batch_tokens.labels(*labels).observe(ids.size)
         if self.spec.pooling is Pooling.MULTI:
             return [normalize(hidden[r, : len(row)]) for r, row in enumerate(rows)]
         pooled = pool(hidden, mask, self.spec.pooling)

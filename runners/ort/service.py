@@ -1,15 +1,16 @@
 """The ONNX Runtime runner: a BentoML service serving every ``engine: ort`` model of the profile.
 
-Two APIs take the same payload, a list of ``EmbedJob`` (model name + token ids), and return one
-base64 float32 result per job (see ``runners/engine.py``):
+Two APIs take the same payload, a list of ``EmbedJob`` (served model, variant, token ids), and
+return one base64 float32 result per job (see ``runners/engine.py``):
 
 - ``embed``: continuous batching (``runners/batcher.py``), the default;
 - ``embed_adaptive``: BentoML's batchable API with adaptive batching (``batching.mode: adaptive``).
 
 Both check every job first (``runners/guard.py``: a job for a model this runner does not serve,
 or with bad ids or a bad image, fails alone) and bound what a worker holds (503 past
-``max_queued_inputs``). Then they group a batch's jobs by model, and each engine cuts them into
-length-sorted, token-budgeted sub-batches.
+``max_queued_inputs``). Then they group a batch's jobs by served model and variant, and the engine
+of the variant's registry model cuts them into length-sorted, token-budgeted sub-batches. Every
+registry model of the profile's variants is loaded at start (one engine each).
 
 On SIGTERM the runner reports not ready and keeps serving until its callers are done
 (``hosting/drain.py``).
@@ -37,7 +38,7 @@ from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
-from runners.guard import Item, JobChecker, ModelLimits, QueueLimit, run_jobs
+from runners.guard import Item, JobChecker, Key, ModelLimits, QueueLimit, run_jobs
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 SERVED = served()
 SETTINGS = SERVED.runner(Engine.ORT)
-MODELS = runner_models(SERVED, Engine.ORT)  # all ort models, or EMBED_RUNNER_MODELS
+MODELS = runner_models(SERVED, Engine.ORT)  # the ort models of the profile's variants, or EMBED_RUNNER_MODELS
 
 
 @bentoml.service(**runner_service_options(
@@ -60,20 +61,23 @@ class OrtRunner:
 
         configure_logging()
         start_gpu_sampler("ort")
-        self.engines: dict[str, EmbeddingEngine] = {}
-        limits = []
+        self.engines: dict[str, EmbeddingEngine] = {}  # registry model -> its engine
+        limits, entries = [], {}
         self.failed: list[str] = []
         for spec in MODELS:
             try:
-                engine, entry = load_engine(spec)
+                engine, entries[spec.name] = load_engine(spec)
             except LOAD_ERRORS as exc:  # logged; the runner stays not ready (see the module docstring)
                 logger.error("ort runner cannot serve model %s and will not become ready: %s", spec.name, exc)
                 self.failed.append(spec.name)
                 continue
             self.engines[spec.name] = engine
-            limits.append(ModelLimits.of(spec, entry))
-            runner_metrics().model_info.labels("ort", spec.name, entry.tag, engine.provider).set(1)
-        self.checker = JobChecker(limits)
+            limits.append(ModelLimits.of(spec, entries[spec.name]))
+        self.checker = JobChecker(limits, SERVED.routes.values())
+        for (model, variant), limit in self.checker.targets.items():
+            entry = entries[limit.spec.name]
+            runner_metrics().model_info.labels("ort", model, variant, entry.tag, entry.content_label,
+                                               self.engines[limit.spec.name].provider).set(1)
         self.queue = QueueLimit(SETTINGS.max_queued_inputs)
         self.batcher = ContinuousBatcher(self._run, SETTINGS.batching.max_batch_size)
 
@@ -87,16 +91,16 @@ class OrtRunner:
         return not self.failed and not drain.draining()
 
     def _run(self, items: list[Item]) -> list[str]:
-        """One engine pass over checked ``items`` (any mix of models): results in item order."""
+        """One engine pass over checked ``items`` (any mix of models and variants): results in item order."""
         started = time.time()
         queue_wait = runner_metrics().queue_wait_seconds
-        by_model: dict[str, list[int]] = defaultdict(list)
-        for index, (model, _, sent_at) in enumerate(items):
-            by_model[model].append(index)
-            queue_wait.labels(model).observe(max(0.0, started - sent_at))
+        by_key: dict[Key, list[int]] = defaultdict(list)
+        for index, (key, _, sent_at) in enumerate(items):
+            by_key[key].append(index)
+            queue_wait.labels(*key).observe(max(0.0, started - sent_at))
         results: list[str] = [""] * len(items)
-        for model, indices in by_model.items():
-            vectors = self.engines[model].embed([items[i][1] for i in indices])
+        for key, indices in by_key.items():
+            vectors = self.engines[self.checker.unit(key)].embed([items[i][1] for i in indices], key)
             for index, vector in zip(indices, vectors, strict=True):
                 results[index] = encode_array(vector)
         return results

@@ -1,7 +1,9 @@
 """The vLLM runner: a BentoML service serving every ``engine: vllm`` model of the profile.
 
 Same wire contract as the ONNX Runtime runner (``runners/engine.py``): ``embed`` takes a list of
-``EmbedJob`` (model name + token ids) and returns one base64 float32 vector per job, in order.
+``EmbedJob`` (served model, variant, token ids) and returns one base64 float32 vector per job, in
+order; a job runs on the engine of its variant's registry model (one per model the profile's
+variants name, all started at start-up).
 There is no batcher here: every job goes to its model's ``AsyncLLM`` at once, and vLLM's own
 scheduler batches the jobs of all concurrent calls (continuous batching, packed sequences).
 
@@ -36,14 +38,14 @@ from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
 from runners.engine import EmbedJob, EmbedResults, JobFailure, encode_array, job_error
-from runners.guard import EngineDown, Item, JobChecker, ModelLimits, QueueLimit, run_jobs
+from runners.guard import EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, run_jobs
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
 
 SERVED = served()
-MODELS = runner_models(SERVED, Engine.VLLM)  # all vllm models, or EMBED_RUNNER_MODELS
+MODELS = runner_models(SERVED, Engine.VLLM)  # the vllm models of the profile's variants, or EMBED_RUNNER_MODELS
 
 
 # one worker: one set of engines per runner; a second worker would load every model again
@@ -57,14 +59,16 @@ class VllmRunner:
 
         configure_logging()
         start_gpu_sampler("vllm")
-        self.engines = {}
-        limits = []
+        self.engines = {}  # registry model -> its engine
+        limits, entries = [], {}
         for spec in MODELS:
-            entry = open_entry(spec, required=runner_files(spec), verify=False)
+            entries[spec.name] = entry = open_entry(spec, required=runner_files(spec), verify=False)
             self.engines[spec.name] = VllmEngine(spec, entry)
             limits.append(ModelLimits.of(spec, entry))
-            runner_metrics().model_info.labels("vllm", spec.name, entry.tag, "vllm").set(1)
-        self.checker = JobChecker(limits)
+        self.checker = JobChecker(limits, SERVED.routes.values())
+        for (model, variant), limit in self.checker.targets.items():
+            entry = entries[limit.spec.name]
+            runner_metrics().model_info.labels("vllm", model, variant, entry.tag, entry.content_label, "vllm").set(1)
         self.queue = QueueLimit(SERVED.runner(Engine.VLLM).max_queued_inputs)
 
     @bentoml.on_startup
@@ -97,32 +101,33 @@ class VllmRunner:
         return EmbedResults(results=await run_jobs(jobs, self.checker, self.queue, self._run))
 
     async def _run(self, items: list[Item]) -> list[str]:
-        """Checked ``items`` to their models' engines at once: one result per item, in order; the
-        items of a model whose engine is down or failed get that model's ``job_error``."""
+        """Checked ``items`` to their variants' engines at once: one result per item, in order; the
+        items of a variant whose engine is down or failed get that engine's ``job_error``."""
         metrics = runner_metrics()
         started = time.time()
-        by_model: dict[str, list[int]] = defaultdict(list)
-        for index, (model, _, sent_at) in enumerate(items):
-            by_model[model].append(index)
-            metrics.queue_wait_seconds.labels(model).observe(max(0.0, started - sent_at))
+        by_key: dict[Key, list[int]] = defaultdict(list)
+        for index, (key, _, sent_at) in enumerate(items):
+            by_key[key].append(index)
+            metrics.queue_wait_seconds.labels(*key).observe(max(0.0, started - sent_at))
         results: list[str] = [""] * len(items)
 
-        async def run(model: str, indices: list[int]) -> None:
+        async def run(key: Key, indices: list[int]) -> None:
             begin = time.perf_counter()
+            unit = self.checker.unit(key)
             try:
-                vectors = await self.engines[model].embed([items[i][1].tolist() for i in indices])
+                vectors = await self.engines[unit].embed([items[i][1].tolist() for i in indices])
             except EngineDown as down:
-                results_of_model = [job_error(JobFailure.UNAVAILABLE, str(down))] * len(indices)
+                results_of_key = [job_error(JobFailure.UNAVAILABLE, str(down))] * len(indices)
             except Exception as exc:
-                logger.exception("vllm engine for %s failed on %d inputs", model, len(indices))
-                results_of_model = [job_error(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(indices)
+                logger.exception("vllm engine for %s failed on %d inputs", unit, len(indices))
+                results_of_key = [job_error(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(indices)
             else:
-                metrics.engine_seconds.labels(model).observe(time.perf_counter() - begin)
-                metrics.batch_size.labels(model).observe(len(indices))
-                metrics.batch_tokens.labels(model).observe(sum(len(items[i][1]) for i in indices))
-                results_of_model = [encode_array(vector) for vector in vectors]
-            for index, result in zip(indices, results_of_model, strict=True):
+                metrics.engine_seconds.labels(*key).observe(time.perf_counter() - begin)
+                metrics.batch_size.labels(*key).observe(len(indices))
+                metrics.batch_tokens.labels(*key).observe(sum(len(items[i][1]) for i in indices))
+                results_of_key = [encode_array(vector) for vector in vectors]
+            for index, result in zip(indices, results_of_key, strict=True):
                 results[index] = result
 
-        await asyncio.gather(*(run(model, indices) for model, indices in by_model.items()))
+        await asyncio.gather(*(run(key, indices) for key, indices in by_key.items()))
         return results
