@@ -385,7 +385,7 @@ def ensure(profile: str | None) -> int:
     one, is an error."""
     from export.pins import reproduced, warn_unpinned
     from models.registry import Engine, Pooling, RegistryError, served
-    from models.store import find_pinned
+    from models.store import CONTENT, find_pinned
 
     try:
         selection = served(profile)
@@ -415,6 +415,8 @@ def ensure(profile: str | None) -> int:
                     continue
                 print(f"outdated: {exc.problem}; exporting a new version", flush=True)
             else:
+                if spec.pin is not None and CONTENT not in existing.info.metadata:
+                    existing = store.register_again(existing)
                 pinned = f"pinned content {spec.pin.digest[:19]}..." if spec.pin is not None else "unpinned"
                 print(f"skip {spec.name}: already in the store as {existing.tag} ({pinned}; checked)", flush=True)
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from export import ExportError
-from models.store import CONTENT, content_digest, content_files, content_version, entry_content
+from models.store import BENTOML_FILES, CONTENT, content_digest, content_files, content_version, entry_content
 
 
 def check_tag(tag: str) -> None:
@@ -52,6 +53,20 @@ def register(name: str, files_dir: Path, labels: dict[str, str], metadata: dict[
                                ) as model:
         shutil.copytree(files_dir, model.path, dirs_exist_ok=True)
     return model
+
+
+def register_again(model: bentoml.Model) -> bentoml.Model:
+    """An entry registered before store versions were contents (a random version, no ``content``
+    in its metadata), registered again under its content's version with the same labels and
+    metadata, so a store made before pins serves, packs and reports as a fresh one would. The old
+    entry stays (a bento may name it)."""
+    with tempfile.TemporaryDirectory() as folder:
+        files = Path(folder) / "files"
+        shutil.copytree(model.path, files, ignore=shutil.ignore_patterns(*BENTOML_FILES))
+        again = register(model.tag.name, files, dict(model.info.labels), dict(model.info.metadata))
+    print(f"{model.tag} was registered before store versions were contents: registered again as {again.tag}",
+          file=sys.stderr, flush=True)
+    return again
 
 
 def find(tag: str) -> bentoml.Model | None:

@@ -64,6 +64,30 @@ def test_ensure_stops_on_a_corrupt_entry(corrupt_home):
     assert f"bentoml models delete {SPEC.store_name}:{SPEC.pin.version}" in done.stderr
 
 
+def test_ensure_registers_a_pre_pin_entry_of_the_pinned_content_again_under_its_content_version(tmp_path):
+    """A store made before store versions were contents (a random version, no recorded content) holds
+    the pinned bytes: ensure keeps them and registers them again under the content version, so the
+    server, `bentoml build` and the metrics name the pinned version as on a fresh machine."""
+    import yaml
+
+    source = Path(bentoml.models.get(f"{SPEC.store_name}:{SPEC.pin.version}").path)
+    legacy = tmp_path / "models" / SPEC.store_name / "oldrandomversion"
+    shutil.copytree(source, legacy)
+    info = yaml.safe_load((legacy / "model.yaml").read_text())
+    info["version"] = "oldrandomversion"
+    info["metadata"].pop("content")
+    (legacy / "model.yaml").write_text(yaml.safe_dump(info))
+    (legacy.parent / "latest").write_text("oldrandomversion")
+    done = cli(tmp_path, "ensure", "--profile", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert f"registered again as {SPEC.store_name}:{SPEC.pin.version}" in done.stderr
+    assert f"already in the store as {SPEC.store_name}:{SPEC.pin.version}" in done.stdout
+    again = yaml.safe_load((legacy.parent / SPEC.pin.version / "model.yaml").read_text())
+    assert again["metadata"]["content"]["digest"] == SPEC.pin.digest
+    assert (legacy / "model.onnx").exists()  # the old entry stays: a bento may name it
+    assert "registered again" not in cli(tmp_path, "ensure", "--profile", "cpu").stderr  # once
+
+
 @pytest.fixture
 def outdated_home(tmp_path) -> tuple[Path, str]:
     """A BENTOML_HOME whose MiniLM entry is as an older export wrote it: a version id of its own, no
