@@ -168,9 +168,10 @@ $(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  #
 bench-models: models  ## the static int8 variant (calibrated, gated on the full retrieval set: about 2 minutes the first time)
 	$(PY) -m export ensure --profile cpu-int8
 
-bench: bench-models bench-tools $(PEERS)/.installed  ## about 45 minutes (the int8 scan 20 of them); keeps partial results if interrupted
+bench: bench-models bench-tools $(PEERS)/.installed  ## about 50 minutes (the int8 scan 20 of them); keeps partial results if interrupted
 	-timeout 600 $(PY) -m bench.scripts.ort_tuning --out bench/results/ort_tuning.json
 	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
 	-timeout 1500 $(PY) -m bench.scripts.int8_scan --out bench/results/int8_scan.json
+	-timeout 900 $(PY) -m bench.scripts.overhead --peers --out bench/results/overhead.json
 	$(PY) -m bench.report
 	$(PY) -m bench.readme_table

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import load_sets
-from tests.conftest import API_KEY, ROOT
+from tests.conftest import API_KEY, ROOT, own_bentoml_home
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,6 +71,30 @@ def test_short_matrix_and_report(server: str, tmp_path: Path) -> None:
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
     for png in pngs:
         assert f"(img/{png.name})" in text
+
+
+@pytest.mark.slow
+def test_overhead_short_run_and_its_report(tmp_path: Path) -> None:
+    """bench/scripts/overhead.py on a server of its own: the side-by-side figures, CPU per request of
+    both workers from their process trees, the py-spy profile by stage, and its report section."""
+    out = tmp_path / "overhead.json"
+    run(["-m", "bench.scripts.overhead", "--rounds", "1", "--seconds", "1", "--profile-seconds", "3",
+         "--label", "short", "--out", str(out)], 400, BENTOML_HOME=own_bentoml_home(tmp_path / "home"))
+    data = json.loads(out.read_text())["short"]
+    summary = data["summary"]
+    assert summary["errors"] == 0 and summary["bare_best_per_s"] > 0 and summary["served_64_per_s"] > 0
+    assert 0 < summary["served_over_bare_64"] < 2 and summary["served_1_p50_ms"] > 0
+    for clients in ("64", "1"):  # both workers did work for the requests
+        assert all(value > 0 for value in summary[f"cpu_ms_per_request_{clients}"].values())
+    workers = data["profile"]["workers"]
+    assert set(workers) == {"gateway", "ort_runner"} and all(w["samples"] > 0 for w in workers.values())
+    assert workers["ort_runner"]["stages"]["ONNX Runtime session.run"] > 0.2  # the runner mostly runs the engine
+    assert "ONNX Runtime session.run" not in workers["gateway"]["stages"]
+    doc = tmp_path / "benchmarks.md"
+    run(["-m", "bench.report", "--matrix", str(tmp_path / "absent.json"), "--tuning", str(tmp_path / "absent.json"),
+         "--overhead", str(out), "--doc", str(doc), "--images", str(tmp_path / "img")], 120)
+    text = doc.read_text()
+    assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, gateway:" in text
 
 
 @pytest.mark.slow

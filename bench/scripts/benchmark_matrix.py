@@ -332,7 +332,7 @@ def run(args) -> Results:
         set_names, batches, clients_list, inputs_list, seconds, rounds = ["p32"], [1, 8], [1, 16], [1, 8], 1.0, 1
     else:
         set_names, batches, clients_list, inputs_list, seconds, rounds = (
-            ["query", "p32", "p128", "p512", "mixed"], [1, 8, 32, 128], [1, 16, 64], [1, 8, 32, 128], args.seconds, 2)
+            ["query", "p32", "p128", "p512", "mixed"], [1, 8, 32, 128], [1, 16, 64], [1, 8, 32, 128], args.seconds, 3)
     cell = Cell(sets, tokens, seconds)
     section(results, "in-process: bare engine and sentence-transformers", in_process, results, sets, tokens,
             set_names if args.short else set_names, batches, min(seconds, 2.0), not args.short)
