@@ -173,23 +173,25 @@ def overhead_section(o: dict) -> str:
     parts = [table(["run", "64 clients: served / bare best, texts/s (>= 0.90x)",
                     "1 client: p50 vs one bare call, ms (<= +2 ms)", "vs infinity ONNX, 32 clients (>= 2x)",
                     "CPU ms per request at 64 clients: gateway / runner", "the same at 1 client", "errors"], rows)]
-    label, run = list(o.items())[-1]
-    profile = run.get("profile") or {}
-    workers = profile.get("workers", {})
-    if workers:
-        names = sorted({stage for w in workers.values() for stage in w["stages"]},
-                       key=lambda st: -sum(w["stages"].get(st, 0) for w in workers.values()))
-        load = profile.get("load", {})
-        parts += ["", f"Where each worker's CPU goes at 64 clients (`{label}`; py-spy samples of each worker's "
-                  f"Python threads while on CPU, {fmt(load.get('ok_per_s'))} requests/s while sampled; by the "
-                  "innermost Python frame, so a native call counts where it was made; ONNX Runtime's own "
-                  "worker thread is not a Python thread and is not sampled):",
-                  "", table(["stage", *(f"{w} ({workers[w]['samples']} samples)" for w in workers)],
-                            [[name, *(fmt(100 * workers[w]["stages"].get(name, 0), 1, "%") for w in workers)]
+    profiled = {label: run["profile"] for label, run in o.items() if run.get("profile", {}).get("workers")}
+    if profiled:
+        columns = [(label, worker) for label, profile in profiled.items() for worker in profile["workers"]]
+        shares = {(label, worker): profiled[label]["workers"][worker] for label, worker in columns}
+        names = sorted({stage for w in shares.values() for stage in w["stages"]},
+                       key=lambda st: -sum(w["stages"].get(st, 0) for w in shares.values()))
+        loads = "; ".join(f"`{label}` {fmt(profile.get('load', {}).get('ok_per_s'))} requests/s"
+                          for label, profile in profiled.items())
+        parts += ["", "Where each worker's CPU goes at 64 clients: py-spy samples of each worker's Python threads "
+                  f"while on CPU ({loads} while sampled), by the innermost Python frame, so a native call counts "
+                  "where it was made; ONNX Runtime's own worker thread is not a Python thread and is not sampled. "
+                  "Shares, not times: sampling overstates small Python frames (see the hand-written section below).",
+                  "", table(["stage", *(f"{label}: {worker} ({shares[(label, worker)]['samples']} samples)"
+                                        for label, worker in columns)],
+                            [[name, *(fmt(100 * shares[c]["stages"].get(name, 0), 1, "%") for c in columns)]
                              for name in names])]
-        for worker, shares in workers.items():
-            parts += ["", f"Busiest frames, {worker}: " + "; ".join(
-                f"`{frame}` {fmt(100 * share, 1, '%')}" for frame, share in shares["top"].items()) + "."]
+        for (label, worker), share in shares.items():
+            parts += ["", f"Busiest frames, `{label}`, {worker}: " + "; ".join(
+                f"`{frame}` {fmt(100 * value, 1, '%')}" for frame, value in share["top"].items()) + "."]
     return "\n".join(parts)
 
 
