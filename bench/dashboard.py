@@ -277,7 +277,8 @@ def draw(panels_data, dashboard: dict, caption: str, phases: list[tuple[str, flo
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
+        low, high = min(0, ax.get_ylim()[0]), ax.get_ylim()[1]
+        ax.set_ylim(low, high + 0.05 * (high - low))  # headroom: a series at its panel's top (a cosine of 1) shows
         ax.legend(fontsize=7, loc="best", ncol=2 if len(present) > 4 else 1, framealpha=0.8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, facecolor=fig.get_facecolor())
