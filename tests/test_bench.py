@@ -94,7 +94,7 @@ def test_overhead_short_run_and_its_report(tmp_path: Path) -> None:
     run(["-m", "bench.report", "--matrix", str(tmp_path / "absent.json"), "--tuning", str(tmp_path / "absent.json"),
          "--overhead", str(out), "--doc", str(doc), "--images", str(tmp_path / "img")], 120)
     text = doc.read_text()
-    assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, gateway:" in text
+    assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, `short`, gateway:" in text
 
 
 @pytest.mark.slow
