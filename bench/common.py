@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -89,7 +90,11 @@ def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
 def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
            timeout: float = 240, cwd: Path = ROOT) -> Iterator[subprocess.Popen]:
     """Run ``argv`` in ``cwd`` until the block ends; yields once ``ready_url`` answers 200.
-    Raises ``RuntimeError`` naming the log when it exits or is not ready within ``timeout`` s."""
+    Raises ``RuntimeError`` naming the log when it exits or is not ready within ``timeout`` s.
+    SIGTERM to this script then ends it as Ctrl-C does, so the server is stopped on the way out
+    (Python's own SIGTERM exits at once and would leave BentoML's circus and workers running)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,

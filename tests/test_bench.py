@@ -97,6 +97,30 @@ def test_overhead_short_run_and_its_report(tmp_path: Path) -> None:
     assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, `short`, gateway:" in text
 
 
+def test_a_bench_script_stopped_with_sigterm_stops_its_server(tmp_path: Path) -> None:
+    """bench/common.py: server(): a SIGTERM to the script unwinds it, and the server is stopped."""
+    import signal
+    import time
+
+    import psutil
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    script = (f"from pathlib import Path; import sys, time; from bench.common import server\n"
+              f"with server([sys.executable, '-m', 'http.server', '{port}', '--bind', '127.0.0.1'], "
+              f"'http://127.0.0.1:{port}/', Path({str(tmp_path / 'http.log')!r})) as p:\n"
+              f"    print(p.pid, flush=True); time.sleep(120)\n")
+    bench = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(bench.stdout.readline()))
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
 @pytest.mark.slow
 def test_locustfile_headless(server: str, tmp_path: Path) -> None:
     run(["-m", "locust", "-f", "bench/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "4s",
