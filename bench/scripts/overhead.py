@@ -115,7 +115,8 @@ def bare(engine, ids, seconds: float) -> dict:
 
 def profile(cell: Cell, url: str, trees, seconds: float, out: Path) -> dict:
     """py-spy on both workers during a 64-client run: each worker's on-CPU samples by stage and frame."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    pinned = Path(sys.executable).parent / "py-spy"  # requirements-dev.txt's, beside this Python
+    py_spy = str(pinned) if pinned.exists() else shutil.which("py-spy") or "py-spy"
     files = {name: out / f"{name}.txt" for name in SERVICES}
     samplers = [subprocess.Popen([py_spy, "record", "--pid", str(trees[name][0].pid), "--rate", "200",
                                   "--duration", str(round(seconds)), "--nonblocking", "--format", "raw",
