@@ -173,6 +173,9 @@ def overhead_section(o: dict) -> str:
     parts = [table(["run", "64 clients: served / bare best, texts/s (>= 0.90x)",
                     "1 client: p50 vs one bare call, ms (<= +2 ms)", "vs infinity ONNX, 32 clients (>= 2x)",
                     "CPU ms per request at 64 clients: gateway / runner", "the same at 1 client", "errors"], rows)]
+    for label, run in o.items():
+        for worker, error in (run.get("profile") or {}).get("errors", {}).items():
+            parts += ["", f"No profile of {worker} in `{label}`: {error}"]
     profiled = {label: run["profile"] for label, run in o.items() if run.get("profile", {}).get("workers")}
     if profiled:
         columns = [(label, worker) for label, profile in profiled.items() for worker in profile["workers"]]

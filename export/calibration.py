@@ -98,6 +98,8 @@ class Feeds:
                  batch: int = 1) -> None:
         from tokenizers import Tokenizer
 
+        from runners.ort.engine import padded_feed
+
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
         pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0
         tokenizer.no_padding()
@@ -105,17 +107,8 @@ class Feeds:
         rows = [e.ids for e in tokenizer.encode_batch(texts)]
         if batch > 1:
             rows.sort(key=len)
-        self.feeds = []
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            ids = np.full((len(chunk), max(len(r) for r in chunk)), pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, row in enumerate(chunk):
-                ids[r, : len(row)], mask[r, : len(row)] = row, 1
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in input_names:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            self.feeds.append(feed)
+        self.feeds = [padded_feed(rows[start : start + batch], pad_id, input_names)
+                      for start in range(0, len(rows), batch)]
 
     def __len__(self) -> int:
         return len(self.feeds)

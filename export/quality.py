@@ -89,6 +89,8 @@ def embed(onnx_path: Path, tokenizer_path: Path, texts: list[str], pooling: str,
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
+    from runners.ort.engine import padded_feed
+
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else 0  # masked out: any id in range does
     tokenizer.enable_truncation(max_length=max_tokens)
@@ -99,15 +101,8 @@ def embed(onnx_path: Path, tokenizer_path: Path, texts: list[str], pooling: str,
     order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
     out = np.zeros((len(texts), 0), dtype=np.float32)
     for start in range(0, len(order), batch):
-        rows = [encodings[i].ids for i in order[start : start + batch]]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)], mask[r, : len(row)] = row, 1
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in names:
-            feed["token_type_ids"] = np.zeros_like(ids)
+        feed = padded_feed([encodings[i].ids for i in order[start : start + batch]], pad_id, names)
+        mask = feed["attention_mask"]
         (hidden,) = session.run(["last_hidden_state"], feed)
         pooled = pool(hidden, mask, Pooling(pooling))
         pooled = normalize(pooled) if normalized else pooled

@@ -97,6 +97,26 @@ def test_overhead_short_run_and_its_report(tmp_path: Path) -> None:
     assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, `short`, gateway:" in text
 
 
+def test_a_profile_that_py_spy_cannot_take_is_reported_not_hidden(tmp_path: Path, monkeypatch) -> None:
+    """overhead.py: py-spy failing on a worker (here: a process that has exited) leaves that worker's
+    profile out with py-spy's reason, in the JSON and in the report."""
+    from types import SimpleNamespace
+
+    from bench import report
+    from bench.scripts import overhead
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    monkeypatch.setattr(overhead, "served", lambda *args: {"ok_per_s": 1.0, "p50_ms": 1.0})
+    trees = {name: [SimpleNamespace(pid=gone.pid)] for name in overhead.SERVICES}
+    profile = overhead.profile(None, "http://unused", trees, 1, tmp_path)
+    assert profile["workers"] == {} and set(profile["errors"]) == set(overhead.SERVICES)
+    assert all(error.startswith("py-spy exited ") and len(error) > len("py-spy exited 1: ")
+               for error in profile["errors"].values())
+    text = report.overhead_section({"short": {"summary": {}, "rounds": [], "profile": profile}})
+    assert "No profile of gateway in `short`: py-spy exited" in text
+
+
 def test_a_bench_script_stopped_with_sigterm_stops_its_server(tmp_path: Path) -> None:
     """bench/common.py: server(): a SIGTERM to the script unwinds it, and the server is stopped."""
     import signal

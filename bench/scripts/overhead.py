@@ -118,16 +118,22 @@ def profile(cell: Cell, url: str, trees, seconds: float, out: Path) -> dict:
     pinned = Path(sys.executable).parent / "py-spy"  # requirements-dev.txt's, beside this Python
     py_spy = str(pinned) if pinned.exists() else shutil.which("py-spy") or "py-spy"
     files = {name: out / f"{name}.txt" for name in SERVICES}
-    samplers = [subprocess.Popen([py_spy, "record", "--pid", str(trees[name][0].pid), "--rate", "200",
-                                  "--duration", str(round(seconds)), "--nonblocking", "--format", "raw",
-                                  "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                for name, path in files.items()]
+    samplers = {name: subprocess.Popen([py_spy, "record", "--pid", str(trees[name][0].pid), "--rate", "200",
+                                        "--duration", str(round(seconds)), "--nonblocking", "--format", "raw",
+                                        "--output", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       text=True)
+                for name, path in files.items()}
     time.sleep(1)  # py-spy attaches
     row = served(cell, url, trees, 64, seconds)
-    for sampler in samplers:
-        sampler.wait(timeout=seconds + 60)
-    return {"load": {k: row[k] for k in ("ok_per_s", "p50_ms")},
-            "workers": {name: stage_shares(path.read_text()) for name, path in files.items() if path.exists()}}
+    workers, errors = {}, {}
+    for name, sampler in samplers.items():
+        _, stderr = sampler.communicate(timeout=seconds + 60)
+        if sampler.returncode == 0 and files[name].exists():
+            workers[name] = stage_shares(files[name].read_text())
+        else:  # no ptrace permission, say (a container without SYS_PTRACE): told, not hidden
+            errors[name] = f"py-spy exited {sampler.returncode}: {stderr.strip()[-300:]}"
+            log(f"no profile of {name}: {errors[name]}")
+    return {"load": {k: row[k] for k in ("ok_per_s", "p50_ms")}, "workers": workers, "errors": errors}
 
 
 def stage_shares(raw: str) -> dict:

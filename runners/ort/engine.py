@@ -64,7 +64,7 @@ def token_budget_batches(
     return batches[::-1]
 
 
-def right_padded(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Token-id rows -> ``(input_ids, attention_mask)``, both int64 ``(len(rows), longest)``,
     padded on the right with ``pad_id`` (mask 0)."""
     width = max(len(row) for row in rows)
@@ -74,6 +74,16 @@ def right_padded(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, n
         ids[r, : len(row)] = row
         mask[r, : len(row)] = 1
     return ids, mask
+
+
+def padded_feed(rows: Sequence[Sequence[int]], pad_id: int, input_names: set[str]) -> dict[str, np.ndarray]:
+    """The graph's inputs for token-id ``rows``: ``right_padded`` ids and mask, and zero
+    ``token_type_ids`` when the graph takes them (BERT)."""
+    ids, mask = right_padded(rows, pad_id)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = np.zeros_like(ids)
+    return feed
 
 
 class OrtEngine:
@@ -106,10 +116,8 @@ class OrtEngine:
         return results
 
     def _run(self, rows: list[np.ndarray], labels: tuple[str, str]) -> list[np.ndarray]:
-        ids, mask = right_padded(rows, self.pad_id)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feed["token_type_ids"] = np.zeros_like(ids)
+        feed = padded_feed(rows, self.pad_id, self._input_names)
+        ids, mask = feed["input_ids"], feed["attention_mask"]
         started = time.perf_counter()
         hidden = self.session.run(["last_hidden_state"], feed)[0]
         metrics = runner_metrics()
