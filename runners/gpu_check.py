@@ -24,6 +24,21 @@ class GpuMemoryShort(RuntimeError):
     """The card has less free memory than this process's share of the plan; the message has the numbers."""
 
 
+def free_memory(nvml=None) -> tuple[int, int, int]:
+    """(NVML index, free bytes, total bytes) of the first GPU this process sees (``CUDA_VISIBLE_DEVICES``
+    applied); ``nvml.NVMLError`` without a driver, ``LookupError`` when every GPU is hidden."""
+    if nvml is None:
+        import pynvml as nvml
+    from runners.gpu_metrics import visible_devices
+
+    nvml.nvmlInit()
+    devices = visible_devices(nvml)
+    if not devices:
+        raise LookupError("CUDA_VISIBLE_DEVICES hides every GPU")
+    memory = nvml.nvmlDeviceGetMemoryInfo(devices[0])
+    return nvml.nvmlDeviceGetIndex(devices[0]), memory.free, memory.total
+
+
 def memory_problem(served: Served, key: str, nvml=None) -> str | None:
     """Why process ``key`` (``"ort"``, ``"vllm:<model>"``) of ``served`` cannot start on the card, or
     None. Nothing to check (None) where the profile plans no card or gives ``key`` no share.
@@ -33,28 +48,21 @@ def memory_problem(served: Served, key: str, nvml=None) -> str | None:
         return None
     if nvml is None:
         import pynvml as nvml
-    from runners.gpu_metrics import visible_devices
-
     who = "the ort runner" if key == "ort" else f"the vllm engine of {key.removeprefix('vllm:')}"
     try:
-        nvml.nvmlInit()
-        devices = visible_devices(nvml)
-    except nvml.NVMLError as exc:
+        index, free, total = free_memory(nvml)
+    except (nvml.NVMLError, LookupError) as exc:
         return (f"{who}: profile {served.profile} needs an NVIDIA GPU ({served.gpu.name}) but NVML cannot see one "
                 f"({exc}); install the NVIDIA driver (>= 580) or serve a CPU profile")
-    if not devices:
-        return f"{who}: profile {served.profile} needs a GPU and CUDA_VISIBLE_DEVICES hides every one"
-    memory = nvml.nvmlDeviceGetMemoryInfo(devices[0])
     need = share * served.gpu.memory_bytes
-    logger.info("%s: %.2f GiB free on GPU %s, its share is %.2f GiB", who, memory.free / GIB,
-                nvml.nvmlDeviceGetIndex(devices[0]), need / GIB)
-    if memory.free >= need:
+    logger.info("%s: %.2f GiB free on GPU %s, its share is %.2f GiB", who, free / GIB, index, need / GIB)
+    if free >= need:
         return None
     card = served.gpu.memory_bytes / GIB
-    return (f"{who}: GPU {nvml.nvmlDeviceGetIndex(devices[0])} has {memory.free / GIB:.2f} GiB free of "
-            f"{memory.total / GIB:.2f} (NVML); profile {served.profile} gives it {share:g} of the planned "
+    return (f"{who}: GPU {index} has {free / GIB:.2f} GiB free of "
+            f"{total / GIB:.2f} (NVML); profile {served.profile} gives it {share:g} of the planned "
             f"{served.gpu.name}'s {card:.2f} GiB = {need / GIB:.2f} GiB{_planned(served, key)}. "
-            f"Other processes hold {(memory.total - memory.free) / GIB:.2f} GiB (nvidia-smi lists them: a desktop, "
+            f"Other processes hold {(total - free) / GIB:.2f} GiB (nvidia-smi lists them: a desktop, "
             "another server, an engine left running): stop them, or lower the shares (docs/models.md, memory plan)")
 
 

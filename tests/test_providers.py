@@ -425,3 +425,38 @@ def test_bentoml_serve_logs_the_error_and_never_reports_ready(cuda_only_env, tmp
     log = log_path.read_text(errors="replace")
     assert "ort runner cannot serve model all-MiniLM-L6-v2 and will not become ready" in log
     assert "provider cuda is listed but this onnxruntime build" in log and "onnxruntime-gpu" in log
+
+
+def test_a_tensorrt_text_engine_gets_a_profile_from_the_registrys_limits_and_never_sends_more_rows(tmp_path):
+    """pubmedbert-onnx had no TensorRT profile: TensorRT then builds at the first request and again for
+    every larger shape. Its engine now passes 1 x 1 .. (max_batch_tokens // max_tokens) x max_tokens,
+    the call the memory plan counts, and cuts sub-batches to that many rows."""
+    from models.memory_plan import plan
+    from models.store import StoreEntry
+    from runners.ort.engine import OrtEngine
+
+    spec = load_registry().served("rtx4090").unit("pubmedbert-onnx")
+    calls = []
+
+    class Session:
+        def get_providers(self):
+            return [TRT]
+
+        def get_inputs(self):
+            return [namedtuple("Input", "name")(n) for n in ("input_ids", "attention_mask", "token_type_ids")]
+
+        def run(self, outputs, feed):
+            calls.append(feed["input_ids"].shape)
+            return [np.ones((*feed["input_ids"].shape, 768), np.float32)]
+
+    profiles = []
+    entry = StoreEntry("t", tmp_path, {}, {"pad_token_id": 0, "uses_token_type_ids": True})
+    engine = OrtEngine(spec, entry, lambda path, model, profile: profiles.append(profile) or Session())
+    ((low, opt, high),) = profiles
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    assert low == {n: (1, 1) for n in names} and opt == {n: (16, 128) for n in names}
+    assert high == {n: (32, 512) for n in names}
+    ort_plan = {p.what: p for p in plan("rtx4090").process("ort").parts}
+    assert "32x512" in ort_plan["pubmedbert-onnx activations"].how  # the plan counts that largest call
+    engine.embed([np.arange(3)] * 100)  # short inputs: many would fit the token budget, the profile allows 32
+    assert max(rows for rows, _ in calls) <= 32 and sum(rows for rows, _ in calls) == 100

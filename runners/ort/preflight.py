@@ -9,14 +9,16 @@ the registry's providers (``runners/ort/providers.py``) with the memory caps of 
 builds one.
 
     python -m runners.ort.preflight [--profile NAME]            # load every ort model as the runner does
-    python -m runners.ort.preflight [--profile NAME] --build    # build the TensorRT engines that are missing
+    python -m runners.ort.preflight [--profile NAME] --build    # the same for the TensorRT models, building
 
-The check (``make serve`` runs it after ``export ensure`` and before ``bentoml serve``) prints each
-model's provider and exits 1 with the message when a store entry, a provider or the card is not what
-the registry says. ``--build`` does the same for the models with a TensorRT provider only, building
-each missing engine (one line when it starts and one when it is done; minutes for a large graph)
-into the key folder of its cache: ``make serve``, the image's entrypoint and the Kubernetes init
-container run it, so that no engine is built while serving. Models without TensorRT are skipped.
+The check (``make serve`` on a CPU profile runs it after ``export ensure`` and before ``bentoml
+serve``) prints each model's provider and exits 1 with the message when a store entry, a provider or
+the card is not what the registry says. ``--build`` does so for the models with a TensorRT provider
+only (nothing to do, in a second, for a profile without), building each missing engine on the way
+(one line when it starts and one when it is done; minutes for a large graph) into the key folder of
+its cache: ``make serve`` on a GPU profile, the image's entrypoint and the Kubernetes init container
+run it, so that no engine is built while serving. Each model's sessions are freed before the next
+loads.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def load_engine(spec: ModelSpec, served: Served | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.ort.preflight", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="registry profile (default: EMBED_PROFILE, else cpu)")
-    parser.add_argument("--build", action="store_true", help="build the missing TensorRT engines of the profile's "
-                        "models (and only those models)")
+    parser.add_argument("--build", action="store_true", help="the models with TensorRT only, building the engines "
+                        "that are missing")
     args = parser.parse_args(argv)
     from models import configure_logging
     from models.registry import served
@@ -106,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     specs = profile.for_engine(Engine.ORT)
     if args.build:
         specs = tuple(s for s in specs if any(p.name == "tensorrt" for p in s.ort.providers or ()))
-        print(f"preflight: {len(specs)} model(s) of profile {profile.profile} with TensorRT engines"
-              + (f": {', '.join(s.name for s in specs)}" if specs else " (nothing to build)"), file=sys.stderr)
+        print(f"preflight: profile {profile.profile}: TensorRT engines of "
+              + (", ".join(s.name for s in specs) if specs else "no model (nothing to build)"), file=sys.stderr,
+              flush=True)
     failed = 0
     for number, spec in enumerate(specs, 1):
         started = time.monotonic()
