@@ -26,6 +26,7 @@ in the image (``BENTOML_DO_NOT_TRACK``, a service env of the gateway: ``service.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from bentoml.images import Image
@@ -67,12 +68,28 @@ def image(variant: str | None = None) -> Image:
         python_version="3.11",
         distro="prebuilt",  # a distro outside BentoML's table skips its `apt-get install build-essential git`
         lock_python_packages=False,  # pinned here: `locked` (cpu), the lock file (gpu)
-    ).python_packages(*lines)
+    )
+    if tensorrt == "1":  # the first step: a build that cannot get TensorRT fails in seconds, not after the lock
+        built.run(tensorrt_probe())
+    built.python_packages(*lines)
     if variant == "gpu":
         built.build_include(TENSORRT_REQUIREMENTS, TENSORRT_STEP)
         step = (f"install --requirements ./src/{TENSORRT_REQUIREMENTS}" if tensorrt == "1" else "absent")
         built.run(f"python ./src/{TENSORRT_STEP} {step} --image-info {IMAGE_INFO}")
     return built
+
+
+def tensorrt_probe() -> str:
+    """A shell command that fails, saying why and what to do, when the build cannot reach the index
+    requirements-tensorrt.txt names for its libraries (the base image's own Python, before any venv)."""
+    text = (ROOT / TENSORRT_REQUIREMENTS).read_text()
+    index = re.search(r"^--extra-index-url (\S+)", text, re.M).group(1).rstrip("/")
+    package = re.search(r"^([A-Za-z0-9_.\-]+)==", text, re.M).group(1)
+    url = f"{index}/{package}/"
+    return (f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{url}\", timeout=30)' || {{ echo \"TensorRT: "
+            f"cannot reach NVIDIA's package index ({url}; the error above), where TensorRT's libraries are published "
+            "only: build without TensorRT with IMAGE_TENSORRT=0 (an image that refuses TensorRT profiles at start), or "
+            "reach the index (a proxy: IMAGE_CA_BUNDLE, HTTPS_PROXY)\" >&2; exit 1; }")
 
 
 def requirement_lines(path: Path) -> list[str]:

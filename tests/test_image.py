@@ -96,6 +96,11 @@ def test_gpu_image_spec_installs_the_lock_then_tensorrt_in_a_step_of_its_own():
                                 "./src/requirements-tensorrt.txt --image-info $VIRTUAL_ENV/embedding-image.json")
         copied = dockerfile.index("COPY --chown=bentoml:bentoml ./src/deploy/image/tensorrt.py")
         assert copied < install < step  # its own RUN, after the lock
+        # and the build's first step: without NVIDIA's index it fails in seconds, not after the 10 GB lock
+        probe = dockerfile.index("python3 -c 'import urllib.request; urllib.request.urlopen("
+                                 "\"https://pypi.nvidia.com/tensorrt-cu13-libs/\", timeout=30)' || { echo \"TensorRT: "
+                                 "cannot reach NVIDIA's package index")
+        assert probe < dockerfile.index("uv venv") < install
         assert (path / "src/deploy/image/entrypoint.sh").is_file()
     finally:
         delete(tag)
@@ -104,7 +109,7 @@ def test_gpu_image_spec_installs_the_lock_then_tensorrt_in_a_step_of_its_own():
         dockerfile = (path / "env/docker/Dockerfile").read_text()
         assert "python ./src/deploy/image/tensorrt.py absent --image-info $VIRTUAL_ENV/embedding-image.json" in (
             dockerfile)
-        assert "tensorrt.py install" not in dockerfile
+        assert "tensorrt.py install" not in dockerfile and "urllib.request.urlopen" not in dockerfile
         assert pins(path / "env/python/requirements.txt") == pins(ROOT / "requirements-gpu.lock")
     finally:
         delete(tag)
