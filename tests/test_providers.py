@@ -460,3 +460,23 @@ def test_a_tensorrt_text_engine_gets_a_profile_from_the_registrys_limits_and_nev
     assert "32x512" in ort_plan["pubmedbert-onnx activations"].how  # the plan counts that largest call
     engine.embed([np.arange(3)] * 100)  # short inputs: many would fit the token budget, the profile allows 32
     assert max(rows for rows, _ in calls) <= 32 and sum(rows for rows, _ in calls) == 100
+
+
+def test_an_int8_calibration_table_goes_with_its_engine_and_keys_it(gpu_ort, tmp_path):
+    """ONNX Runtime reads trt_int8_calibration_table_name from the engine cache folder: the table
+    (written by `python -m export calibrate --model` beside the registry's cache path) is copied
+    into the key folder it builds, and another table is another key."""
+    gpu_ort(loads={TRT, CUDA}, assign={TRT: ["MatMul", "Shape", "Reshape"]})
+    base = tmp_path / "cache/tensorrt/int8"
+    base.mkdir(parents=True)
+    (base / "table.flatbuffers").write_bytes(b"ranges v1")
+    spec = with_providers(MINILM_SPEC, "tensorrt", "cuda", options={"tensorrt": {
+        "trt_int8_enable": True, "trt_engine_cache_path": "tensorrt/int8",
+        "trt_int8_calibration_table_name": "table.flatbuffers"}})
+    trt_session(spec, build=True)
+    (folder,) = [p for p in base.iterdir() if engine_cache.is_built(p)]
+    assert (folder / "table.flatbuffers").read_bytes() == b"ranges v1"
+    trt_session(spec, build=False)
+    (base / "table.flatbuffers").write_bytes(b"ranges v2")  # calibrated again
+    with pytest.raises(ProviderError, match="is not built for this host"):
+        trt_session(spec, build=False)

@@ -47,6 +47,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.registry import CACHE_PATH_OPTIONS, GPU_PROVIDERS, ModelSpec, ProviderSpec, cache_dir
+from models.store import sha256_of
 from runners.ort import engine_cache
 
 logger = logging.getLogger(__name__)
@@ -288,11 +290,15 @@ def _with_engines(path: str, spec: ModelSpec, arguments: list[tuple[str, dict[st
         return _session(path, spec, arguments)
     if engines is None:
         raise ValueError(f"model {spec.name}: a TensorRT session needs its EngineSource (the store entry's content)")
+    bases = {option: Path(trt[option]) for option in CACHE_PATH_OPTIONS if option in trt}
+    # an INT8 calibration table is read from the engine cache folder: it goes with the engine, keyed by its content
+    table = bases["trt_engine_cache_path"] / trt.get("trt_int8_calibration_table_name", "")
+    table = table if trt.get("trt_int8_enable") == "1" and table.is_file() else None
+    content = f"{engines.content}:{engines.graph}" + (f":{sha256_of(table)}" if table else "")
     try:
-        key = engine_key(trt, f"{engines.content}:{engines.graph}")
+        key = engine_key(trt, content)
     except GpuUnavailable as exc:
         raise ProviderError(f"model {spec.name!r}: TensorRT is listed but {exc}") from None
-    bases = {option: Path(trt[option]) for option in CACHE_PATH_OPTIONS if option in trt}
     folder = bases["trt_engine_cache_path"] / key.folder_name()
     graph = engines.graph
 
@@ -302,6 +308,8 @@ def _with_engines(path: str, spec: ModelSpec, arguments: list[tuple[str, dict[st
         for option, base in bases.items():
             trt[option] = str(where if base == bases["trt_engine_cache_path"] else base / key.folder_name())
             Path(trt[option]).mkdir(parents=True, exist_ok=True)
+        if table is not None and not (where / table.name).exists():
+            shutil.copy2(table, where / table.name)
 
     if engine_cache.is_built(folder):
         at(folder)
