@@ -71,9 +71,19 @@ def test_the_probe_names_what_is_missing(fake_libs, env, message):
     assert message in error and "driver that supports CUDA 13 (>= 580" in error
 
 
+NO_DRIVER = """
+import ctypes
+loaded = ctypes.CDLL
+def without_driver(name, *args, **kwargs):  # as on this machine, and on any without the NVIDIA driver
+    if name == "libcuda.so.1":
+        raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+    return loaded(name, *args, **kwargs)
+ctypes.CDLL = without_driver
+"""
+
+
 def test_without_a_driver_the_probe_says_so():
-    """This machine has no NVIDIA driver: the real libcuda.so.1 is not there."""
-    done = probe(PRINT_DEVICES, {})
+    done = probe(NO_DRIVER + PRINT_DEVICES, {})
     error = json.loads(done.stdout)["error"]
     assert error.startswith("no NVIDIA driver (install an NVIDIA driver that supports CUDA 13 (>= 580")
     assert "libcuda.so.1 cannot be loaded" in error
