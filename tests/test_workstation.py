@@ -112,3 +112,29 @@ def test_the_host_check_reads_the_card_as_cuda_reports_it(fake_libs):  # noqa: F
                          env={**env, "FAKE_CUDA_DRIVER": "12080"})
     assert "would stop here: the NVIDIA driver supports CUDA 12.8; the GPU stack (CUDA 13 wheels) needs CUDA 13.0" in (
         old.stdout)
+
+
+def test_make_serve_of_a_cpu_profile_runs_its_steps_and_stops_at_the_first_that_fails(tmp_path):
+    """The CPU path for real, through the same steps: the stack (up to date: nothing to install), then
+    the export, which fails here (a model whose source does not exist), so nothing is served."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("""
+models:
+  nowhere:
+    engine: ort
+    store_tag: nowhere
+    source: /nonexistent/model
+    pooling: mean
+    max_tokens: 16
+    dimensions: 8
+profiles:
+  broken:
+    models: [nowhere]
+""")
+    done = make("serve", "PROFILE=broken", "PORT=1", env={"EMBED_REGISTRY": str(registry),
+                                                          "BENTOML_HOME": str(tmp_path / "home")})
+    assert done.returncode != 0
+    assert "make serve PROFILE=broken: the cpu stack" in done.stdout
+    assert "[1/4] install the CPU stack into .venv" in done.stdout and "[2/4] export" in done.stdout
+    assert "source '/nonexistent/model': no such folder" in done.stderr
+    assert "step 2 failed (exit 1)" in done.stderr and "[3/4]" not in done.stdout  # never served
