@@ -1,6 +1,11 @@
 # Two commands do everything on a fresh machine: `make serve` and `make test` (see README.md).
-# Each creates .venv if missing, installs the pinned requirements when they changed, and imports
-# the profile's models into the Bento model store when they are not there yet.
+# Each creates its virtual environment if missing, installs the pinned requirements when they changed,
+# and imports the profile's models into the Bento model store when they are not there yet.
+#
+# `make setup`, `models` and `serve` install the stack PROFILE needs (deploy/workstation.py): cpu (.venv,
+# requirements.txt with constraints.txt) or, when a runner of the profile asks for a GPU, gpu (.venv-gpu,
+# requirements-gpu.lock, then TensorRT in a step of its own; a host without a GPU or driver stops at once).
+# DRY_RUN=1 prints every step and what it installs, and runs nothing.
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -9,13 +14,19 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
+.PHONY: serve test lint setup setup-cpu extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
 
-# preflight: every ONNX Runtime model loads on exactly the providers the registry lists (else exit 1
-# with the reason and the fix), as the store was checked by `models` (runners/ort/preflight.py)
-serve: models
-	$(PY) -m runners.ort.preflight --profile $(PROFILE)
-	$(VENV)/bin/bentoml serve service:Gateway --port $(PORT)
+# The registry is read before any stack exists: by deploy/workstation.py in a small venv of its own.
+READER := .cache/registry-reader
+WORKSTATION = $(READER)/bin/python deploy/workstation.py
+DRY := $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
+GPU_VENV := .venv-gpu
+
+# cpu: setup-cpu, export ensure, the preflight (every ONNX Runtime model loads on exactly the providers the
+# registry lists, else exit 1 with the reason and the fix), bentoml serve. gpu: the host check, the GPU
+# stack, TensorRT, export ensure (hub downloads), the preflight building the TensorRT engines, bentoml serve.
+serve: $(READER)/.installed
+	$(WORKSTATION) serve --profile $(PROFILE) --port $(PORT) $(DRY)
 
 # The tests get a Bento store of their own (their prerequisite `models` fills it too): what a person
 # keeps in ~/bentoml, for example an entry an older version exported, can neither break nor be
@@ -29,7 +40,30 @@ test: lint $(VENV)/.installed-vllm models test-tools bench-tools k6-tools  ## th
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-setup: $(VENV)/.installed extras
+setup: $(READER)/.installed
+	$(WORKSTATION) setup --profile $(PROFILE) $(DRY)
+
+setup-cpu: $(VENV)/.installed extras
+
+$(READER)/.installed: constraints.txt
+	test -x $(READER)/bin/python || $(PYTHON) -m venv $(READER)
+	$(READER)/bin/python -m pip install --quiet PyYAML pydantic nvidia-ml-py -c constraints.txt
+	touch $@
+
+# The GPU stack: the GPU image's lock exactly (no resolution, wheels only; PIP_EXTRA_INDEX_URL dropped, so a
+# CPU torch index cannot win), checked against the lock after; TensorRT's libraries from NVIDIA's index in
+# a step of its own (deploy/image/tensorrt.py: it stops, saying so, when the index cannot be reached).
+$(GPU_VENV)/.installed: requirements-gpu.lock
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@echo "installing requirements-gpu.lock into $(GPU_VENV) (about 10 GB the first time)"
+	PIP_EXTRA_INDEX_URL= $(GPU_VENV)/bin/python -m pip install --quiet --no-deps --only-binary :all: -r requirements-gpu.lock
+	$(GPU_VENV)/bin/python deploy/image/gpu_lock.py check
+	touch $@
+
+$(GPU_VENV)/.installed-tensorrt: $(GPU_VENV)/.installed requirements-tensorrt.txt
+	$(GPU_VENV)/bin/python deploy/image/tensorrt.py install
+	touch $@
 
 # Optional engines: the vLLM extra only when the profile serves an `engine: vllm` model.
 extras: $(VENV)/.installed
@@ -48,14 +82,14 @@ $(VENV)/.installed: requirements.txt requirements-serve.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	touch $@
 
-models: setup
-	$(PY) -m export ensure --profile $(PROFILE)
+models: $(READER)/.installed
+	$(WORKSTATION) models --profile $(PROFILE) $(DRY)
 
 build: models
 	$(VENV)/bin/bentoml build
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) $(READER) .pytest_cache
 
 lock: $(VENV)/.installed-vllm  ## after changing requirements*.txt: pin the whole environment again
 	(echo "# Exact versions of everything installed (pip freeze); regenerate with 'make lock' after changing requirements*.txt."; \
@@ -81,14 +115,15 @@ image-tools:  ## buildah and debootstrap (IMAGE_BACKEND=docker needs neither: Do
 		|| { $(APT_INSTALL) buildah debootstrap; }
 
 # One OCI image (gateway, runners, registry, models): IMAGE_VARIANT=cpu|gpu, IMAGE_BACKEND=buildah|docker,
-# IMAGE_TENSORRT=1 (gpu: TensorRT from NVIDIA's index), IMAGE_CA_BUNDLE (see deploy/image/build.sh).
+# IMAGE_TENSORRT=1|0 (gpu: TensorRT from NVIDIA's index, the default; 0: an image without it, which refuses
+# TensorRT profiles at start), IMAGE_CA_BUNDLE (see deploy/image/build.sh).
 # The cpu image is then run and smoke-tested (buildah or docker); the gpu image is checked without a
 # GPU (image-check; buildah only).
 IMAGE_VARIANT ?= cpu
 IMAGE_BACKEND ?= buildah
-IMAGE_TENSORRT ?= 0
+IMAGE_TENSORRT ?= 1
 image: models image-tools
-	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) EMBED_IMAGE_TENSORRT=$(IMAGE_TENSORRT) deploy/image/build.sh
+	EMBED_IMAGE=$(IMAGE_VARIANT) IMAGE_BACKEND=$(IMAGE_BACKEND) EMBED_IMAGE_TENSORRT=$(if $(filter gpu,$(IMAGE_VARIANT)),$(IMAGE_TENSORRT),0) deploy/image/build.sh
 	@if [ "$(IMAGE_BACKEND)" = buildah ] || [ "$(IMAGE_VARIANT)" = cpu ]; then $(MAKE) --no-print-directory image-check; fi
 
 image-check:  ## the built image: cpu served and smoke-tested; gpu checked inside without a GPU

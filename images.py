@@ -10,7 +10,12 @@ and the profile's models (``bentoml build`` packs them; ``bentoml containerize``
   for CUDA 13, with their CUDA user-space libraries as nvidia-* wheels: only the driver comes from
   the host). Its base is made here (``deploy/image/base.sh NAME gpu``: gcc and Python's headers for
   Triton, and the ``LD_LIBRARY_PATH`` of those libraries); there is no Docker Hub image of it.
-  ``EMBED_IMAGE_TENSORRT=1`` adds ``requirements-tensorrt.txt`` (TensorRT 10 from NVIDIA's index).
+  TensorRT (``requirements-tensorrt.txt``, from NVIDIA's index) is installed by a build step of its
+  own after the lock (``deploy/image/tensorrt.py``), never in the lock's ``uv pip install``, where
+  NVIDIA's index would decide the nvidia-* versions it also carries; the step fails the build, saying
+  why, when the index cannot be reached. ``EMBED_IMAGE_TENSORRT=0`` leaves TensorRT out: the image
+  then says so (``embedding-image.json`` in its venv) and refuses TensorRT models at start with that
+  reason. Default ``1``.
 
 ``EMBED_BASE_IMAGE`` replaces the variant's base image, for example the local Debian image that
 ``make image`` builds where Docker Hub is out of reach (``deploy/image/base.sh``). Only the
@@ -21,6 +26,7 @@ in the image (``BENTOML_DO_NOT_TRACK``, a service env of the gateway: ``service.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from bentoml.images import Image
@@ -38,6 +44,8 @@ VARIANTS = {
     "gpu": (GPU_BASE, "requirements-gpu.lock"),
 }
 TENSORRT_REQUIREMENTS = "requirements-tensorrt.txt"
+TENSORRT_STEP = "deploy/image/tensorrt.py"  # copied into the build before the install (build_include)
+IMAGE_INFO = "$VIRTUAL_ENV/embedding-image.json"  # runners/ort/providers.py: image_info
 
 
 def image(variant: str | None = None) -> Image:
@@ -50,17 +58,38 @@ def image(variant: str | None = None) -> Image:
     lines = requirement_lines(ROOT / requirements)
     if variant == "cpu":
         lines = locked(lines, ROOT / "constraints.txt")
-    if os.environ.get("EMBED_IMAGE_TENSORRT", "") in ("1", "true"):
-        if variant != "gpu":
-            raise RuntimeError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only)")
-        lines += requirement_lines(ROOT / TENSORRT_REQUIREMENTS)
+    tensorrt = os.environ.get("EMBED_IMAGE_TENSORRT", "1" if variant == "gpu" else "0")
+    if tensorrt not in ("0", "1"):
+        raise RuntimeError(f"EMBED_IMAGE_TENSORRT={tensorrt!r}: expected 1 (TensorRT, the gpu default) or 0")
+    if tensorrt == "1" and variant != "gpu":
+        raise RuntimeError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only)")
     built = Image(
         base_image=os.environ.get("EMBED_BASE_IMAGE") or base,
         python_version="3.11",
         distro="prebuilt",  # a distro outside BentoML's table skips its `apt-get install build-essential git`
         lock_python_packages=False,  # pinned here: `locked` (cpu), the lock file (gpu)
     )
-    return built.python_packages(*lines)
+    if tensorrt == "1":  # the first step: a build that cannot get TensorRT fails in seconds, not after the lock
+        built.run(tensorrt_probe())
+    built.python_packages(*lines)
+    if variant == "gpu":
+        built.build_include(TENSORRT_REQUIREMENTS, TENSORRT_STEP)
+        step = (f"install --requirements ./src/{TENSORRT_REQUIREMENTS}" if tensorrt == "1" else "absent")
+        built.run(f"python ./src/{TENSORRT_STEP} {step} --image-info {IMAGE_INFO}")
+    return built
+
+
+def tensorrt_probe() -> str:
+    """A shell command that fails, saying why and what to do, when the build cannot reach the index
+    requirements-tensorrt.txt names for its libraries (the base image's own Python, before any venv)."""
+    text = (ROOT / TENSORRT_REQUIREMENTS).read_text()
+    index = re.search(r"^--extra-index-url (\S+)", text, re.M).group(1).rstrip("/")
+    package = re.search(r"^([A-Za-z0-9_.\-]+)==", text, re.M).group(1)
+    url = f"{index}/{package}/"
+    return (f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{url}\", timeout=30)' || {{ echo \"TensorRT: "
+            f"cannot reach NVIDIA's package index ({url}; the error above), where TensorRT's libraries are published "
+            "only: build without TensorRT with IMAGE_TENSORRT=0 (an image that refuses TensorRT profiles at start), or "
+            "reach the index (a proxy: IMAGE_CA_BUNDLE, HTTPS_PROXY)\" >&2; exit 1; }")
 
 
 def requirement_lines(path: Path) -> list[str]:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import bentoml
 
-from export import ExportError, quality, sources, store
+from export import ExportError, hub, quality, sources, store
 from models.registry import Int8Spec
 from models.store import LANGUAGE_GRAPH, VISION_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
 
@@ -426,7 +426,10 @@ def ensure(profile: str | None) -> int:
         print(f"import {spec.name} from {spec.source} as {spec.store_tag}"
               + (f", to reproduce its pin {spec.pin.digest[:19]}..." if spec.pin is not None else ""), flush=True)
         try:
-            model = export_spec(spec)
+            if problem := hub.pin_problem(spec):  # the hub moved on since the pinned export
+                raise ExportError(problem)
+            # a pinned hub model is downloaded at the commit it was pinned from
+            model = export_spec(spec, spec.pin.revision if spec.pin is not None and hub.is_hub(spec) else None)
         except ExportError as exc:
             failures.append(f"model {spec.name} (source {spec.source}): {exc}")
             print(f"error: {failures[-1]}", file=sys.stderr, flush=True)
@@ -447,22 +450,23 @@ def ensure(profile: str | None) -> int:
     return 1 if failures else 0
 
 
-def export_spec(spec) -> bentoml.Model:
-    """Export or import registry model ``spec`` from its ``source`` with the registry's settings
-    (``ExportError`` when it cannot)."""
+def export_spec(spec, revision: str | None = None) -> bentoml.Model:
+    """Export or import registry model ``spec`` from its ``source`` with the registry's settings, at
+    ``revision`` (default: the registry's; ``ExportError`` when it cannot)."""
     from models.registry import Engine
 
     if not spec.source:
         raise ExportError("the registry gives no source")
+    revision = revision or spec.revision
     if spec.vision is not None:
         return export_colqwen2(spec.source, spec.store_tag, (spec.vision.min_pixels, spec.vision.max_pixels),
-                               max_tokens=spec.max_tokens, revision=spec.revision)
+                               max_tokens=spec.max_tokens, revision=revision)
     if spec.engine is Engine.ORT:
         extra = {"fusions": spec.ort.transformer_fusions, "precision": spec.ort.precision, "int8": spec.ort.int8}
     else:
         extra = {"encoder_only": spec.vllm.serves_encoder_only}
     return (export_model if spec.engine is Engine.ORT else import_vllm)(
-        spec.source, spec.store_tag, **extra, revision=spec.revision, pooling=spec.pooling.value,
+        spec.source, spec.store_tag, **extra, revision=revision, pooling=spec.pooling.value,
         normalize=spec.normalize, max_tokens=spec.max_tokens, dimensions=spec.dimensions,
     )
 

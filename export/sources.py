@@ -4,7 +4,8 @@ Source strings (the registry's ``source`` field and ``--source``):
 
 - ``package:<python package>``: model files shipped inside an installed package: the folder
   returned by the package's ``get_model_path()``, else ``<package dir>/model``;
-- ``hf:<hub id>``: ``huggingface_hub.snapshot_download`` (needs the network or a filled cache);
+- ``hf:<hub id>``: one commit of a hub repository, downloaded with progress and resumable
+  (``export/hub.py``; needs the network, or ``HF_ENDPOINT``'s mirror);
 - anything else: a local folder.
 
 The folder must contain ``config.json``. Every failure raises ``SourceError``.
@@ -85,17 +86,7 @@ def _package_version(name: str, module: object) -> str:
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Resolved:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from export import hub
 
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision))
-    except (HfHubHTTPError, HFValidationError, OSError) as exc:
-        first_line = next(iter(str(exc).strip().splitlines()), "")
-        raise SourceError(
-            f"source {HUB_PREFIX}{repo_id}: cannot download from the Hugging Face hub "
-            f"({type(exc).__name__}: {first_line}); without network access, download the "
-            "folder elsewhere and pass its path as the source"
-        ) from None
-    commit = folder.name if folder.parent.name == "snapshots" else revision
+    folder, commit = hub.download(repo_id, revision)
     return Resolved(folder, commit)

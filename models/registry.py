@@ -75,6 +75,13 @@ class ProviderSpec(_Frozen):
     name: ProviderName
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _tensorrt_cached(self) -> ProviderSpec:
+        if self.name == "tensorrt" and self.options.get("trt_engine_cache_enable") in (False, 0, "0", "false", "False"):
+            raise ValueError("TensorRT engines are built before serving and loaded from their cache "
+                             "(runners/ort/engine_cache.py): trt_engine_cache_enable cannot be off")
+        return self
+
 
 class MatryoshkaSpec(_Frozen):
     """Allowed range of the OpenAI ``dimensions`` parameter (truncate, then re-normalise)."""
@@ -404,11 +411,20 @@ class RunnerSpec(_Frozen):
 
 
 class GpuSpec(_Frozen):
-    """The card a GPU profile is planned for (``models/memory_plan.py``)."""
+    """The card a GPU profile is planned for (``models/memory_plan.py``).
+
+    ``memory_bytes`` is the card's memory as CUDA reports it (``cuDeviceTotalMem``, the total of
+    ``cudaMemGetInfo`` and ``torch.cuda.mem_get_info``, what vLLM checks its share against at start),
+    not nvidia-smi's (NVML's) figure, which also counts what the driver and firmware reserve: an RTX
+    4090 is 24,564 MiB to nvidia-smi and about 23.64 GiB to CUDA. ``make serve`` and every runner
+    compare it with the card they find (``runners/gpu_probe.py``, ``runners/gpu_check.py``)."""
 
     name: str
-    memory_bytes: int = Field(gt=0, description="as NVML reports it")
-    headroom_bytes: int = Field(ge=0, description="kept free of the plan: the driver's own use, fragmentation")
+    memory_bytes: int = Field(gt=0, description="as CUDA reports it (cuDeviceTotalMem), not nvidia-smi")
+    headroom_bytes: int = Field(ge=0, description="kept free of the plan, steady and while TensorRT builds: the "
+                                "driver's own use, fragmentation, a desktop on the same card")
+    min_driver_cuda: str = Field(default="13.0", pattern=r"^\d+\.\d+$", description="the CUDA version the driver "
+                                 "must support (cuDriverGetVersion): 13.0 for the CUDA 13 wheels, driver >= 580")
 
 
 VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # header-safe, a bounded metric label value
@@ -471,6 +487,18 @@ class ProfileSpec(_Frozen):
         default_factory=dict, description="served name -> its variants, weights, default and shadow "
         "(a served name without an entry has one variant, `default`: its own registry entry)",
     )
+
+    @property
+    def wants_gpu(self) -> bool:
+        """Some runner of the profile asks for a GPU: it is served by the GPU stack (``make serve``)."""
+        return any(runner.wants_gpu for runner in self.runners.values())
+
+    @model_validator(mode="after")
+    def _gpu_card(self) -> ProfileSpec:
+        if self.wants_gpu and self.gpu is None:
+            raise ValueError("a runner asks for a gpu: name the card the profile is planned for (`gpu: {name, "
+                             "memory_bytes, headroom_bytes}`, memory as CUDA reports it; models/memory_plan.py)")
+        return self
 
     @model_validator(mode="after")
     def _vllm_batches_itself(self) -> ProfileSpec:
@@ -669,7 +697,7 @@ class Registry(_Frozen):
             routes[model] = Routing(model, variants, route.default or variants[0].name, route.shadow)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in units.values()}}
         served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server,
-                        routes=routes)
+                        routes=routes, gpu=spec.gpu)
         total = sum(served.gpu_memory_shares().values())
         if total > 1 + 1e-9:
             raise RegistryError(
@@ -725,10 +753,13 @@ class Served:
         gateway: GatewaySpec,
         server: ServerSpec | None = None,
         routes: dict[str, Routing] | None = None,
+        gpu: GpuSpec | None = None,
     ) -> None:
         """``models``: the served names; ``routes``: each one's variants (default: one variant,
-        ``default``, the model itself); ``units``: the registry models the runners load."""
+        ``default``, the model itself); ``units``: the registry models the runners load; ``gpu``: the
+        card the profile is planned for (GPU profiles)."""
         self.profile = profile
+        self.gpu = gpu
         self.models = models
         self.runners = runners
         self.gateway = gateway

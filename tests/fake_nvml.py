@@ -15,7 +15,8 @@ class NVMLError(Exception):
     pass
 
 
-def fake_nvml(count: int = 2) -> SimpleNamespace:
+def fake_nvml(count: int = 2, free: int = 0, total: int = 80 * GIB) -> SimpleNamespace:
+    """``count`` GPUs of ``total`` bytes with ``free`` bytes free each (the start check reads them)."""
     uuids = [f"GPU-fake-{i}" for i in range(count)]
 
     def by_index(index: int) -> int:
@@ -30,7 +31,7 @@ def fake_nvml(count: int = 2) -> SimpleNamespace:
         nvmlDeviceGetHandleByIndex=by_index,
         nvmlDeviceGetHandleByUUID=lambda uuid: uuids.index(uuid),
         nvmlDeviceGetIndex=lambda handle: handle,
-        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(used=(handle + 1) * GIB, total=80 * GIB, free=0),
+        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(used=(handle + 1) * GIB, total=total, free=free),
         nvmlDeviceGetUtilizationRates=lambda handle: SimpleNamespace(gpu=40 + handle, memory=0),
     )
 

@@ -442,33 +442,44 @@ class RecordingOrt:
 
 def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeypatch, tmp_path):
     """Two sessions (the language model's weights once), each with the registry's TensorRT options
-    and one profile covering 1 to max_batch_pages pages of up to max_pixels, and queries up to
-    max_batch_queries x max_tokens."""
+    (the workspace within the runner's share), engines in a key folder of their own, and one profile
+    covering 1 to max_batch_pages pages of up to max_pixels, and queries up to max_batch_queries x
+    max_tokens: the largest calls the memory plan counts (its registry `calls`)."""
     import onnxruntime
 
     from models.store import StoreEntry
     from runners.ort import colqwen2 as engine_module
-    from runners.ort import providers
+    from runners.ort import engine_cache, providers
+    from runners.ort.preflight import session_factory
 
     recorder = RecordingOrt(onnxruntime)
     monkeypatch.setitem(sys.modules, "onnxruntime", recorder)
     monkeypatch.setattr(providers, "_unloadable_libraries", lambda name: [])  # as if TensorRT were installed
+    monkeypatch.setattr(providers, "engine_key", lambda options, content: engine_cache.EngineKey(
+        "10.16.1", "sm89", "1.31.1", content, engine_cache.settings_text(options)))  # as if on an RTX 4090
     monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
-    spec = load_registry().models["colqwen2"]
+    served = load_registry().served("rtx4090")
+    spec = served.unit("colqwen2")
     settings = {"pad_token_id": 151643, "patch_size": 14, "merge_size": 2, "image_token_id": 151655,
                 "text_hidden_size": 1536, "page_prefix_ids": [0] * 4, "page_suffix_ids": [0] * 7}
-    engine_module.ColQwen2Engine(spec, StoreEntry(tag="t", path=tmp_path, metadata={}, settings=settings))
+    entry = StoreEntry(tag="t", path=tmp_path / "entry", metadata={"content": {"digest": "sha256:t"}},
+                       settings=settings)
+    engine_module.ColQwen2Engine(spec, entry, session_factory(spec, entry, served, build=True))
 
-    assert [str(Path(s["path"]).relative_to(tmp_path)) for s in recorder.sessions] == [
+    assert [str(Path(s["path"]).relative_to(entry.path)) for s in recorder.sessions] == [
         "vision/model.onnx", "language/model.onnx"]
+    folders = set()
     for session in recorder.sessions:
         assert session["providers"] == ["TensorrtExecutionProvider"]  # never CUDA for the fp32 graphs
         (trt,) = session["options"]
         assert trt["trt_bf16_enable"] == "1" and "trt_fp16_enable" not in trt
         assert trt["trt_load_user_initializer"] == "1" and trt["trt_engine_cache_enable"] == "1"
-        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(tmp_path / "cache/tensorrt/colqwen2")
+        assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"]  # the build's folder, renamed after
         assert trt["trt_timing_cache_enable"] == "1" and trt["trt_max_workspace_size"] == "1073741824"
         assert session["sess_options"].intra_op_num_threads == 0
+        folders.add(Path(trt["trt_engine_cache_path"]).name.removeprefix(".").rsplit(".", 2)[0])  # .<key>.<pid>.tmp
+    built = sorted(p.name for p in (tmp_path / "cache/tensorrt/colqwen2").iterdir() if engine_cache.is_built(p))
+    assert len(built) == 2 and set(built) == folders  # one key folder per graph
     vision, language = (s["options"][0] for s in recorder.sessions)
     # 602112 pixels = 3072 patches of 14 x 14 = 768 visual tokens; 4 pages per call
     assert vision["trt_profile_min_shapes"] == "patches:1x4x588,patch_positions:1x4x2,patch_mask:1x4"
@@ -476,8 +487,11 @@ def test_colqwen2_engine_passes_tensorrt_options_and_a_profile_per_graph(monkeyp
         "patches:4x3072x588,patch_positions:4x3072x2,patch_mask:4x3072")
     assert language["trt_profile_min_shapes"] == (
         "input_ids:1x1,attention_mask:1x1,position_ids:3x1x1,image_features:1x1536,image_index:1x1")
-    # pages: 768 visual + 11 prompt tokens; queries: 32 rows, 768 tokens; 4 x 768 visual features
+    # pages: 768 visual + 11 prompt tokens; queries: 16 rows, 768 tokens; 4 x 768 visual features
     assert language["trt_profile_opt_shapes"] == (
         "input_ids:4x779,attention_mask:4x779,position_ids:3x4x779,image_features:3072x1536,image_index:4x779")
     assert language["trt_profile_max_shapes"] == (
-        "input_ids:32x779,attention_mask:32x779,position_ids:3x32x779,image_features:3072x1536,image_index:32x779")
+        "input_ids:16x779,attention_mask:16x779,position_ids:3x16x779,image_features:3072x1536,image_index:16x779")
+    # the memory plan counts exactly these largest calls
+    vision_net, language_net = spec.memory.networks
+    assert vision_net.calls == ((4, 3072),) and language_net.calls == ((16, 779),)

@@ -2,7 +2,9 @@
 `make image`): the bento builds with each image variant, and the image spec BentoML generates names
 the right base image, packages and models; the GPU image installs exactly its lock, which covers
 requirements-gpu.txt on one CUDA major version and agrees with the CPU pins; TensorRT is paired with
-the major version onnxruntime-gpu links and only an option; the image scripts parse."""
+the major version onnxruntime-gpu links, in the GPU image by default and in a build step of its own
+after the lock (never NVIDIA's index in the lock's install), failing loudly where NVIDIA's index
+cannot be reached; IMAGE_TENSORRT=0 makes an image that says it has none; the image scripts parse."""
 
 import os
 import re
@@ -25,10 +27,13 @@ def pins(path: Path) -> dict[str, str]:
     return {m.group(1).lower().replace("_", "-"): m.group(3) for m in found if m}
 
 
-def build(variant: str, base: str | None = None, tensorrt: bool = False) -> tuple[str, Path]:
+def build(variant: str, base: str | None = None, tensorrt: bool | None = None) -> tuple[str, Path]:
     import bentoml
 
-    env = {**os.environ, "EMBED_IMAGE": variant, "EMBED_PROFILE": "cpu", "EMBED_IMAGE_TENSORRT": str(int(tensorrt))}
+    env = {**os.environ, "EMBED_IMAGE": variant, "EMBED_PROFILE": "cpu"}
+    env.pop("EMBED_IMAGE_TENSORRT", None)
+    if tensorrt is not None:
+        env["EMBED_IMAGE_TENSORRT"] = str(int(tensorrt))
     env.pop("EMBED_BASE_IMAGE", None)
     if base:
         env["EMBED_BASE_IMAGE"] = base
@@ -73,28 +78,67 @@ def test_cpu_image_spec_has_the_base_serving_packages_and_models():
         delete(tag)
 
 
-def test_gpu_image_spec_installs_the_lock_on_the_local_gpu_base():
+def test_gpu_image_spec_installs_the_lock_then_tensorrt_in_a_step_of_its_own():
     from images import GPU_BASE
 
-    tag, path = build("gpu")
+    tag, path = build("gpu")  # TensorRT by default
     try:
         dockerfile = (path / "env/docker/Dockerfile").read_text()
         assert f"FROM {GPU_BASE} AS base-container" in dockerfile  # made here: no Docker Hub, no CUDA image
         assert "build-essential" not in dockerfile  # the base brings gcc and Python's headers (Triton)
         requirements = (path / "env/python/requirements.txt").read_text()
-        assert "--extra-index-url" not in requirements and "tensorrt" not in requirements  # TensorRT: an option
+        # NVIDIA's index never takes part in the lock's install: uv would take every nvidia-* it lists from it
+        assert "--extra-index-url" not in requirements and "tensorrt" not in requirements
         assert pins(path / "env/python/requirements.txt") == pins(ROOT / "requirements-gpu.lock")
         assert (path / "src/requirements-gpu.lock").is_file() and (path / "src/requirements-tensorrt.txt").is_file()
+        install = dockerfile.index("pip install -r $BENTO_PATH/env/python/requirements.txt")
+        step = dockerfile.index("python ./src/deploy/image/tensorrt.py install --requirements "
+                                "./src/requirements-tensorrt.txt --image-info $VIRTUAL_ENV/embedding-image.json")
+        copied = dockerfile.index("COPY --chown=bentoml:bentoml ./src/deploy/image/tensorrt.py")
+        assert copied < install < step  # its own RUN, after the lock
+        # and the build's first step: without NVIDIA's index it fails in seconds, not after the 10 GB lock
+        probe = dockerfile.index("python3 -c 'import urllib.request; urllib.request.urlopen("
+                                 "\"https://pypi.nvidia.com/tensorrt-cu13-libs/\", timeout=30)' || { echo \"TensorRT: "
+                                 "cannot reach NVIDIA's package index")
+        assert probe < dockerfile.index("uv venv") < install
+        assert (path / "src/deploy/image/entrypoint.sh").is_file()
     finally:
         delete(tag)
-    tag, path = build("gpu", tensorrt=True)
+    tag, path = build("gpu", tensorrt=False)
     try:
-        requirements = (path / "env/python/requirements.txt").read_text()
-        assert "--extra-index-url https://pypi.nvidia.com" in requirements  # only where TensorRT is installed
-        installed = pins(path / "env/python/requirements.txt")
-        assert installed == {**pins(ROOT / "requirements-gpu.lock"), **pins(ROOT / "requirements-tensorrt.txt")}
+        dockerfile = (path / "env/docker/Dockerfile").read_text()
+        assert "python ./src/deploy/image/tensorrt.py absent --image-info $VIRTUAL_ENV/embedding-image.json" in (
+            dockerfile)
+        assert "tensorrt.py install" not in dockerfile and "urllib.request.urlopen" not in dockerfile
+        assert pins(path / "env/python/requirements.txt") == pins(ROOT / "requirements-gpu.lock")
     finally:
         delete(tag)
+
+
+def test_the_tensorrt_step_fails_loudly_without_nvidias_index_and_marks_an_image_without_it(tmp_path):
+    """Where NVIDIA's index cannot be reached (here: the file's index moved to a closed local port, so
+    the test means the same on a machine that can reach it), the step the GPU image runs stops, saying
+    why and what to do, before installing anything; the IMAGE_TENSORRT=0 step writes what the runner reads."""
+    step = [sys.executable, str(ROOT / "deploy/image/tensorrt.py")]
+    unreachable = tmp_path / "requirements-tensorrt.txt"
+    unreachable.write_text((ROOT / "requirements-tensorrt.txt").read_text().replace("https://pypi.nvidia.com",
+                                                                                     "http://127.0.0.1:9"))
+    done = subprocess.run([*step, "install", "--requirements", str(unreachable)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert "TensorRT: cannot reach NVIDIA's package index (http://127.0.0.1:9/tensorrt-cu13-libs/" in done.stderr
+    assert "make image IMAGE_VARIANT=gpu IMAGE_TENSORRT=0" in done.stderr and "TensorRT: installing" not in done.stdout
+    info = tmp_path / "embedding-image.json"
+    done = subprocess.run([*step, "absent", "--image-info", str(info)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    from runners.ort.providers import image_info
+
+    os.environ["EMBED_IMAGE_INFO"] = str(info)
+    try:
+        assert image_info() == {"variant": "gpu", "tensorrt": None,
+                                "reason": "built with IMAGE_TENSORRT=0: TensorRT is not installed"}
+    finally:
+        del os.environ["EMBED_IMAGE_INFO"]
 
 
 def test_gpu_lock_covers_the_gpu_requirements_on_cuda_13():
@@ -115,7 +159,7 @@ def test_tensorrt_pin_pairs_with_the_major_version_onnxruntime_gpu_links():
     assert ort == f"onnxruntime-gpu=={pins(ROOT / 'requirements-gpu.txt')['onnxruntime-gpu']}"  # read for this pin
     ((name, version),) = pins(ROOT / "requirements-tensorrt.txt").items()
     major, minor = map(int, version.split(".")[:2])
-    assert name == "tensorrt-cu13" and str(major) == nvinfer == parser
+    assert name == "tensorrt-cu13-libs" and str(major) == nvinfer == parser  # the libraries the provider loads
     assert (major, minor) >= (10, 13)  # trt_load_user_initializer (graphs over 2 GB)
     assert requirement_lines(ROOT / "requirements-tensorrt.txt")[0] == "--extra-index-url https://pypi.nvidia.com"
 
@@ -154,6 +198,6 @@ def test_lock_check_compares_installed_versions(tmp_path):
 
 def test_image_scripts_parse():
     for script in ("deploy/image/base.sh", "deploy/image/build.sh", "deploy/image/smoke.sh",
-                   "deploy/image/check_gpu.sh", "deploy/stack.sh"):
+                   "deploy/image/check_gpu.sh", "deploy/image/entrypoint.sh", "deploy/stack.sh"):
         done = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, f"{script}: {done.stderr}"

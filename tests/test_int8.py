@@ -141,13 +141,16 @@ def test_trt_table_holds_each_tensors_dynamic_range(tmp_path: Path) -> None:
     assert (tmp_path / "t" / "calibration.cache").read_text().split("\n")[:2] == ["a 7.5", "b 3.25"]
 
 
+CARD = {"name": "a test card", "memory_bytes": 25382879232, "headroom_bytes": 1073741824}  # a GPU profile's
+
+
 def tensorrt_spec(cache: Path, **options) -> object:
     text = yaml.safe_dump({
         "models": {"m": {"engine": "ort", "store_tag": "m", "pooling": "mean", "max_tokens": 8, "dimensions": 4,
                          "ort": {"providers": [{"name": "tensorrt", "options": {
                              "trt_engine_cache_path": str(cache), **options}}, {"name": "cpu"}]}}},
-        "profiles": {"p": {"models": ["m"], "runners": {"ort": {"providers": ["tensorrt", "cpu"],
-                                                                 "resources": {"gpu": 1}}}}}})
+        "profiles": {"p": {"models": ["m"], "gpu": CARD, "runners": {"ort": {"providers": ["tensorrt", "cpu"],
+                                                                               "resources": {"gpu": 1}}}}}})
     return parse_registry(text).models["m"]
 
 
@@ -297,7 +300,8 @@ def registry_file(folder: Path, tiny: Path, models: dict, providers: tuple[str, 
     base = {"engine": "ort", "source": str(tiny), "pooling": "mean", "max_tokens": 64, "dimensions": 32}
     path = folder / "registry.yaml"
     path.write_text(yaml.safe_dump({"models": {name: {**base, **spec} for name, spec in models.items()},
-                                    "profiles": {"p": {"models": list(models), "runners": {"ort": {
+                                    "profiles": {"p": {"models": list(models), **({"gpu": CARD} if providers != ("cpu",)
+                                                                                  else {}), "runners": {"ort": {
                                         "providers": list(providers),
                                         "resources": {"gpu": 1} if providers != ("cpu",) else {"cpu": "1"}}}}}}))
     return path

@@ -84,3 +84,49 @@ def test_the_card_is_advertised_once_per_gpu_runner_pod_at_full_scale():
             assert replicas == 1, f"{name}: one card holds one replica of each runner (the memory plan)"
             gpu_pods += replicas * gpus
     assert resource["replicas"] == gpu_pods == 2
+
+
+def test_runner_pods_are_sized_from_the_memory_plan():
+    """Memory requests and limits and startup probes equal what the memory plan computes for the profile
+    the manifests serve (`python -m models.memory_plan --k8s`): a plan change that is not carried into
+    the manifests fails here."""
+    from models.memory_plan import GIB, K8S_PROBE_PERIOD_S, VLLM_SHM_BYTES, kubernetes, plan
+
+    settings = of_kind("ConfigMap")["embedding-settings"]["data"]
+    registry = parse_registry(of_kind("ConfigMap")["embedding-registry"]["data"]["registry.yaml"])
+    sizes = kubernetes(plan(settings["EMBED_PROFILE"], registry))
+    assert set(sizes) == {Engine.ORT, Engine.VLLM}
+    for engine, size in sizes.items():
+        pod = of_kind("Deployment")[f"embedding-{engine.value}-runner"]["spec"]["template"]["spec"]
+        (runner,) = pod["containers"]
+        assert runner["resources"]["requests"]["memory"] == runner["resources"]["limits"]["memory"] == size.memory
+        probe = runner["startupProbe"]
+        assert probe["periodSeconds"] == K8S_PROBE_PERIOD_S
+        assert probe["failureThreshold"] == size.startup_failure_threshold
+        init = pod.get("initContainers", [])
+        if size.build_memory is None:
+            assert init == [], engine
+            continue
+        (build,) = init
+        assert build["resources"]["requests"]["memory"] == build["resources"]["limits"]["memory"] == size.build_memory
+    shm = next(v for v in of_kind("Deployment")["embedding-vllm-runner"]["spec"]["template"]["spec"]["volumes"]
+               if v["name"] == "shm")
+    assert shm["emptyDir"]["sizeLimit"] == f"{VLLM_SHM_BYTES // GIB}Gi"  # the plan counts all of it
+    ort = sizes[Engine.ORT]
+    assert ort.memory == "19Gi" and ort.build_memory == "23Gi"  # the fp32 graphs did not fit the old 16Gi
+
+
+def test_tensorrt_engines_are_built_by_an_init_container_on_the_cache_volume_not_while_serving():
+    settings = of_kind("ConfigMap")["embedding-settings"]["data"]
+    assert settings["EMBED_BUILD_ENGINES"] == "0"  # the entrypoint leaves it to the init container
+    pod = of_kind("Deployment")["embedding-ort-runner"]["spec"]["template"]["spec"]
+    (build,) = pod["initContainers"]
+    (runner,) = pod["containers"]
+    assert build["image"] == runner["image"]
+    assert build["args"] == ["python", "-m", "runners.ort.preflight", "--build"]
+    assert build["workingDir"] == "/home/bentoml/bento/src"
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1  # TensorRT builds for the GPU it runs on
+    assert build["envFrom"] == runner["envFrom"]
+    mounts = {m["name"]: m["mountPath"] for m in build["volumeMounts"]}
+    assert mounts == {m["name"]: m["mountPath"] for m in runner["volumeMounts"]}
+    assert "startupProbe" not in build and "livenessProbe" not in build  # nothing times the build out

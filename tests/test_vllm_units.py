@@ -32,6 +32,7 @@ models:
 profiles:
   p:
     models: [q, o]
+    gpu: {name: a test card, memory_bytes: 25382879232, headroom_bytes: 1073741824}
     runners:
       ort: {resources: {gpu: 1}, providers: [cuda], gpu_memory_share: 0.3}
       vllm: {resources: {gpu: 1}}
@@ -107,8 +108,8 @@ def test_rtx4090_lands_every_model_on_gpu_0(monkeypatch):
     assert assigned == {Engine.ORT: [0], Engine.VLLM: [0]}
     shares = rtx.gpu_memory_shares()
     assert shares == {  # each covers its process in the memory plan (tests/test_memory_plan.py)
-        "ort": 0.415,
-        "vllm:Qwen3-Embedding-8B": 0.465,
+        "ort": 0.375,
+        "vllm:Qwen3-Embedding-8B": 0.471,
         "vllm:pubmedbert": 0.042,
         "vllm:biomedbert": 0.042,
     }

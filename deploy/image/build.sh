@@ -7,12 +7,16 @@
 #   EMBED_BASE_IMAGE        base image; with buildah the default is a local Debian image built by
 #                           deploy/image/base.sh (no Docker Hub needed; the gpu variant always
 #                           needs that base or one made like it)
-#   EMBED_IMAGE_TENSORRT=1  gpu only: install TensorRT too (requirements-tensorrt.txt; NVIDIA's index
-#                           must be reachable)
+#   EMBED_IMAGE_TENSORRT    gpu only: 1 (default) installs TensorRT in a build step of its own
+#                           (deploy/image/tensorrt.py; NVIDIA's index must be reachable, else the build
+#                           fails saying so); 0 builds an image without it, which refuses TensorRT
+#                           profiles at start with that reason
 #   IMAGE_CA_BUNDLE         CA bundle copied into that local base image (TLS-intercepting
 #                           proxies); default the host's; empty: Debian's own CAs only
 # The gpu variant builds with buildah's overlay driver in a store of its own
-# (deploy/image/storage-gpu.conf). Prints the build time and the image size at the end.
+# (deploy/image/storage-gpu.conf). The bento's entrypoint becomes deploy/image/entrypoint.sh (it builds
+# the profile's TensorRT engines before `bentoml serve`, then runs BentoML's). Prints the build time and
+# the image size at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 variant=${EMBED_IMAGE:-cpu}
@@ -37,6 +41,9 @@ fi
 echo "[1/2] bentoml build (EMBED_IMAGE=$variant, base ${EMBED_BASE_IMAGE:-variant default}) ..."
 bento=$($bentoml build --output tag | tail -1 | sed 's/^__tag__://')
 echo "      $bento"
+docker_dir="$($bentoml get "$bento" -o path)/env/docker"
+[[ -f $docker_dir/bentoml-entrypoint.sh ]] || mv "$docker_dir/entrypoint.sh" "$docker_dir/bentoml-entrypoint.sh"
+cp deploy/image/entrypoint.sh "$docker_dir/entrypoint.sh"   # builds TensorRT engines, then runs BentoML's
 echo "[2/2] bentoml containerize --backend $backend -t $tag ..."
 if [[ $backend == buildah ]]; then
     # buildah reads STORAGE_DRIVER; its --storage-driver flag made `bud` miss the local base image

@@ -7,11 +7,15 @@
    (``ldd``, under the ``LD_LIBRARY_PATH`` the image sets), except the driver's ``libcuda.so.1``
    (the host's) and, where TensorRT is not installed, TensorRT's own libraries; and the libraries
    ONNX Runtime's CUDA provider opens only when it runs (cuDNN, cuFFT, NVRTC) are on that path.
-3. The TensorRT libraries the provider needs are the major version requirements-tensorrt.txt records.
-4. The installed distributions equal requirements-gpu.lock (``gpu_lock.py check``).
+3. The TensorRT libraries the provider needs are the major version requirements-tensorrt.txt records,
+   and the image says whether it has them (``embedding-image.json``, written by the build's TensorRT
+   step) as it is.
+4. The installed distributions equal requirements-gpu.lock (``gpu_lock.py check``; TensorRT's
+   libraries, installed in a step of their own, are the one package beyond it).
 5. This checkout's provider check (``runners/ort/providers.py``) with the image's onnxruntime-gpu, on
    the image's packed all-MiniLM-L6-v2: CUDA refused naming the missing driver library (no GPU
-   here), TensorRT likewise where it is not installed, and the CPU session loads and runs.
+   here); TensorRT refused, with an optimisation profile, naming the missing driver where it is
+   installed and saying the image was built without it where not; the CPU session loads and runs.
 
 Prints one line per check and exits 1 if any failed.
 """
@@ -59,6 +63,12 @@ def main(repo: Path) -> int:
            f"imports: vllm {vllm.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
            f"onnxruntime {onnxruntime.__version__}; providers {', '.join(providers)}")
     tensorrt_installed = importlib.util.find_spec("tensorrt_libs") is not None
+    sys.path.insert(0, str(repo))
+    from runners.ort.providers import image_info
+
+    info = image_info()
+    report(bool(info) and bool(info.get("tensorrt")) == tensorrt_installed,
+           f"image info {info}: TensorRT {'installed' if tensorrt_installed else 'not installed'}")
     site = Path(onnxruntime.__file__).parents[1]
     capi = site / "onnxruntime/capi"
     libraries = sorted(capi.glob("*.so*")) + sorted(Path(vllm.__file__).parent.rglob("*.so"))
@@ -80,14 +90,17 @@ def main(repo: Path) -> int:
     record = (repo / "requirements-tensorrt.txt").read_text()
     recorded = set(re.search(r"links (libnvinfer\S+) (libnvonnxparser\S+)", record).groups())
     trt_needs = {name for name in needed(capi / "libonnxruntime_providers_tensorrt.so") if TENSORRT.fullmatch(name)}
-    pin = re.search(r"^tensorrt-cu13==(\d+)\.", record, re.M).group(1)
+    pin = re.search(r"^tensorrt-cu13-libs==(\d+)\.", record, re.M).group(1)
     report(recorded <= trt_needs and all(name.endswith(f".so.{pin}") for name in trt_needs),
            f"TensorRT provider needs {', '.join(sorted(trt_needs))}; requirements-tensorrt.txt records "
            f"{', '.join(sorted(recorded))} and pins TensorRT {pin}.x; TensorRT installed: {tensorrt_installed}")
 
     lock = subprocess.run([sys.executable, str(repo / "deploy/image/gpu_lock.py"), "check",
                            str(repo / "requirements-gpu.lock")], capture_output=True, text=True)
-    report(lock.returncode == 0, "versions: " + (lock.stdout.strip().splitlines() or ["(no output)"])[-1])
+    extra = re.search(r"not in the lock: (.*)$", lock.stdout.strip(), re.M)
+    beyond = {name for name in (extra.group(1).split(", ") if extra else []) if name != "nothing"}
+    report(lock.returncode == 0 and beyond <= ({"tensorrt-cu13-libs"} if tensorrt_installed else set()),
+           "versions: " + (lock.stdout.strip().splitlines() or ["(no output)"])[-1])
     if lock.returncode:
         print(lock.stdout + lock.stderr)
     provider_check(repo, tensorrt_installed)
@@ -98,20 +111,22 @@ def main(repo: Path) -> int:
 def provider_check(repo: Path, tensorrt_installed: bool) -> None:
     import numpy as np
 
-    sys.path.insert(0, str(repo))
     from models.registry import ProviderSpec, served
-    from runners.ort.providers import ProviderError, create_session
+    from runners.ort.engine import text_profile
+    from runners.ort.providers import EngineSource, ProviderError, create_session
 
     spec = served("cpu").find("all-MiniLM-L6-v2")
     graph = str(next(Path(os.environ["BENTO_PATH"], "models", spec.store_tag).glob("*/model.onnx")))
-    expected = {"cuda": "libcuda.so.1"} | ({} if tensorrt_installed else {"tensorrt": "libnvinfer.so.10"})
-    for name, library in expected.items():
-        listed = (ProviderSpec(name=name),)
+    expected = {"cuda": "libcuda.so.1",
+                "tensorrt": "libcuda.so.1" if tensorrt_installed else "built without TensorRT (IMAGE_TENSORRT=0)"}
+    for name, reason in expected.items():
+        listed = spec.model_copy(update={"ort": spec.ort.model_copy(update={"providers": (ProviderSpec(name=name),)})})
+        profile = text_profile(listed, True) if name == "tensorrt" else None
         try:
-            create_session(graph, spec.model_copy(update={"ort": spec.ort.model_copy(update={"providers": listed})}))
+            create_session(graph, listed, profile, engines=EngineSource("sha256:check", "model.onnx"))
             report(False, f"provider check: {name} alone was not refused without a GPU")
         except ProviderError as exc:
-            report(library in str(exc), f"provider check: {name} refused: {str(exc)[:160]}...")
+            report(reason in str(exc), f"provider check: {name} refused: {str(exc)[:200]}...")
     session = create_session(graph, spec)
     ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)  # [CLS] hello world [SEP]
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

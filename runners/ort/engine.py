@@ -11,6 +11,11 @@ has them), int64 ``(batch, seq)``, and returns ``last_hidden_state`` float32
 - pooling (mean / cls / last) and normalisation follow the registry entry; ``multi`` models
   return every real token's vector, each row L2-normalised;
 - results go back in input order.
+
+On TensorRT the session gets an optimisation profile from the registry's limits (``text_profile``):
+1 to ``trt_rows(spec)`` rows (``max_batch_tokens // max_tokens``) of 1 to ``max_tokens`` tokens, and
+sub-batches never have more rows, so every call falls in the engine TensorRT built before serving and
+its activation memory is what the memory plan counts (``models/memory_plan.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from models.store import StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers
 from runners.pooling import normalize, pool
+
+TEXT_OPT_TOKENS = 128  # the sequence length TensorRT tunes its kernels for (any length up to max_tokens runs)
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +93,36 @@ def padded_feed(rows: Sequence[Sequence[int]], pad_id: int, input_names: set[str
     return feed
 
 
-class OrtEngine:
-    """One ONNX Runtime session serving one registry model."""
+def trt_rows(spec: ModelSpec) -> int:
+    """Rows of a TensorRT text engine's largest call: ``max_batch_tokens`` of ``max_tokens``-token rows."""
+    return max(1, spec.max_batch_tokens // spec.max_tokens)
 
-    def __init__(self, spec: ModelSpec, entry: StoreEntry) -> None:
+
+def text_profile(spec: ModelSpec, token_type_ids: bool) -> tuple[providers.Shapes, providers.Shapes, providers.Shapes]:
+    """TensorRT (min, opt, max) shapes of a text graph's inputs (``input_ids``, ``attention_mask`` and,
+    when the graph takes it, ``token_type_ids``): 1 x 1 up to ``trt_rows`` x ``max_tokens``, tuned for
+    half the rows of ``TEXT_OPT_TOKENS`` tokens."""
+    names = ("input_ids", "attention_mask", *(("token_type_ids",) if token_type_ids else ()))
+    rows = trt_rows(spec)
+
+    def shape(batch: int, length: int) -> providers.Shapes:
+        return {name: (batch, length) for name in names}
+
+    return shape(1, 1), shape(max(1, rows // 2), min(TEXT_OPT_TOKENS, spec.max_tokens)), shape(rows, spec.max_tokens)
+
+
+class OrtEngine:
+    """One ONNX Runtime session serving one registry model. ``create_session(path, spec, profile)``:
+    how its graph becomes a session (``runners/ort/preflight.py: load_engine`` passes the runner's:
+    memory caps, TensorRT engines from their cache)."""
+
+    def __init__(self, spec: ModelSpec, entry: StoreEntry, create_session=providers.create_session) -> None:
         self.spec = spec
         self.pad_id = int(entry.settings.get("pad_token_id") or 0)
-        self.session = providers.create_session(str(entry.file("model.onnx")), spec)
+        on_tensorrt = any(p.name == "tensorrt" for p in providers.listed_providers(spec))
+        self.max_rows = trt_rows(spec) if on_tensorrt else None
+        profile = text_profile(spec, bool(entry.settings.get("uses_token_type_ids"))) if on_tensorrt else None
+        self.session = create_session(str(entry.file("model.onnx")), spec, profile)
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
         logger.info(
@@ -110,7 +140,8 @@ class OrtEngine:
         labels = labels or (self.spec.name, DEFAULT_VARIANT)
         lengths = [len(ids) for ids in inputs]
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(inputs)
-        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, None, self.spec.batch_call_cost_tokens):
+        for batch in token_budget_batches(lengths, self.spec.max_batch_tokens, self.max_rows,
+                                          self.spec.batch_call_cost_tokens):
             for index, result in zip(batch, self._run([inputs[i] for i in batch], labels), strict=True):
                 results[index] = result
         return results

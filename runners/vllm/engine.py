@@ -151,6 +151,9 @@ class VllmEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from runners.gpu_check import require_free_memory
+
+        require_free_memory(f"vllm:{self.spec.name}")  # on a GPU profile: its share of the card is free, or why not
         started = time.perf_counter()
         before = {p.pid for p in psutil.Process().children()}
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.spec, self.entry)))
