@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from deploy.stop_tree import stop_tree
-from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +90,7 @@ def shadow_registry(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def shadowed_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shadowed")
-    env = {"EMBED_REGISTRY": shadow_registry(tmp), "EMBED_PROFILE": "shadowed", "EMBED_API_KEYS": API_KEY,
-           "BENTOML_HOME": own_bentoml_home(tmp / "home")}
+    env = {"EMBED_REGISTRY": shadow_registry(tmp), "EMBED_PROFILE": "shadowed", "EMBED_API_KEYS": API_KEY}
     with bentoml_server(env, tmp / "serve.log") as url:
         yield url
 
