@@ -165,5 +165,6 @@ def test_the_server_without_gpu_exports_no_gpu_series(prometheus):
 def test_alert_rules_are_loaded(prometheus):
     groups = httpx.get(f"{prometheus}/rules", timeout=10).json()["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert set(rules) >= {"EmbeddingOverloaded", "EmbeddingRunnerNotReady", "EmbeddingGpuMemoryFull"}
+    assert set(rules) >= {"EmbeddingOverloaded", "EmbeddingRunnerNotReady", "EmbeddingGpuMemoryFull",
+                          "EmbeddingRoutingNotApplied"}
     assert all(rule["health"] != "err" for rule in rules.values()), rules
