@@ -53,6 +53,17 @@ def shares(weights: Mapping[str, float]) -> dict[str, int]:
     return result
 
 
+def in_shares(layout: Layout, weights: Mapping[str, float]) -> bool:
+    """Whether ``layout`` gives each variant its share of ``weights`` (adding up to more than 0), to
+    within the one unit of ``SPACE`` that rounding moves (``shares`` breaks ties in the weights'
+    order, so another order gives another layout just as right); a variant without weight holds
+    nothing."""
+    total = sum(weights.values())
+    held = layout.share()
+    return set(held) <= set(weights) and all(
+        abs(held.get(name, 0) - SPACE * weight / total) < 1 for name, weight in weights.items())
+
+
 @dataclass(frozen=True)
 class Layout:
     """Segments ``[ends[i-1], ends[i])`` of ``[0, SPACE)`` (``ends`` increasing, the last one

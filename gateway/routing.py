@@ -269,8 +269,7 @@ class RoutingTable:
             layout = assignment.Layout.from_json(override.layout, list(self.targets[model]))
         except ValueError as exc:
             raise InvalidRequest(f"Invalid 'layout': {exc}.", param="layout") from None
-        want = {name: share for name, share in assignment.shares(override.weights).items() if share}
-        if layout.share() != want:
+        if not assignment.in_shares(layout, override.weights):
             raise InvalidRequest("'layout' does not give each variant its share of 'weights'.", param="layout")
         return override
 

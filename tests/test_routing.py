@@ -337,6 +337,18 @@ def test_a_file_naming_an_unknown_variant_keeps_the_last_good_routing(tmp_path, 
     assert sample("embedding_routing_override_not_applied", model="small") == 0
 
 
+def test_a_layout_in_the_weights_shares_applies_whatever_the_order_of_the_weights(tmp_path):
+    """Found by tests/test_routing_properties.py: rounding breaks ties in the weights' order, so
+    {b: 1, a: 1, next: 1} lays out b's share one unit larger than {a: 1, b: 1, next: 1} does."""
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    newer_replicas_change(path, 3, {"b": 1, "a": 1, "next": 1})
+    assert routing.apply_file(path.read_bytes()) and routing.state()["not_applied"] == {}
+    assert routing.route("small").layout == assignment.from_weights({"b": 1, "a": 1, "next": 1})
+    change(routing, weights={"next": 2})  # and changes go on from it
+    assert assignment.in_shares(routing.route("small").layout, {"a": 1, "b": 1, "next": 2})
+
+
 def test_one_bad_model_in_the_file_leaves_the_others_applied(tmp_path):
     path = tmp_path / "routing.json"
     routing, _ = table(path)
