@@ -118,6 +118,7 @@ def _bpf(*program: tuple[int, int, int, int]) -> tuple[ctypes.Array, bytes]:
 # Run on a TCP socket's packets from the TCP header on: a segment with SYN set and ACK clear (a new
 # connection request) is dropped, any other passes.
 _LOAD_BYTE, _JUMP_IF_SET, _RETURN = 0x30, 0x45, 0x06  # BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JSET|BPF_K, BPF_RET|BPF_K
+# (_PROGRAM is kept: DROP_CONNECTION_REQUESTS holds its address, read at each setsockopt)
 _PROGRAM, DROP_CONNECTION_REQUESTS = _bpf((_LOAD_BYTE, 0, 0, 13), (_JUMP_IF_SET, 2, 0, 0x10),
                                           (_JUMP_IF_SET, 0, 1, 0x02), (_RETURN, 0, 0, 0), (_RETURN, 0, 0, 0xFFFFFFFF))
 
@@ -148,7 +149,7 @@ async def stop_listening(server: Any) -> None:
         while True:
             try:
                 accepted.append(sock.accept()[0])
-            except BlockingIOError:
+            except OSError:  # empty (BlockingIOError), or shut down by another worker of this service
                 break
         if sock.family != socket.AF_UNIX:
             with contextlib.suppress(OSError):  # another worker of this service shut it down already
