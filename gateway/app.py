@@ -148,7 +148,9 @@ def create_app(serving: EmbeddingServing, keys: ApiKeys, admin_keys: ApiKeys | N
                     spec = serving.model(parsed.model)
                     model = spec.name
                     route = serving.routing.route(model)
-                    target = route.choose(request.headers.get(VARIANT_HEADER), getattr(parsed, "user", None))
+                    forced = request.headers.get(VARIANT_HEADER)
+                    target = route.choose(forced.strip(" \t") if forced is not None else None,
+                                          getattr(parsed, "user", None))
                     variant = target.name
                     result = await run(parsed, spec, route, target)
             except TimeoutError:

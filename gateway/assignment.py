@@ -53,6 +53,17 @@ def shares(weights: Mapping[str, float]) -> dict[str, int]:
     return result
 
 
+def in_shares(layout: Layout, weights: Mapping[str, float]) -> bool:
+    """Whether ``layout`` gives each variant its share of ``weights`` (adding up to more than 0), to
+    within the one unit of ``SPACE`` that rounding moves (``shares`` breaks ties in the weights'
+    order, so another order gives another layout just as right); a variant without weight holds
+    nothing."""
+    total = sum(weights.values())
+    held = layout.share()
+    return set(held) <= set(weights) and all(
+        abs(held.get(name, 0) - SPACE * weight / total) < 1 for name, weight in weights.items())
+
+
 @dataclass(frozen=True)
 class Layout:
     """Segments ``[ends[i-1], ends[i])`` of ``[0, SPACE)`` (``ends`` increasing, the last one
@@ -79,15 +90,18 @@ class Layout:
 
     @classmethod
     def from_json(cls, data: Any, names: Sequence[str]) -> Layout:
-        """The layout ``to_json`` wrote; ``ValueError`` unless it covers the space with owners from ``names``."""
-        if not isinstance(data, list) or not data or not all(isinstance(s, list) and len(s) == 2 for s in data):
+        """The layout ``to_json`` wrote (pairs as lists or tuples); ``ValueError`` unless it covers the
+        space with owners from ``names``."""
+        if not isinstance(data, list) or not data or not all(isinstance(s, list | tuple) and len(s) == 2 for s in data):
             raise ValueError("a layout is a non-empty list of [end, variant] pairs")
         ends, owners = tuple(s[0] for s in data), tuple(s[1] for s in data)
-        if not all(isinstance(e, int) for e in ends) or list(ends) != sorted(set(ends)) or ends[0] <= 0 \
+        if not all(type(e) is int for e in ends) or list(ends) != sorted(set(ends)) or ends[0] <= 0 \
                 or ends[-1] != SPACE:
             raise ValueError(f"a layout's ends increase from above 0 to {SPACE}")
+        if not all(type(o) is str for o in owners):
+            raise ValueError("a layout's owners are variant names")
         if unknown := sorted(set(owners) - set(names)):
-            raise ValueError(f"the layout names variants that are not loaded: {', '.join(map(str, unknown))}")
+            raise ValueError(f"the layout names variants that are not loaded: {', '.join(unknown)}")
         return _merged([(start, end, owner) for start, end, owner in zip((0, *ends), ends, owners, strict=False)])
 
 

@@ -30,6 +30,8 @@ class GatewayMetrics:
     shadow_requests: Any  # Counter embedding_shadow_requests_total{model,variant,shadow,outcome}
     shadow_cosine: Any  # Histogram embedding_shadow_cosine{model,variant,shadow}: per input
     shadow_topk_overlap: Any  # Histogram embedding_shadow_topk_overlap{model,variant,shadow}: per input
+    routing_reload_errors: Any  # Counter embedding_routing_reload_errors_total{reason} (gateway/routing.py)
+    routing_not_applied: Any  # Gauge embedding_routing_override_not_applied{model}: 1 while not applied here
 
 
 NO_VARIANT = "none"  # the variant label of a request that failed before a variant was chosen
@@ -76,5 +78,14 @@ def gateway_metrics() -> GatewayMetrics:
         shadow_topk_overlap=prom.Histogram(
             "embedding_shadow_topk_overlap", "Share of an input's top-5 neighbours within its request (16+ inputs) "
             "that primary and shadow agree on", ["model", "variant", "shadow"], buckets=OVERLAP_BUCKETS,
+        ),
+        routing_reload_errors=prom.Counter(
+            "embedding_routing_reload_errors", "Routing file reads that changed nothing here, by reason: unreadable, "
+            "invalid (not a routing file), not_applied (a model's override this replica cannot apply), internal",
+            ["reason"],
+        ),
+        routing_not_applied=prom.Gauge(
+            "embedding_routing_override_not_applied", "1 while the routing file's override of the model is not "
+            "applied by this replica (it keeps its last good routing), else 0", ["model"], multiprocess_mode="livemax",
         ),
     )

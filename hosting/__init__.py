@@ -1,7 +1,7 @@
 """How BentoML 1.4.40 runs our services, made safe for hostile clients, faults and shutdown.
 
 BentoML builds its uvicorn server, its supervisor (circus) and its metrics middleware without a
-setting for any of these, so ``install()`` changes four things where BentoML looks them up, at
+setting for any of these, so ``install()`` changes five things where BentoML looks them up, at
 import of a service module (``service.py``, ``runners/*/service.py``), before BentoML reads them:
 
 - ``protocol``: uvicorn's HTTP protocol gets a read deadline (a connection must deliver its whole
@@ -11,7 +11,9 @@ import of a service module (``service.py``, ``runners/*/service.py``), before Be
 - ``supervisor``: worker processes are respawned inside containers too, and only the worker gets
   SIGTERM (not its children, such as vLLM's engine core, which it stops itself when drained);
 - ``drain`` (installed by each service's start hook): SIGTERM makes a service report not ready
-  and finish its work before uvicorn stops.
+  and finish its work before uvicorn stops, and the listening socket refuses, never resets;
+- ``home``: what a server writes under the Bento home (its Prometheus multiprocess directory, its
+  process records) is in a folder of its own, so servers sharing a home leave each other alone.
 
 Each is a plain assignment to one name BentoML or uvicorn reads at run time; nothing is copied
 from them. ``tests/test_faults.py`` checks each behaviour on a real server.
@@ -24,9 +26,10 @@ import functools
 
 @functools.cache
 def install() -> None:
-    """Apply the protocol, metric-label and supervisor changes (idempotent)."""
-    from hosting import protocol, routes, supervisor
+    """Apply the protocol, metric-label, supervisor and Bento-home changes (idempotent)."""
+    from hosting import home, protocol, routes, supervisor
 
     protocol.install()
     routes.install()
     supervisor.install()
+    home.install()

@@ -26,6 +26,10 @@ measured in docs/runbook.md ("Slow clients").
 
 ``embedding_connections_closed_total{reason}`` counts what this closes: ``read_timeout``,
 ``too_many_connections``, ``invalid_http``. ``open_connections()`` is what ``drain`` waits on.
+
+- **Drain** (``hosting/drain.py``): from ``close_after_answers()`` (SIGTERM) every answer carries
+  ``Connection: close`` and closes its connection, so clients move off this server while it still
+  answers; ``receiving()`` tells the drain whether a connection is still receiving its request.
 """
 
 from __future__ import annotations
@@ -44,10 +48,25 @@ PROTOCOL = "hosting.protocol:GuardedHTTPProtocol"
 _open: set[Any] = set()  # this worker's open connections
 SWEEP_S = 1.0
 _swept_loop: asyncio.AbstractEventLoop | None = None  # the loop the sweep runs on
+_closing = False  # from SIGTERM: every answer closes its connection
+CLOSE_HEADER = (b"connection", b"close")
 
 
 def open_connections() -> int:
     return len(_open)
+
+
+def receiving() -> bool:
+    """Whether a connection of this worker is receiving a request (or waiting for its first one)."""
+    return any(connection._since is not None for connection in _open)
+
+
+def close_after_answers() -> None:
+    """From now on every answer closes its connection, the answers in progress too."""
+    global _closing
+    _closing = True
+    for connection in _open:
+        connection.close_after_answer()
 
 
 @functools.cache
@@ -88,9 +107,20 @@ class ReadDeadline:
         if self._since is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()  # the first bytes of a further request on a kept-alive connection
         super().data_received(data)
+        if _closing:
+            self.close_after_answer()
         cycle = self.cycle
         if self._since is not None and cycle is not None and not cycle.more_body and not cycle.response_complete:
             self._since = None  # the whole request is in
+
+    def close_after_answer(self) -> None:
+        """The answer to the request in progress closes the connection (with ``Connection: close``:
+        httptools writes it for a cycle not kept alive, h11 only when the request has it)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = False
+            if CLOSE_HEADER not in cycle.scope["headers"]:
+                cycle.scope["headers"].append(CLOSE_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         _open.discard(self)

@@ -3,7 +3,7 @@
 import logging
 import os
 
-PLATFORM_LOGGERS = ("gateway", "runners", "models", "service")
+PLATFORM_LOGGERS = ("gateway", "runners", "models", "service", "hosting")
 
 
 def tracing_config(*paths: str) -> dict:

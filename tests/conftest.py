@@ -1,8 +1,7 @@
 """Shared fixtures: a real ``bentoml serve`` of the gateway, started once per test session.
 
-Every ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts
-(BentoML 1.4.40), so a server that runs beside others gets a ``BENTOML_HOME`` of its own
-(``own_bentoml_home``), as the session's shared server does.
+Servers run side by side on the test session's Bento home: each keeps what it writes there (its
+metrics directory, its process records) in a folder of its own (``hosting/home.py``).
 
 The server runs the ``cpu`` profile from the Bento store that ``make test`` prepared
 (``python -m export ensure``), with an API key and an admission limit small enough that a
@@ -75,10 +74,9 @@ def serve_process(
 
 
 def own_bentoml_home(path: Path, models: Path | None = None) -> str:
-    """A ``BENTOML_HOME`` of its own for one more ``bentoml serve`` beside the others: its
-    ``prometheus_multiproc_dir`` (which every serve empties at start) is its own, while its
-    ``models`` is a link to the test store (or to ``models``), so the same models are found.
-    BentoML derives both from ``BENTOML_HOME`` and has no separate setting for either (1.4.40)."""
+    """A ``BENTOML_HOME`` whose ``models`` is a link to another model store (default: the test
+    store), for a server that serves a store of its own (BentoML has no setting for the store
+    apart from the home, 1.4.40)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     path.mkdir(parents=True, exist_ok=True)
@@ -146,11 +144,10 @@ def stop_gracefully(process: subprocess.Popen, tree: list[psutil.Process], timeo
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
-    """The session's server lives while other modules start and stop servers of their own: a
-    BENTOML_HOME of its own keeps their start-up from emptying its metrics directory."""
+    """The session's server lives while other modules start and stop servers of their own on the
+    same Bento home."""
     folder = tmp_path_factory.mktemp("server")
-    env = {**SERVER_ENV, "BENTOML_HOME": own_bentoml_home(folder / "home")}
-    with bentoml_server(env, folder / "serve.log") as url:
+    with bentoml_server(SERVER_ENV, folder / "serve.log") as url:
         yield url
 
 

@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from gateway.auth import ApiKeys
 from gateway.edge import Edge
 from hosting import routes
-from tests.conftest import API_KEY, Load, free_port, own_bentoml_home, process_tree, serve_process, wait_ready
+from tests.conftest import API_KEY, Load, free_port, process_tree, serve_process, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,6 @@ def served(tmp_path_factory):
         "EMBED_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
         "EMBED_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "BENTOML_CONTAINERIZED": "true",  # as in the image: BentoML alone would not respawn a dead worker
-        "BENTOML_HOME": own_bentoml_home(folder / "home"),
         "EMBED_METRICS_PORT": str(METRICS_PORT),
     }
     log = folder / "serve.log"
@@ -128,8 +127,7 @@ def test_edge_gives_any_non_json_error_below_it_the_openai_shape():
 
 
 def test_the_server_refuses_to_start_without_keys_when_required(tmp_path):
-    env = {"EMBED_PROFILE": "cpu", "EMBED_REQUIRE_API_KEYS": "1", "EMBED_API_KEYS": "",
-           "BENTOML_HOME": own_bentoml_home(tmp_path / "home")}
+    env = {"EMBED_PROFILE": "cpu", "EMBED_REQUIRE_API_KEYS": "1", "EMBED_API_KEYS": ""}
     with serve_process(env, tmp_path / "serve.log") as (process, _):
         assert process.wait(timeout=120) != 0
     assert "EMBED_REQUIRE_API_KEYS is set but no API key is configured" in (tmp_path / "serve.log").read_text()

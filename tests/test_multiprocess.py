@@ -23,7 +23,7 @@ import yaml
 
 from deploy.stop_tree import stop_tree
 from runners.engine import job_failure
-from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home, serve_process
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, serve_process
 
 pytestmark = pytest.mark.slow
 
@@ -47,23 +47,20 @@ def split_registry(path) -> str:
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
     """Runner A (all-MiniLM-L6-v2), runner B (minilm-b) and the gateway: three ``bentoml serve``
-    processes with their own BENTOML_HOME each. Yields the gateway URL and runner B's process."""
+    processes on one Bento home. Yields the gateway URL and runner B's process."""
     tmp = tmp_path_factory.mktemp("multiprocess")
     base = {"EMBED_REGISTRY": split_registry(tmp / "registry.yaml"), "EMBED_PROFILE": "split"}
     runner = "runners.ort.service:OrtRunner"
     with (
-        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "BENTOML_HOME": own_bentoml_home(tmp / "home-a"),
-                        "EMBED_METRICS_PORT": str(RUNNER_A_METRICS_PORT)},
+        bentoml_server({**base, "EMBED_RUNNER_MODELS": MODEL_A, "EMBED_METRICS_PORT": str(RUNNER_A_METRICS_PORT)},
                        tmp / "runner-a.log", runner) as url_a,
-        serve_process({**base, "EMBED_RUNNER_MODELS": MODEL_B, "BENTOML_HOME": own_bentoml_home(tmp / "home-b")},
-                      tmp / "runner-b.log", runner) as (process_b, url_b),
+        serve_process({**base, "EMBED_RUNNER_MODELS": MODEL_B}, tmp / "runner-b.log", runner) as (process_b, url_b),
     ):
         wait_ready(url_b, process_b, tmp / "runner-b.log")
         gateway_env = {
             **base,
             # as in deploy/k8s: the gateway's /readyz is its own, not "every runner is ready"
             "BENTOML_CONFIG_OPTIONS": "services.gateway.runner_probe.enabled=false",
-            "BENTOML_HOME": own_bentoml_home(tmp / "home-gateway"),
             "EMBED_API_KEYS": API_KEY,
             "EMBED_RUNNER_URL_ORT": f"{MODEL_A}={url_a} {MODEL_B}={url_b}",
         }

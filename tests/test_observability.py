@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from deploy.stop_tree import stop_tree
-from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, own_bentoml_home
+from tests.conftest import API_KEY, ROOT, bentoml_server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_shipped_prometheus_config_and_rules_are_valid():
     done = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=PROMETHEUS_DIR,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 7 rules found" in done.stdout + done.stderr
 
 
 def test_dashboard_uses_the_provisioned_datasource():
@@ -90,8 +90,7 @@ def shadow_registry(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def shadowed_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shadowed")
-    env = {"EMBED_REGISTRY": shadow_registry(tmp), "EMBED_PROFILE": "shadowed", "EMBED_API_KEYS": API_KEY,
-           "BENTOML_HOME": own_bentoml_home(tmp / "home")}
+    env = {"EMBED_REGISTRY": shadow_registry(tmp), "EMBED_PROFILE": "shadowed", "EMBED_API_KEYS": API_KEY}
     with bentoml_server(env, tmp / "serve.log") as url:
         yield url
 
@@ -166,5 +165,6 @@ def test_the_server_without_gpu_exports_no_gpu_series(prometheus):
 def test_alert_rules_are_loaded(prometheus):
     groups = httpx.get(f"{prometheus}/rules", timeout=10).json()["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert set(rules) >= {"EmbeddingOverloaded", "EmbeddingRunnerNotReady", "EmbeddingGpuMemoryFull"}
+    assert set(rules) >= {"EmbeddingOverloaded", "EmbeddingRunnerNotReady", "EmbeddingGpuMemoryFull",
+                          "EmbeddingRoutingNotApplied"}
     assert all(rule["health"] != "err" for rule in rules.values()), rules

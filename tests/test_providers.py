@@ -35,7 +35,7 @@ import pytest
 from models.registry import ProviderSpec, RegistryError, load_registry, parse_registry, served
 from runners.ort import engine_cache, providers
 from runners.ort.providers import EngineSource, ProviderError, create_session, provider_arguments
-from tests.conftest import own_bentoml_home, serve_process
+from tests.conftest import serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = """
@@ -409,9 +409,8 @@ def test_preflight_exits_with_the_message(cuda_only_env):
 
 @pytest.mark.slow
 def test_bentoml_serve_logs_the_error_and_never_reports_ready(cuda_only_env, tmp_path):
-    env = {**cuda_only_env, "BENTOML_HOME": own_bentoml_home(tmp_path / "home")}
     log_path = tmp_path / "serve.log"
-    with serve_process(env, log_path) as (process, url):
+    with serve_process(cuda_only_env, log_path) as (process, url):
         deadline = time.monotonic() + 120
         while "will not become ready" not in log_path.read_text(errors="replace"):
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]

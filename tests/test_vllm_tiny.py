@@ -4,7 +4,8 @@ A 2-layer Qwen3 (last-token pooling, the Qwen3-Embedding-8B settings) and a 2-la
 masked-LM checkpoint (mean pooling, served as its encoder: the BiomedBERT/PubMedBERT settings)
 are built from configs, imported into a temporary Bento store through the export CLI (Qwen3 with
 ``python -m export vllm``, BERT by ``python -m export ensure`` from the registry's ``source``),
-and served by one ``bentoml serve`` of a test registry (``EMBED_REGISTRY``).
+and served by one ``bentoml serve`` of a test registry (``EMBED_REGISTRY``); a second server on the
+same Bento home shows that two servers leave each other's engines and metrics alone.
 The references run the same weights in transformers: Qwen3 on a left-padded batch, taking the
 last position, BERT with a masked mean."""
 
@@ -14,10 +15,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from tokenizers import Tokenizer
 
@@ -53,6 +56,8 @@ profiles:
     models: [tiny-qwen3, tiny-bert]
     runners:
       vllm: {{resources: {{cpu: "2"}}}}
+  tiny-bert:
+    models: [tiny-bert]
 """
 TEXTS = [
     "what is aspirin?",
@@ -200,6 +205,64 @@ def test_token_ids_outside_the_vocabulary_never_reach_the_engine(tiny, http):
     response = http.post("/v1/embeddings", json={"model": "tiny-qwen3", "input": [5, 100000, 5]})
     assert response.status_code == 400
     assert embed(http, model="tiny-qwen3", input="still alive").shape == (1, 64)
+
+
+def engine_cores(process) -> list[tuple[int, float]]:
+    return [(p.pid, p.create_time()) for p in process_tree(process) if p.name().startswith("VLLM::EngineCor")]
+
+
+def alive(processes: list[tuple[int, float]]) -> bool:
+    return all(psutil.pid_exists(pid) and psutil.Process(pid).create_time() == started for pid, started in processes)
+
+
+def requests_counted(url: str) -> float:
+    """The server's ``embedding_requests_total`` of tiny-bert answered 200, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(
+        "embedding_requests_total{") and 'model="tiny-bert"' in line and 'status="200"' in line)
+
+
+def runner_ready(url: str) -> list[str]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith("embedding_runner_ready{")]
+
+
+def embed_once(client: httpx.Client, text: str, timeout: float = 120) -> None:
+    """One tiny-bert request answered 200 (503s, from a runner that a loaded machine kept from
+    answering its probe in time, are retried: they are not counted as 200)."""
+    deadline = time.monotonic() + timeout
+    while (response := client.post("/v1/embeddings", json={"model": "tiny-bert", "input": text})).status_code == 503:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+
+
+def test_a_second_server_on_the_same_home_leaves_the_first_ones_engines_and_metrics_alone(tiny, http, tmp_path):
+    """Issue 20: a second server on one Bento home killed the first one's live engine core (their
+    process records were one file) and emptied its metrics directory: its /metrics lost its history,
+    counted the second's requests and, once the second stopped, reported its runner not ready."""
+    url, _, first, log = tiny
+    first_cores = engine_cores(first)
+    for _ in range(2):
+        embed_once(http, "history the first server keeps")
+    before = requests_counted(url)
+    assert before >= 2 and len(first_cores) == 2
+    env = {"BENTOML_HOME": str(Path(log).parent / "bentoml"), "EMBED_REGISTRY": str(Path(log).parent / "registry.yaml"),
+           "EMBED_PROFILE": "tiny-bert"}
+    second_log = tmp_path / "second.log"
+    with serve_process(env, second_log) as (second, second_url), httpx.Client(base_url=second_url, timeout=60) as other:
+        wait_ready(second, second_url, second_log, timeout=600)
+        second_cores = engine_cores(second)
+        for _ in range(3):
+            embed_once(http, "to the first server")
+        for _ in range(5):
+            embed_once(other, "to the second server")
+        assert alive(first_cores) and alive(second_cores) and len(second_cores) == 1
+        assert requests_counted(url) == before + 3 and requests_counted(second_url) == 5
+        assert "left by a worker that died" not in second_log.read_text()
+    assert alive(first_cores) and requests_counted(url) == before + 3
+    assert runner_ready(url) == ['embedding_runner_ready{runner="vllm"} 1.0'], runner_ready(url)
+    embed_once(http, "still served")
 
 
 def test_zz_shutdown_leaves_no_process(tiny, http):

@@ -17,11 +17,13 @@ inside the serving process after start-up (a BentoML start hook), never at impor
 When the runner's worker itself dies (``kill -9``), its engine cores live on, orphaned, holding
 their memory (on a GPU, the memory the new worker's engines need): vLLM does not stop them when
 their parent dies, and a killed engine core leaves its own workers behind the same way. So each
-engine notes its processes (``processes``: pid and start time, which together name one process
-for good) when it starts; a restart stops the dead engine's leftovers; and the runner worker
-records all of them (``record_processes``) under ``$BENTOML_HOME/run``, so that a new worker
-first stops the ones a killed worker left (``stop_orphaned_engines``), and a server started
-again after a crash stops its predecessor's.
+engine notes its processes (``processes``: pid, start time and name, which together name one
+process for good) when it starts; a restart stops the dead engine's leftovers; and the runner
+worker records all of them (``record_processes``) in its server's own folder
+(``hosting/home.py``), so that a new worker first stops the ones a worker that died left
+(``stop_orphaned_engines``), and a server started again after a crash stops its predecessor's.
+Only records whose worker no longer runs are acted on: the engines of a live worker, of this
+server or of another server on the same Bento home, are never touched.
 
 When the engine core process dies (killed, out of memory), vLLM marks the engine dead and fails
 what it was running. ``embed`` then raises ``EngineDown`` at once (never waits), and
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from hosting import home
 from models.registry import ModelSpec
 from models.store import StoreEntry
 from runners.guard import EngineDown
@@ -79,55 +81,21 @@ def engine_args(spec: ModelSpec, entry: StoreEntry) -> dict[str, Any]:
 
 
 ENGINE_CORE = "VLLM::EngineCor"  # the process name vLLM gives its engine core (15 characters kept)
-VLLM_PROCESS = "VLLM::"  # engine cores and their workers
-
-Processes = list[tuple[int, float]]  # (pid, start time): together they name one process for good
-
-
-def _record_path():
-    from pathlib import Path
-
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.context import server_context
-
-    name = f"vllm-processes-{server_context.worker_index or 1}.json"
-    return Path(BentoMLContainer.bentoml_home.get()) / "run" / name
-
-
-def stop_processes(processes: Processes) -> list[int]:
-    """Kill those of ``processes`` that still run as the same vLLM process (a pid now used by
-    another process is left alone); returns their pids."""
-    stopped = []
-    for pid, started in processes:
-        try:
-            process = psutil.Process(pid)
-            if process.create_time() == started and process.name().startswith(VLLM_PROCESS):
-                process.kill()
-                process.wait(10)
-                stopped.append(pid)
-        except psutil.Error:
-            continue
-    return stopped
 
 
 def record_processes(engines: list[VllmEngine]) -> None:
     """Write down the vLLM processes of this worker's engines (for ``stop_orphaned_engines``)."""
-    path = _record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([list(p) for engine in engines for p in engine.processes]))
+    from bentoml._internal.context import server_context
+
+    home.record(f"vllm-{server_context.worker_index or 1}", [p for engine in engines for p in engine.processes])
 
 
 def stop_orphaned_engines() -> list[int]:
-    """Kill the recorded vLLM processes of a previous worker in this place that still run."""
-    path = _record_path()
-    try:
-        recorded = [tuple(p) for p in json.loads(path.read_text())]
-    except (OSError, ValueError):
-        return []
-    stopped = stop_processes(recorded)
+    """Kill the recorded vLLM processes of workers on this host that no longer run (of this server,
+    or of a server that crashed); returns their pids."""
+    stopped = home.stop_orphans()
     if stopped:
         logger.warning("stopped vllm processes %s left by a worker that died", stopped)
-    path.unlink(missing_ok=True)
     return stopped
 
 
@@ -142,7 +110,7 @@ class VllmEngine:
         self._engine: Any = None
         self._restart: asyncio.Task | None = None
         self.on_restart: Callable[[], None] = lambda: None  # the runner records its processes again
-        self.processes: Processes = []  # its engine core and that core's workers
+        self.processes: list[home.Process] = []  # its engine core and that core's workers
         self.restarts = 0
 
     def start(self) -> None:
@@ -158,7 +126,7 @@ class VllmEngine:
         before = {p.pid for p in psutil.Process().children()}
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(self.spec, self.entry)))
         cores = [p for p in psutil.Process().children() if p.pid not in before and p.name().startswith(ENGINE_CORE)]
-        self.processes = [(p.pid, p.create_time()) for core in cores for p in (core, *core.children(recursive=True))]
+        self.processes = [home.describe(p) for core in cores for p in (core, *core.children(recursive=True))]
         logger.info("vllm engine for %s ready in %.1f s", self.spec.name, time.perf_counter() - started)
 
     @property
@@ -185,7 +153,7 @@ class VllmEngine:
         if old is not None:
             await asyncio.to_thread(old.shutdown)
         # a killed core leaves its workers behind (they log that their parent exited, and stay)
-        if stopped := await asyncio.to_thread(stop_processes, self.processes):
+        if stopped := await asyncio.to_thread(home.stop_processes, self.processes):
             logger.warning("stopped the dead vllm engine's processes %s", stopped)
         try:
             await asyncio.to_thread(self.start)
