@@ -185,4 +185,4 @@ class Gateway:
         return not drain.draining()
 
 
-Gateway.add_asgi_middleware(Edge, keys=ApiKeys(KEYS))
+Gateway.add_asgi_middleware(Edge, keys=ApiKeys(KEYS), v1=V1)
