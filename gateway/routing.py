@@ -364,8 +364,11 @@ class RoutingTable:
         self._read = body
 
 
+ROUTING_FILE_VARIABLE = "EMBED_ROUTING_FILE"
+
+
 def routing_file() -> Path | None:
-    """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas, or None."""
-    value = os.environ.get("EMBED_ROUTING_FILE", "").strip()
+    """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas (and workers), or None."""
+    value = os.environ.get(ROUTING_FILE_VARIABLE, "").strip()
     return Path(value) if value else None
 
