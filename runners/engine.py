@@ -123,8 +123,8 @@ class _Reader:
     def __init__(self, body: memoryview, offset: int) -> None:
         self.body, self.offset = body, offset
 
-    def take(self, dtype: str, count: int) -> np.ndarray:
-        size = np.dtype(dtype).itemsize * count
+    def take(self, dtype: np.dtype, count: int) -> np.ndarray:
+        size = dtype.itemsize * count
         if count < 0 or self.offset + size > len(self.body):
             raise WireError("the body is shorter than its header says")
         array = np.frombuffer(self.body, dtype=dtype, count=count, offset=self.offset)
@@ -136,26 +136,31 @@ class _Reader:
             raise WireError(f"{len(self.body) - self.offset} bytes follow the last array")
 
 
+F8, I4, F4, U1 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("u1")
+
+
 def pack_call(jobs: Sequence[Job]) -> bytes:
     """One call's body for ``jobs`` (see the module docstring)."""
     targets: dict[tuple[str, str | None], int] = {}
-    images, pixels, id_arrays = [], [], []
-    target = np.empty(len(jobs), dtype="<i4")
-    image = np.full(len(jobs), -1, dtype="<i4")
-    lengths = np.zeros(len(jobs) + 1, dtype="<i4")
-    for i, job in enumerate(jobs):
-        target[i] = targets.setdefault((job.model, job.variant), len(targets))
+    images: list[list[int]] = []
+    target, image, offsets, sent_at = [], [], [0], []
+    id_arrays, pixels = [], []
+    for job in jobs:
+        target.append(targets.setdefault((job.model, job.variant), len(targets)))
+        sent_at.append(job.sent_at)
         if job.value.ndim == 3:
-            image[i] = len(images)
-            images.append(job.value.shape[:2])
-            pixels.append(np.ascontiguousarray(job.value, dtype=np.uint8).reshape(-1))
+            image.append(len(images))
+            images.append([int(job.value.shape[0]), int(job.value.shape[1])])
+            pixels.append(np.ascontiguousarray(job.value, dtype=np.uint8))
+            offsets.append(offsets[-1])
         else:
+            image.append(-1)
             id_arrays.append(job.value)
-            lengths[i + 1] = len(job.value)
-    ids = np.concatenate(id_arrays).astype("<i4", copy=False) if id_arrays else np.empty(0, "<i4")
-    header = {"n": len(jobs), "targets": [list(key) for key in targets], "images": [list(map(int, s)) for s in images]}
-    return _frame(CALL_MAGIC, header, [np.asarray([job.sent_at for job in jobs], dtype="<f8"), target, image,
-                                       np.cumsum(lengths, dtype="<i4"), ids, *pixels])
+            offsets.append(offsets[-1] + len(job.value))
+    ids = np.concatenate(id_arrays).astype(I4, copy=False) if id_arrays else np.empty(0, I4)
+    header = {"n": len(jobs), "targets": [list(key) for key in targets], "images": images}
+    return _frame(CALL_MAGIC, header, [np.asarray(sent_at, F8), np.asarray(target, I4), np.asarray(image, I4),
+                                       np.asarray(offsets, I4), ids, *pixels])
 
 
 def unpack_call(body: bytes) -> list[Job]:
@@ -172,50 +177,58 @@ def unpack_call(body: bytes) -> list[Job]:
             for s in images):
         raise WireError("'images' is not a list of [height, width] (1 to 65535 each)")
     reader = _Reader(view, offset)
-    sent_at, target, image = reader.take("<f8", n), reader.take("<i4", n), reader.take("<i4", n)
-    offsets = reader.take("<i4", n + 1)
-    if n and (offsets[0] != 0 or (np.diff(offsets) < 0).any()):
+    sent_at, target = reader.take(F8, n).tolist(), reader.take(I4, n).tolist()
+    image, offsets = reader.take(I4, n).tolist(), reader.take(I4, n + 1).tolist()
+    if offsets[0] != 0 or any(a > b for a, b in zip(offsets, offsets[1:], strict=False)):
         raise WireError("'offsets' do not start at 0 and grow")
-    if ((target < 0) | (target >= len(targets))).any() or ((image < -1) | (image >= len(images))).any():
+    if n and (min(target) < 0 or max(target) >= len(targets) or min(image) < -1 or max(image) >= len(images)):
         raise WireError("a job names a target or an image the header does not have")
-    if n and ((image >= 0) & (np.diff(offsets) > 0)).any():
-        raise WireError("a job has both token ids and an image")
-    ids = reader.take("<i4", int(offsets[-1]) if n else 0)
-    pages = [reader.take("u1", height * width * 3).reshape(height, width, 3) for height, width in images]
+    ids = reader.take(I4, offsets[-1])
+    pages = [reader.take(U1, height * width * 3).reshape(height, width, 3) for height, width in images]
     reader.done()
     jobs = []
     for i in range(n):
         model, variant = targets[target[i]]
-        value = pages[image[i]] if image[i] >= 0 else ids[offsets[i]:offsets[i + 1]]
-        jobs.append(Job(model, variant, value, float(sent_at[i])))
+        if image[i] >= 0:
+            if offsets[i + 1] > offsets[i]:
+                raise WireError("a job has both token ids and an image")
+            value = pages[image[i]]
+        else:
+            value = ids[offsets[i]:offsets[i + 1]]
+        jobs.append(Job(model, variant, value, sent_at[i]))
     return jobs
 
 
 def pack_results(results: Sequence[Result]) -> bytes:
     """One answer's body: each job's float32 vector, or its ``JobError``."""
-    failures = [[i, r.kind.value, r.message] for i, r in enumerate(results) if isinstance(r, JobError)]
-    vectors = [np.ascontiguousarray(r, dtype="<f4").reshape(-1) if not isinstance(r, JobError) else None
-               for r in results]
-    sizes = np.asarray([0 if v is None else v.size for v in vectors], dtype="<i4")
-    return _frame(RESULTS_MAGIC, {"n": len(results), "failures": failures},
-                  [sizes, *(v for v in vectors if v is not None)])
+    failures, sizes, vectors = [], [], []
+    for i, result in enumerate(results):
+        if isinstance(result, JobError):
+            failures.append([i, result.kind.value, result.message])
+            sizes.append(0)
+        else:
+            vectors.append(np.ascontiguousarray(result, dtype=F4))
+            sizes.append(vectors[-1].size)
+    return _frame(RESULTS_MAGIC, {"n": len(results), "failures": failures}, [np.asarray(sizes, I4), *vectors])
 
 
 def unpack_results(body: bytes) -> list[np.ndarray | JobError]:
     """The results of an answer, in job order: flat float32 views of ``body`` (reshape a multi-vector
     result to ``(-1, dim)``) or ``JobError``; ``WireError`` when ``body`` is not a well-formed answer."""
     header, view, offset = _unframe(RESULTS_MAGIC, body)
-    n, failures = header["n"], header.get("failures")
     reader = _Reader(view, offset)
-    sizes = reader.take("<i4", n)
-    if (sizes < 0).any():
+    sizes = reader.take(I4, header["n"]).tolist()
+    if sizes and min(sizes) < 0:
         raise WireError("a result has a negative size")
-    values = reader.take("<f4", int(sizes.sum()))
+    values = reader.take(F4, sum(sizes))
     reader.done()
-    ends = np.cumsum(sizes)
-    results: list[np.ndarray | JobError] = [values[end - size:end] for size, end in zip(sizes, ends, strict=True)]
+    results: list[np.ndarray | JobError] = []
+    start = 0
+    for size in sizes:
+        results.append(values[start:start + size])
+        start += size
     try:
-        for i, kind, message in failures:
+        for i, kind, message in header.get("failures"):
             results[i] = JobError(JobFailure(kind), str(message))
     except (TypeError, ValueError, IndexError):
         raise WireError("'failures' is not a list of [job, kind, message]") from None

@@ -167,10 +167,10 @@ def test_a_call_whose_arrays_disagree_with_its_header_is_a_wire_error():
     start = body.index(b"}") + 1
     start += -start % 8  # the arrays: sent_at f8[2], target i4[2], image i4[2], offsets i4[3], ...
     offsets = start + 16 + 8 + 8
-    body[offsets + 8:offsets + 12] = np.int32(3).tobytes()  # the image job gets an id too
+    body[offsets + 4:offsets + 8] = np.int32(1).tobytes()  # offsets [0, 1, 2]: the image job gets an id too
     with pytest.raises(WireError, match="both token ids and an image"):
         unpack_call(bytes(body))
-    body[offsets + 4:offsets + 8] = np.int32(5).tobytes()  # offsets no longer grow
+    body[offsets + 4:offsets + 8] = np.int32(3).tobytes()  # offsets [0, 3, 2] no longer grow
     with pytest.raises(WireError, match="do not start at 0 and grow"):
         unpack_call(bytes(body))
 
