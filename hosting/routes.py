@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bentoml._internal.context import server_context
 from bentoml._internal.server.http import instruments
 
 UNMATCHED = "unmatched"
@@ -30,8 +31,6 @@ _Original = instruments.RunnerTrafficMetricsMiddleware
 
 def template(path: str) -> str:
     """The route template that ``path`` is served by, or ``UNMATCHED``."""
-    from bentoml._internal.context import server_context
-
     if path in SYSTEM_ROUTES or path in V1_ROUTES or path in (server_context.service_routes or ()):
         return path
     if path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
