@@ -258,8 +258,8 @@ def profile_section(o: dict) -> list[str]:
     parts += ["", "Where each platform worker's CPU goes, null-cost model at 64 clients: py-spy samples of each "
               f"worker's Python threads while on CPU ({loads} while sampled), by the innermost Python frame, so a "
               "native call counts where it was made; ONNX Runtime's own threads are not Python threads and are not "
-              "sampled. Shares, not times: sampling overstates some frames (docs/benchmarks.md says which); the CPU "
-              "ms per request above are what the changes are judged by.",
+              "sampled. Shares, not times: sampling overstates some frames (the hand-written section below says "
+              "which); the CPU ms per request above are what the changes are judged by.",
               "", table(["stage", *(f"{label}: {worker} ({shares[(label, worker)]['samples']} samples)"
                                     for label, worker in columns)],
                         [[name, *(fmt(100 * shares[c]["stages"].get(name, 0), 1, "%") for c in columns)]
