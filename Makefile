@@ -14,7 +14,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup setup-cpu extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
+.PHONY: serve test lint setup setup-cpu extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-front bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
 
 # The registry is read before any stack exists: by deploy/workstation.py in a small venv of its own.
 READER := .cache/registry-reader
@@ -200,13 +200,19 @@ $(PEERS)/.installed: bench/requirements-peers.txt bench/constraints-peers.txt  #
 	$(PEERS)/bin/pip install --quiet -r bench/requirements-peers.txt -c bench/constraints-peers.txt
 	touch $@
 
-bench-models: models  ## the static int8 variant (calibrated, gated on the full retrieval set: about 2 minutes the first time)
+bench-models: models  ## the static int8 variant (calibrated, gated: about 2 minutes the first time) and the null-cost model
 	$(PY) -m export ensure --profile cpu-int8
+	$(PY) -m bench.null_model
+	$(PY) -m export ensure --profile bench-null
 
-bench: bench-models bench-tools $(PEERS)/.installed  ## about 50 minutes (the int8 scan 20 of them); keeps partial results if interrupted
+bench: bench-models bench-tools $(PEERS)/.installed  ## about 60 minutes (the int8 scan 20 of them); keeps partial results if interrupted
 	-timeout 600 $(PY) -m bench.scripts.ort_tuning --out bench/results/ort_tuning.json
 	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
 	-timeout 1500 $(PY) -m bench.scripts.int8_scan --out bench/results/int8_scan.json
-	-timeout 900 $(PY) -m bench.scripts.overhead --peers --out bench/results/overhead.json
+	-timeout 1500 $(PY) -m bench.scripts.overhead --out bench/results/overhead.json
 	$(PY) -m bench.report
 	$(PY) -m bench.readme_table
+
+bench-front: bench-models bench-tools $(PEERS)/.installed  ## the front's cost alone (about 12 minutes): null-cost suite and real-model targets
+	-timeout 1500 $(PY) -m bench.scripts.overhead --out bench/results/overhead.json
+	$(PY) -m bench.report

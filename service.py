@@ -9,6 +9,15 @@ With ``EMBED_RUNNER_URL_<ENGINE>`` set, the gateway reaches that engine's runner
 of starting it (``models/topology.py``; the Kubernetes layout in ``deploy/k8s``). ``EMBED_IMAGE``
 picks the image variant that ``bentoml build`` records (``images.py``).
 
+Workers: ``gateway_workers`` of the profile (``auto`` on GPU profiles: the host's cores less the
+runners' workers; ``EMBED_GATEWAY_WORKERS`` overrides). Each worker parses, tokenizes, admits and
+coalesces on its own (its own ``RunnerClient`` per runner: up to ``max_calls_in_flight`` calls each,
+so a runner sees workers x that many; its own admission bound, so the server admits up to workers x
+``max_inflight_inputs``). What must be the same in every worker is the routing: with more than one
+worker and no ``EMBED_ROUTING_FILE``, the server gets a routing file of its own (in a temporary
+folder, removed when ``bentoml serve`` exits), so an admin change made through one worker reaches
+the others within ``gateway/routing.py``'s ``WATCH_S``.
+
 Hardening (``hosting/``, ``gateway/edge.py``): slow and surplus connections are closed, metrics
 are labelled by route, dead workers respawn in containers too, SIGTERM drains before stopping,
 and nothing outside ``/v1``, health and metrics is served. With ``server.require_api_keys``
@@ -18,13 +27,19 @@ and nothing outside ``/v1``, health and metrics is served. With ``server.require
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import bentoml
 
 import hosting
 from gateway.auth import ApiKeys, load_admin_keys, load_keys, require_keys_if_asked
 from gateway.edge import Edge
+from gateway.routing import ROUTING_FILE_VARIABLE
 from images import image
 from models import tracing_config
 from models.registry import Engine, served
@@ -49,6 +64,19 @@ if Engine.VLLM in SERVED.runners:
 
     RUNNER_SERVICES[Engine.VLLM] = VllmRunner
 ROUTES = runner_routes(SERVED)
+WORKERS = SERVED.gateway_workers()
+
+
+def share_routing_between_workers() -> None:
+    """With several workers and no routing file configured, give this server one (see above): set
+    here, in ``bentoml serve`` before it starts the workers, which inherit the environment."""
+    if WORKERS > 1 and not os.environ.get(ROUTING_FILE_VARIABLE, "").strip():
+        folder = tempfile.mkdtemp(prefix="embedding-routing-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ[ROUTING_FILE_VARIABLE] = str(Path(folder) / "routing.json")
+
+
+share_routing_between_workers()
 
 
 def depend_on_runners(cls: type) -> type:
@@ -76,7 +104,7 @@ V1 = DeferredApp()
 @bentoml.service(
     name="gateway",
     resources={"cpu": "1"},
-    workers=1,
+    workers=WORKERS,
     # BentoML's own timeout (it answers in its shape) only backs up the /v1 app's 504 (gateway/app.py)
     traffic={"timeout": SERVED.request_timeout_s + 5},
     logging={"access": {"enabled": False}},
@@ -149,6 +177,11 @@ class Gateway:
             f"shared through {self.routing.path}" if self.routing.path else "kept in this worker's memory "
             "(set EMBED_ROUTING_FILE to share them between replicas and keep them across restarts)",
         )
+        logger.info(
+            "gateway: %d worker(s), each with its own runner calls (%s) and admission (%d inputs in flight)",
+            WORKERS, ", ".join(f"{c.engine}: {c.max_calls_in_flight} x {c.max_inputs_per_call} inputs"
+                               for c in self.runner_clients), limits.max_inflight_inputs,
+        )
 
     @bentoml.on_startup
     async def start_image_workers(self) -> None:
@@ -185,4 +218,4 @@ class Gateway:
         return not drain.draining()
 
 
-Gateway.add_asgi_middleware(Edge, keys=ApiKeys(KEYS))
+Gateway.add_asgi_middleware(Edge, keys=ApiKeys(KEYS), v1=V1)

@@ -86,6 +86,22 @@ def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
     process.wait()
 
 
+def own_home(path: Path) -> str:
+    """A ``BENTOML_HOME`` of its own for one more ``bentoml serve`` beside others: its own
+    ``prometheus_multiproc_dir`` (which every serve empties at start), and ``models`` a link to the
+    current home's model store, so the same models are found."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    store = Path(BentoMLContainer.model_store_dir.get())
+    path.mkdir(parents=True, exist_ok=True)
+    link = path / "models"
+    if link.is_symlink() and link.resolve() != store.resolve():
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(store, target_is_directory=True)
+    return str(path)
+
+
 @contextlib.contextmanager
 def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None,
            timeout: float = 240, cwd: Path = ROOT) -> Iterator[subprocess.Popen]:

@@ -154,48 +154,149 @@ def targets(d: Data) -> str:
     return table(["target", "needed", "measured", "verdict"], rows)
 
 
-def overhead_section(o: dict) -> str:
-    """``bench/scripts/overhead.py``'s runs (one per label): targets, CPU per request, py-spy shares."""
-    if not o:
-        return "Not measured in this run (`python -m bench.scripts.overhead`)."
+SERVER_NAMES = {
+    "platform": "the platform, 1 gateway worker", "platform-2w": "the platform, 2 gateway workers",
+    "before": "the platform before the change (`--before`)", "infinity": "infinity-emb {version}, ONNX engine",
+    "naive": "naive: uvicorn + Starlette, one session run per request", "lean": "lean: raw ASGI, one batching queue",
+}
+ROLE_ORDER = ("gateway", "ort_runner", "supervisor", "server")
+
+
+def null_targets(s: dict, servers: dict) -> str:
+    """The null-cost targets of the front (issue 21) from a null suite's summary ``s``."""
+    def verdict(value, need, higher=True):
+        if value is None:
+            return "not measured"
+        return "**met**" if (value >= need if higher else value <= need) else "**not met**"
+
+    platform = servers.get("platform", {})
+    c64 = (platform.get("64") or {}).get("cpu_ms", {})
+    over = s.get("platform_p50_over_naive_1_ms")
+    rows = [
+        ["all platform processes' CPU per request, 64 clients x 1 text", "<= 0.5 ms",
+         f"**{fmt(s.get('platform_cpu_ms_64'), 2)} ms** (" + ", ".join(
+             f"{role} {fmt(c64.get(role), 2)}" for role in ROLE_ORDER if role in c64) + ")",
+         verdict(s.get("platform_cpu_ms_64"), 0.5, higher=False)],
+        ["requests/s vs infinity-emb, 64 clients", ">= 2x", f"**{fmt(s.get('platform_over_infinity_64'), 2)}x**",
+         verdict(s.get("platform_over_infinity_64"), 2.0)],
+        ["requests/s vs the lean reference, 64 clients", ">= 0.8x", f"**{fmt(s.get('platform_over_lean_64'), 2)}x**",
+         verdict(s.get("platform_over_lean_64"), 0.8)],
+        ["p50 at 1 client vs the naive server", "<= naive + 0.5 ms",
+         "-" if over is None else f"**{over:+.2f} ms**", verdict(over, 0.5, higher=False)],
+    ]
+    return table(["target (null-cost model)", "needed", "measured (median of rounds)", "verdict"], rows)
+
+
+def null_table(run: dict) -> str:
+    """Every server at every client count: rates, latencies, CPU per request by role."""
+    null = run.get("null", {})
+    servers = null.get("summary", {}).get("servers", {})
+    rows = []
+    for name, by_clients in servers.items():
+        label = SERVER_NAMES.get(name, name).format(version=str(null.get("infinity_version", "?")).split()[0])
+        for i, (clients, c) in enumerate(sorted(by_clients.items(), key=lambda kv: int(kv[0]))):
+            cpu = c.get("cpu_ms", {})
+            rows.append([label if i == 0 else "", clients, fmt(c.get("ok_per_s")), fmt(c.get("p50_ms"), 2),
+                         fmt(c.get("p99_ms"), 1), f"**{fmt(c.get('cpu_ms_total'), 2)}**",
+                         " / ".join(f"{role} {fmt(cpu[role], 2)}" for role in ROLE_ORDER if role in cpu),
+                         str(c.get("errors", "-"))])
+    missing = [f"{name}: {why}" for name, why in null.get("not_measured", {}).items()]
+    return table(["server", "clients", "requests/s", "p50 ms", "p99 ms", "CPU ms per request, all processes",
+                  "by process", "errors"], rows) + ("\n\nNot measured: " + "; ".join(missing) if missing else "")
+
+
+def real_rows(o: dict) -> list[list[str]]:
     rows = []
     for label, run in o.items():
-        s = run.get("summary", {})
-        c64, c1 = s.get("cpu_ms_per_request_64") or {}, s.get("cpu_ms_per_request_1") or {}
-        rows.append([f"{label} ({run.get('started', '?')}, {len(run.get('rounds', []))} rounds)",
+        s = run.get("real", {}).get("summary")
+        if not s:
+            continue
+        c64, c1 = s.get("cpu_ms_64") or {}, s.get("cpu_ms_1") or {}
+        rows.append([f"{label} ({run.get('started', '?')}, {len(run['real'].get('rounds', []))} rounds)",
                      f"{fmt(s.get('served_64_per_s'))} / {fmt(s.get('bare_best_per_s'))} = "
                      f"**{fmt(s.get('served_over_bare_64'), 2)}x**",
                      f"{fmt(s.get('served_1_p50_ms'), 1)} vs {fmt(s.get('bare_call_ms'), 1)} = "
                      f"**+{fmt(s.get('p50_over_bare_ms'), 1)} ms**",
-                     fmt(s.get("platform_over_infinity_onnx_32"), 2, "x"),
                      f"{fmt(c64.get('gateway'), 2)} / {fmt(c64.get('ort_runner'), 2)}",
                      f"{fmt(c1.get('gateway'), 2)} / {fmt(c1.get('ort_runner'), 2)}", str(s.get("errors", "-"))])
-    parts = [table(["run", "64 clients: served / bare best, texts/s (>= 0.90x)",
-                    "1 client: p50 vs one bare call, ms (<= +2 ms)", "vs infinity ONNX, 32 clients (>= 2x)",
-                    "CPU ms per request at 64 clients: gateway / runner", "the same at 1 client", "errors"], rows)]
+    return rows
+
+
+def runs_table(o: dict) -> str:
+    """One row per labelled run of the null suite: the figures the changes are judged by."""
+    rows = []
     for label, run in o.items():
-        for worker, error in (run.get("profile") or {}).get("errors", {}).items():
+        s = run.get("null", {}).get("summary")
+        if not s:
+            continue
+        platform = s.get("servers", {}).get("platform", {})
+        rows.append([f"{label} ({run.get('started', '?')}, {len(run['null'].get('rounds', []))} rounds)",
+                     fmt((platform.get("64") or {}).get("ok_per_s")), fmt(s.get("platform_cpu_ms_64"), 2),
+                     fmt((platform.get("1") or {}).get("p50_ms"), 2),
+                     fmt(s.get("platform_over_lean_64"), 2, "x"), fmt(s.get("platform_over_infinity_64"), 2, "x"),
+                     fmt(s.get("platform_2w_over_1w_64"), 2, "x"), fmt(s.get("platform_over_before_64"), 2, "x"),
+                     str(s.get("errors", "-"))])
+    return table(["run", "platform req/s, 64 clients", "its CPU ms per request", "p50 ms, 1 client",
+                  "vs lean", "vs infinity-emb", "2 workers vs 1", "vs `before`", "errors"], rows)
+
+
+def profile_section(o: dict) -> list[str]:
+    parts = []
+    for label, run in o.items():
+        for worker, error in (run.get("null", {}).get("profile") or {}).get("errors", {}).items():
             parts += ["", f"No profile of {worker} in `{label}`: {error}"]
-    profiled = {label: run["profile"] for label, run in o.items() if run.get("profile", {}).get("workers")}
-    if profiled:
-        columns = [(label, worker) for label, profile in profiled.items() for worker in profile["workers"]]
-        shares = {(label, worker): profiled[label]["workers"][worker] for label, worker in columns}
-        names = sorted({stage for w in shares.values() for stage in w["stages"]},
-                       key=lambda st: -sum(w["stages"].get(st, 0) for w in shares.values()))
-        loads = "; ".join(f"`{label}` {fmt(profile.get('load', {}).get('ok_per_s'))} requests/s"
-                          for label, profile in profiled.items())
-        parts += ["", "Where each worker's CPU goes at 64 clients: py-spy samples of each worker's Python threads "
-                  f"while on CPU ({loads} while sampled), by the innermost Python frame, so a native call counts "
-                  "where it was made; ONNX Runtime's own worker thread is not a Python thread and is not sampled. "
-                  "Shares, not times: sampling overstates small Python frames (see the hand-written section below).",
-                  "", table(["stage", *(f"{label}: {worker} ({shares[(label, worker)]['samples']} samples)"
-                                        for label, worker in columns)],
-                            [[name, *(fmt(100 * shares[c]["stages"].get(name, 0), 1, "%") for c in columns)]
-                             for name in names])]
-        for (label, worker), share in shares.items():
-            parts += ["", f"Busiest frames, `{label}`, {worker}: " + "; ".join(
-                f"`{frame}` {fmt(100 * value, 1, '%')}" for frame, value in share["top"].items()) + "."]
-    return "\n".join(parts)
+    profiled = {label: run["null"]["profile"] for label, run in o.items()
+                if run.get("null", {}).get("profile", {}).get("workers")}
+    if not profiled:
+        return parts
+    columns = [(label, worker) for label, profile in profiled.items() for worker in profile["workers"]]
+    shares = {(label, worker): profiled[label]["workers"][worker] for label, worker in columns}
+    names = sorted({stage for w in shares.values() for stage in w["stages"]},
+                   key=lambda st: -sum(w["stages"].get(st, 0) for w in shares.values()))
+    loads = "; ".join(f"`{label}` {fmt(profile.get('load', {}).get('ok_per_s'))} requests/s"
+                      for label, profile in profiled.items())
+    parts += ["", "Where each platform worker's CPU goes, null-cost model at 64 clients: py-spy samples of each "
+              f"worker's Python threads while on CPU ({loads} while sampled), by the innermost Python frame, so a "
+              "native call counts where it was made; ONNX Runtime's own threads are not Python threads and are not "
+              "sampled. Shares, not times: sampling overstates some frames (the hand-written section below says "
+              "which); the CPU ms per request above are what the changes are judged by.",
+              "", table(["stage", *(f"{label}: {worker} ({shares[(label, worker)]['samples']} samples)"
+                                    for label, worker in columns)],
+                        [[name, *(fmt(100 * shares[c]["stages"].get(name, 0), 1, "%") for c in columns)]
+                         for name in names])]
+    for (label, worker), share in shares.items():
+        parts += ["", f"Busiest frames, `{label}`, {worker}: " + "; ".join(
+            f"`{frame}` {fmt(100 * value, 1, '%')}" for frame, value in share["top"].items()) + "."]
+    return parts
+
+
+def overhead_section(o: dict, label: str = "now") -> str:
+    """``bench/scripts/overhead.py``'s runs: the null-cost suite of run ``label`` (else the last run) in
+    full, every labelled run's headline figures, the real-model targets, and the py-spy shares."""
+    if not o:
+        return "Not measured in this run (`python -m bench.scripts.overhead`)."
+    main = label if label in o else list(o)[-1]
+    run = o[main]
+    parts = []
+    if run.get("null"):
+        s = run["null"].get("summary", {})
+        m = run.get("machine", {})
+        parts += [f"Run `{main}` ({run.get('started', '?')} to {run.get('finished', '?')}; {m.get('cpu')}, "
+                  f"{m.get('cores')} cores; {run.get('settings', {}).get('rounds', '?')} interleaved rounds of "
+                  f"{run.get('settings', {}).get('seconds', '?')} s per cell; medians). The null-cost model "
+                  "(`null-minilm`: one layer, hidden 32), one short query per request under `wrk`; CPU ms per "
+                  "request of every process of each server (psutil, user + system, over the answered requests).",
+                  "", null_targets(s, s.get("servers", {})), "", null_table(run)]
+    if len(o) > 1 or not run.get("null"):
+        parts += ["", "Every labelled run (`--label`; the changes in the hand-written section below name theirs):", "",
+                  runs_table(o)]
+    rows = real_rows(o)
+    if rows:
+        parts += ["", "The real model (all-MiniLM-L6-v2, profile `cpu`) beside its bare engine on the same file:", "",
+                  table(["run", "64 clients: served / bare best, texts/s (>= 0.90x)",
+                         "1 client: p50 vs one bare call, ms (<= +2 ms)",
+                         "CPU ms per request at 64 clients: gateway / runner", "the same at 1 client", "errors"], rows)]
+    return "\n".join(parts + profile_section(o))
 
 
 def gate_figures(q: dict) -> str:
@@ -458,8 +559,8 @@ def render(d: Data, images: list[str]) -> str:
         "",
         targets(d),
         "",
-        "### Serving overhead: the platform beside its bare engine, with CPU per request "
-        "(`python -m bench.scripts.overhead`, median of interleaved rounds)",
+        "### The front's cost: the platform beside its references, its peer and its bare engine, with the CPU "
+        "every process spends per request (`python -m bench.scripts.overhead`, median of interleaved rounds)",
         "",
         overhead_section(d.o),
         "",

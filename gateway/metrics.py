@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from runners.metrics import LATENCY_BUCKETS
+from runners.metrics import LATENCY_BUCKETS, KeptLabels
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,16 @@ OVERLAP_BUCKETS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def gateway_metrics() -> GatewayMetrics:
     import prometheus_client as prom
 
-    return GatewayMetrics(
-        requests=prom.Counter("embedding_requests", "Requests to /v1 by model, variant and HTTP status",
-                              ["model", "variant", "status"]),
-        inputs=prom.Counter("embedding_inputs", "Inputs embedded", ["model", "variant"]),
-        input_tokens=prom.Counter("embedding_input_tokens", "Input tokens embedded, after truncation",
-                                  ["model", "variant"]),
-        request_seconds=prom.Histogram(
+    return GatewayMetrics(  # the per-request ones keep their labelled children (KeptLabels)
+        requests=KeptLabels(prom.Counter("embedding_requests", "Requests to /v1 by model, variant and HTTP status",
+                                         ["model", "variant", "status"])),
+        inputs=KeptLabels(prom.Counter("embedding_inputs", "Inputs embedded", ["model", "variant"])),
+        input_tokens=KeptLabels(prom.Counter("embedding_input_tokens", "Input tokens embedded, after truncation",
+                                             ["model", "variant"])),
+        request_seconds=KeptLabels(prom.Histogram(
             "embedding_request_duration_seconds", "Gateway request latency", ["model", "variant"],
             buckets=LATENCY_BUCKETS,
-        ),
+        )),
         inflight_inputs=prom.Gauge(
             "embedding_inflight_inputs", "Inputs admitted and not yet answered", multiprocess_mode="livesum"
         ),

@@ -446,8 +446,11 @@ def _require_callers(weights: Mapping[str, float]) -> None:
         raise InvalidRequest("The weights would add up to 0: some variant must take the callers.", param="weights")
 
 
+ROUTING_FILE_VARIABLE = "EMBED_ROUTING_FILE"
+
+
 def routing_file() -> Path | None:
-    """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas, or None."""
-    value = os.environ.get("EMBED_ROUTING_FILE", "").strip()
+    """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas (and workers), or None."""
+    value = os.environ.get(ROUTING_FILE_VARIABLE, "").strip()
     return Path(value) if value else None
 

@@ -1,5 +1,10 @@
 """Calls from the gateway to one runner service's ``embed`` (or ``embed_adaptive``) API.
 
+A call is one binary body of token ids (or images) and the answer one binary body of vectors
+(``runners/engine.py``: ``pack_call``, ``unpack_results``), sent through the typed bytes API the
+runner declares, with the client ``bentoml.depends`` put on the gateway. In adaptive mode each
+input is a call of its own in the list BentoML's batching merges (its batches count list items).
+
 The gateway coalesces: inputs of concurrent requests for the same runner wait in the gateway, and
 at most ``max_calls_in_flight`` calls (each of at most ``max_inputs_per_call`` inputs, any mix of
 requests and models) are out to the runner at once. A lone request is sent at once; under load,
@@ -49,7 +54,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from gateway.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
-from runners.engine import JobFailure, job_failure, job_payload
+from runners.engine import Job, JobError, JobFailure, WireError, pack_call, unpack_results
 
 logger = logging.getLogger(__name__)
 
@@ -92,23 +97,23 @@ class RunnerClient:
         self.retry_after_s = retry_after_s
         self.max_calls_in_flight = max_calls_in_flight
         self.max_inputs_per_call = max_inputs_per_call
-        # one queue per waiting request, in turn order: (model, variant, input, sent_at, future) each
-        self._requests: collections.deque[collections.deque[tuple[str, str | None, np.ndarray, float,
-                                                                  asyncio.Future[str]]]] = collections.deque()
+        # one queue per waiting request, in turn order: (job, future) each
+        self._requests: collections.deque[collections.deque[tuple[Job, asyncio.Future[np.ndarray]]]] = \
+            collections.deque()
         self._calls_in_flight = 0
         self._probe: asyncio.Task | None = None  # set while a failed call's probe runs: nothing is sent
         self._recovery: asyncio.Task | None = None  # set while the runner is marked down
 
-    async def embed(self, model: str, inputs: Sequence[np.ndarray], variant: str | None = None) -> list[str]:
-        """One base64 float32 result per input (token ids, or a uint8 image for vision models),
-        in order (see ``runners/engine.py``), computed by ``model``'s ``variant`` (None: the
-        runner's default for it)."""
+    async def embed(self, model: str, inputs: Sequence[np.ndarray], variant: str | None = None) -> list[np.ndarray]:
+        """One flat float32 vector per input (token ids, or a uint8 image for vision models), in
+        order (a multi-vector model's ``(tokens, dim)`` rows one after the other), computed by
+        ``model``'s ``variant`` (None: the runner's default for it)."""
         if self._recovery is not None:
             raise self._unavailable("is down (it does not answer its readiness probe)")
         loop = asyncio.get_running_loop()
         now = time.time()
         futures = [loop.create_future() for _ in inputs]
-        queue = collections.deque((model, variant, value, now, future)
+        queue = collections.deque((Job(model, variant, value, now), future)
                                   for value, future in zip(inputs, futures, strict=True))
         self._requests.append(queue)
         self._dispatch()
@@ -128,21 +133,20 @@ class RunnerClient:
                 self._calls_in_flight += 1
                 asyncio.get_running_loop().create_task(self._send(batch))
 
-    def _next_call(self) -> list[tuple[dict[str, Any], asyncio.Future[str]]]:
+    def _next_call(self) -> list[tuple[Job, asyncio.Future[np.ndarray]]]:
         """Up to ``max_inputs_per_call`` jobs, one from each waiting request in turn."""
         batch = []
         while self._requests and len(batch) < self.max_inputs_per_call:
             queue = self._requests.popleft()
-            while queue and queue[0][4].done():  # its request has gone
+            while queue and queue[0][1].done():  # its request has gone
                 queue.popleft()
             if queue:
-                model, variant, value, sent_at, future = queue.popleft()
-                batch.append((job_payload(model, value, sent_at, variant), future))
+                batch.append(queue.popleft())
             if queue:
                 self._requests.append(queue)
         return batch
 
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
+    async def _send(self, batch: list[tuple[Job, asyncio.Future[np.ndarray]]]) -> None:
         try:
             results = await self._call([job for job, _ in batch])
         except Exception as exc:
@@ -156,11 +160,10 @@ class RunnerClient:
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
-                failure = job_failure(result)
-                if failure is None:
-                    future.set_result(result)
+                if isinstance(result, JobError):
+                    future.set_exception(self._job_error(result))
                 else:
-                    future.set_exception(self._job_error(*failure))
+                    future.set_result(result)
         finally:
             self._calls_in_flight -= 1
             self._dispatch()
@@ -171,7 +174,7 @@ class RunnerClient:
         return (not self._requests and self._probe is None and self._recovery is None
                 and self._calls_in_flight + 1 < self.max_calls_in_flight)
 
-    async def embed_shadow(self, model: str, variant: str, inputs: Sequence[np.ndarray]) -> list[str]:
+    async def embed_shadow(self, model: str, variant: str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Like ``embed``, as one call of its own sent at once, or ``ShadowDropped`` unless ``idle``
         and the inputs fit one call; a job the runner failed raises its error."""
         if not self.idle() or len(inputs) > self.max_inputs_per_call:
@@ -179,24 +182,24 @@ class RunnerClient:
         now = time.time()
         self._calls_in_flight += 1
         try:
-            results = await self._call([job_payload(model, value, now, variant) for value in inputs])
+            results = await self._call([Job(model, variant, value, now) for value in inputs])
         finally:
             self._calls_in_flight -= 1
             self._dispatch()
         for result in results:
-            if (failure := job_failure(result)) is not None:
-                raise self._job_error(*failure)
+            if isinstance(result, JobError):
+                raise self._job_error(result)
         return results
 
     def _unavailable(self, why: str) -> EngineUnavailable:
         return EngineUnavailable(f"The {self.engine} runner {why}.", self.retry_after_s)
 
-    def _job_error(self, kind: JobFailure, message: str) -> ApiError:
-        if kind is JobFailure.UNAVAILABLE:
-            return self._unavailable(f"cannot run this input now ({message})")
-        logger.error("%s runner failed an input (%s): %s", self.engine, kind.value, message)
-        if kind is JobFailure.INVALID:
-            return EngineError(f"The {self.engine} runner refused this input: {message}")
+    def _job_error(self, error: JobError) -> ApiError:
+        if error.kind is JobFailure.UNAVAILABLE:
+            return self._unavailable(f"cannot run this input now ({error.message})")
+        logger.error("%s runner failed an input (%s): %s", self.engine, error.kind.value, error.message)
+        if error.kind is JobFailure.INVALID:
+            return EngineError(f"The {self.engine} runner refused this input: {error.message}")
         return EngineError(f"The {self.engine} engine failed on this request.")
 
     async def _ready(self, timeout_s: float | None = None) -> bool | None:
@@ -248,10 +251,10 @@ class RunnerClient:
         self._recovery = None
         self._dispatch()
 
-    async def _watched(self, jobs: list[dict[str, Any]]) -> Any:
+    async def _watched(self, payload: bytes | list[bytes]) -> Any:
         """The runner's answer to one call; every ``WATCH_S`` the call is out, a probe: no answer
         means the worker is gone, and the call ends with 503 (the runner is marked down)."""
-        call = asyncio.ensure_future(getattr(self.handle.to_async, self.endpoint)(jobs))
+        call = asyncio.ensure_future(getattr(self.handle.to_async, self.endpoint)(payload))
         try:
             while True:
                 done, _ = await asyncio.wait({call}, timeout=WATCH_S)
@@ -263,15 +266,17 @@ class RunnerClient:
         finally:
             call.cancel()
 
-    async def _call(self, jobs: list[dict[str, Any]]) -> list[str]:
+    async def _call(self, jobs: list[Job]) -> list[np.ndarray | JobError]:
+        # continuous: one call; adaptive: one call per job, in the list BentoML's batching merges
+        payload = pack_call(jobs) if self.endpoint == "embed" else [pack_call([job]) for job in jobs]
         try:
             try:
-                answer = await self._watched(jobs)
+                answer = await self._watched(payload)
             except CONNECTION_ERRORS as exc:
                 if not await self._still_there():
                     raise
                 logger.warning("%s runner connection failed (%r); retrying once", self.engine, exc)
-                answer = await self._watched(jobs)
+                answer = await self._watched(payload)
         except CONNECTION_ERRORS as exc:
             raise self._unavailable(f"is unreachable ({type(exc).__name__})") from exc
         except TimeoutError as exc:
@@ -281,7 +286,12 @@ class RunnerClient:
         except BentoMLException as exc:
             logger.error("%s runner failed: %s", self.engine, exc)
             raise EngineError(f"The {self.engine} engine failed on this request.") from exc
-        results = answer if isinstance(answer, list) else answer.results  # embed_adaptive: a bare list
+        try:
+            results = unpack_results(answer) if isinstance(answer, bytes) else [
+                result for one in answer for result in unpack_results(one)]
+        except WireError as exc:
+            logger.error("%s runner answered what is not an answer: %s", self.engine, exc)
+            raise EngineError(f"The {self.engine} engine failed on this request.") from exc
         if len(results) != len(jobs):  # never leave a request waiting for a result that will not come
             logger.error("%s runner returned %d results for %d inputs", self.engine, len(results), len(jobs))
             raise EngineError(f"The {self.engine} engine failed on this request.")

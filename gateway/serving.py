@@ -35,7 +35,6 @@ from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankReques
 from gateway.routing import LiveRoute, RoutingTable, Target
 from gateway.shadow import ShadowJob, Shadows
 from models.registry import ModelSpec, Pooling, Served
-from runners.engine import decode_array
 from runners.pooling import normalize
 
 INLINE_CHARS = 4096  # texts up to this many characters in all tokenize on the event loop (tens of microseconds)
@@ -102,16 +101,16 @@ class EmbeddingServing:
             prepared = await self._prepare(target.preprocessor, target.spec, items, request.input_type,
                                            request.truncate, request.instruction)
             self._check_tokens(prepared.tokens)
-            payloads = await self._run(spec.name, target, prepared.arrays)
-        if len(payloads) < RESPONSE_INLINE_INPUTS:
-            body = self._response(spec, request, payloads, prepared)
-        else:  # decoding and serializing thousands of vectors takes milliseconds of event loop
-            body = await asyncio.to_thread(self._response, spec, request, payloads, prepared)
+            vectors = await self._run(spec.name, target, prepared.arrays)
+        if len(vectors) < RESPONSE_INLINE_INPUTS:
+            body = self._response(spec, request, vectors, prepared)
+        else:  # serializing thousands of vectors takes milliseconds of event loop
+            body = await asyncio.to_thread(self._response, spec, request, vectors, prepared)
         shadow = None
         if route.shadow is not None and route.shadow is not target and random.random() < route.fraction:
             shadow = ShadowJob(spec.name, target, route.shadow, items,
-                               (request.input_type, request.truncate, request.instruction), prepared.arrays, payloads)
-        return EmbeddingResult(body=body, model=spec.name, inputs=len(payloads), tokens=prepared.tokens, shadow=shadow)
+                               (request.input_type, request.truncate, request.instruction), prepared.arrays, vectors)
+        return EmbeddingResult(body=body, model=spec.name, inputs=len(vectors), tokens=prepared.tokens, shadow=shadow)
 
     async def rerank(self, request: RerankRequest, spec: ModelSpec, route: LiveRoute,
                      target: Target) -> EmbeddingResult:
@@ -131,9 +130,10 @@ class EmbeddingServing:
                 raise InvalidRequest("Each rerank document must be one text, image or PDF page; select one page with "
                                      "'pages'.", param="documents")
             self._check_tokens(query.tokens + documents.tokens)
-            payloads = await self._run(spec.name, target, query.arrays + documents.arrays)
+            vectors = await self._run(spec.name, target, query.arrays + documents.arrays)
         multi = spec.pooling is Pooling.MULTI
-        vectors = [decode_array(payload, spec.dimensions, multi) for payload in payloads]
+        if multi:
+            vectors = [vector.reshape(-1, spec.dimensions) for vector in vectors]
         scores = [self._score(vectors[0], document, multi) for document in vectors[1:]]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_n]
         results = []
@@ -165,7 +165,8 @@ class EmbeddingServing:
                                  code="max_tokens_per_request")
 
     @staticmethod
-    async def _run(model: str, target: Target, arrays: list[np.ndarray]) -> list[str]:
+    async def _run(model: str, target: Target, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Flat float32 vectors of ``arrays``, in order (``gateway/runner_client.py``)."""
         inflight = gateway_metrics().inflight_inputs
         inflight.inc(len(arrays))
         try:
@@ -280,31 +281,22 @@ class EmbeddingServing:
                 task.cancel()
 
     @staticmethod
-    def _response(spec: ModelSpec, request: EmbeddingRequest, payloads: list[str], prepared: Prepared) -> bytes:
+    def _response(spec: ModelSpec, request: EmbeddingRequest, vectors: list[np.ndarray], prepared: Prepared) -> bytes:
         multi = spec.pooling is Pooling.MULTI
-        passthrough = request.encoding_format == "base64" and request.dimensions is None
         data = []
-        for index, payload in enumerate(payloads):
+        for index, vector in enumerate(vectors):
             item: dict = {"object": "embedding", "index": index}
-            if multi:  # rows from the base64 length: decoded bytes / (4 bytes per float32 x dimensions)
-                item["shape"] = ((len(payload) * 3 // 4 - payload.count("=", -2)) // (4 * spec.dimensions),
-                                 spec.dimensions)
+            if multi:
+                vector = vector.reshape(-1, spec.dimensions)
+                item["shape"] = vector.shape
             if prepared.pages[index] is not None:
                 item["page"] = prepared.pages[index]
-            if passthrough:
-                embedding: object = payload
-            else:
-                vector = decode_array(payload, spec.dimensions, multi)
-                if request.dimensions is not None:
-                    vector = np.ascontiguousarray(vector[..., : request.dimensions])
-                    if spec.normalize:
-                        vector = normalize(vector)
-                embedding = (
-                    base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-                    if request.encoding_format == "base64"
-                    else vector
-                )
-            item["embedding"] = embedding
+            if request.dimensions is not None:
+                vector = np.ascontiguousarray(vector[..., : request.dimensions])
+                if spec.normalize:
+                    vector = normalize(vector)
+            item["embedding"] = (base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
+                                 if request.encoding_format == "base64" else vector)
             data.append(item)
         return orjson.dumps(
             {

@@ -39,7 +39,6 @@ import numpy as np
 from gateway.errors import ApiError
 from gateway.metrics import gateway_metrics
 from gateway.runner_client import ShadowDropped
-from runners.engine import decode_array
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ MIN_TOPK_INPUTS = 16
 @dataclass(frozen=True)
 class ShadowJob:
     """What a shadow needs from its request: the served name, both variants, the request's items
-    and tokenization options, its engine inputs and the primary's results (base64 float32)."""
+    and tokenization options, its engine inputs and the primary's results (float32 vectors)."""
 
     model: str
     primary: Any  # gateway.routing.Target
@@ -58,7 +57,7 @@ class ShadowJob:
     items: Sequence[Any]
     options: tuple[str | None, bool, str | None]  # input_type, truncate, instruction
     arrays: list[np.ndarray]
-    payloads: list[str]
+    vectors: list[np.ndarray]
 
 
 def agreement(primary: np.ndarray, shadow: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -124,7 +123,7 @@ class Shadows:
                     self._count(job, "skipped")
                     return
             try:
-                payloads = await runner.embed_shadow(job.model, job.shadow.name, arrays)
+                vectors = await runner.embed_shadow(job.model, job.shadow.name, arrays)
             except ShadowDropped:
                 self._count(job, "dropped")
                 return
@@ -132,9 +131,7 @@ class Shadows:
                 logger.warning("shadow %s/%s failed: %s", job.model, job.shadow.name, exc)
                 self._count(job, "failed")
                 return
-            dim = job.shadow.spec.dimensions
-            cosine, overlap = agreement(np.stack([decode_array(p, dim) for p in job.payloads]),
-                                        np.stack([decode_array(p, dim) for p in payloads]))
+            cosine, overlap = agreement(np.stack(job.vectors), np.stack(vectors))
             labels = (job.model, job.primary.name, job.shadow.name)
             metrics = gateway_metrics()
             for value in cosine:

@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -487,6 +487,12 @@ class ProfileSpec(_Frozen):
         default_factory=dict, description="served name -> its variants, weights, default and shadow "
         "(a served name without an entry has one variant, `default`: its own registry entry)",
     )
+    gateway_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1, description="gateway worker processes, each with its own event loop (parsing, "
+        "tokenizing, coalescing: under load a core each); `auto`: the host's cores (cgroup limits counted) "
+        "less one per runner worker, at least 1 (a GPU host, whose engines leave the CPU to the front). "
+        "EMBED_GATEWAY_WORKERS overrides it",
+    )
 
     @property
     def wants_gpu(self) -> bool:
@@ -696,8 +702,11 @@ class Registry(_Frozen):
             variants = tuple(Variant(name, units[v.model or model], v.weight) for name, v in route.variants.items())
             routes[model] = Routing(model, variants, route.default or variants[0].name, route.shadow)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in units.values()}}
+        workers = os.environ.get("EMBED_GATEWAY_WORKERS", "").strip() or spec.gateway_workers
+        if workers != "auto" and not (isinstance(workers, int) or workers.isdigit() and int(workers) >= 1):
+            raise RegistryError(f"EMBED_GATEWAY_WORKERS: {workers!r} is not a number of workers (1 or more) or 'auto'")
         served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server,
-                        routes=routes, gpu=spec.gpu)
+                        routes=routes, gpu=spec.gpu, gateway_workers=workers if workers == "auto" else int(workers))
         total = sum(served.gpu_memory_shares().values())
         if total > 1 + 1e-9:
             raise RegistryError(
@@ -754,12 +763,14 @@ class Served:
         server: ServerSpec | None = None,
         routes: dict[str, Routing] | None = None,
         gpu: GpuSpec | None = None,
+        gateway_workers: int | Literal["auto"] = 1,
     ) -> None:
         """``models``: the served names; ``routes``: each one's variants (default: one variant,
         ``default``, the model itself); ``units``: the registry models the runners load; ``gpu``: the
         card the profile is planned for (GPU profiles)."""
         self.profile = profile
         self.gpu = gpu
+        self._gateway_workers = gateway_workers
         self.models = models
         self.runners = runners
         self.gateway = gateway
@@ -775,6 +786,18 @@ class Served:
         """Seconds a /v1 request may take before the gateway answers 504."""
         slowest = max((r.timeout_s for r in self.runners.values()), default=60.0)
         return self.server.request_timeout_s or slowest + 5
+
+    def gateway_workers(self, cores: float | None = None) -> int:
+        """The gateway's worker processes: the profile's ``gateway_workers``; for ``auto``, ``cores``
+        (default: this host's, cgroup limits counted, as BentoML counts them) less one per runner
+        worker, at least 1."""
+        if self._gateway_workers != "auto":
+            return self._gateway_workers
+        if cores is None:
+            from bentoml._internal.resource import system_resources
+
+            cores = system_resources()["cpu"]
+        return max(1, int(cores) - sum(runner.workers for runner in self.runners.values()))
 
     def find(self, name: str) -> ModelSpec | None:
         """The model served under ``name`` or one of its aliases, else None."""

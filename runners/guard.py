@@ -4,37 +4,41 @@ The gateway validates every input before it reaches a runner, but a runner is al
 its own (a Kubernetes Service, a port on the host), and one call carries the inputs of many
 requests. So each runner, before batching:
 
-- ``JobChecker.check``: turns one ``EmbedJob`` into its target (served model, variant) and engine
-  input, or refuses it with ``JobRefused`` (a model or variant this runner does not serve, no or
-  too many token ids, ids outside the
-  vocabulary or negative, an image of a size the model does not take (sides multiples of 28,
-  area within the registry's ``vision.min_pixels``/``max_pixels``) or whose bytes do not match
-  its size). A refused job gets ``job_error(INVALID, ...)`` and its call-mates run.
+- ``JobChecker.check``: turns one ``Job`` of a call into its target (served model, variant) and
+  engine input, or refuses it with ``JobRefused`` (a model or variant this runner does not serve,
+  no or too many token ids, ids outside the vocabulary or negative, an image of a size the model
+  does not take: sides multiples of 28, area within the registry's ``vision.min_pixels``/
+  ``max_pixels``). A refused job gets ``JobError(INVALID, ...)`` and its call-mates run.
 - ``QueueLimit``: bounds the inputs a runner worker holds (queued or computing); a call that
   would pass ``RunnerSpec.max_queued_inputs`` is refused whole with 503 at once.
 - ``run_jobs``: the two together, with per-job results (``runners/engine.py``).
+- ``answer``: a call's body to its answer's body, for a runner's ``embed`` API (400 when the body
+  is not a well-formed call); ``answer_each`` for BentoML's batchable ``embed_adaptive``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BadInput, ServiceUnavailable
+from bentoml.validators import ContentType
 
 from models.registry import DEFAULT_VARIANT, ModelSpec, Routing, Variant
-from runners.engine import EmbedJob, JobFailure, job_error
+from runners.engine import MEDIA_TYPE, Job, JobError, JobFailure, Result, WireError, pack_results, unpack_call
 
 if TYPE_CHECKING:
     from models.store import StoreEntry
 
 logger = logging.getLogger(__name__)
+
+
+# a runner's `embed` API takes and returns one body of the wire format, as raw bytes
+CallBody = Annotated[bytes, ContentType(MEDIA_TYPE)]
 
 
 class JobRefused(ValueError):
@@ -80,7 +84,7 @@ class JobChecker:
         """The registry model that runs ``key``'s jobs."""
         return self.targets[key].spec.name
 
-    def check(self, job: EmbedJob) -> tuple[Key, np.ndarray]:
+    def check(self, job: Job) -> tuple[Key, np.ndarray]:
         """The target of ``job`` and its engine input: int64 ids ``(tokens,)`` or a uint8 ``(height,
         width, 3)`` image; ``JobRefused`` when the job is not one this runner can run."""
         key = (job.model, job.variant or self.defaults.get(job.model, DEFAULT_VARIANT))
@@ -92,40 +96,30 @@ class JobChecker:
                                  f"{', '.join(variants)})")
             served = sorted({model for model, _ in self.targets})
             raise JobRefused(f"model {job.model!r} is not served by this runner (it serves {', '.join(served)})")
-        if job.image is not None:
+        if job.value.ndim == 3:
             return key, self._image(job, limits)
-        ids, name = job.ids, job.model
-        if not ids:
+        ids, name = job.value, job.model
+        if not len(ids):
             raise JobRefused(f"{name}: a job needs token ids or an image")
         if len(ids) > limits.spec.max_tokens:
             raise JobRefused(f"{name}: {len(ids)} token ids, more than max_tokens {limits.spec.max_tokens}")
-        low, high = min(ids), max(ids)
+        low, high = int(ids.min()), int(ids.max())
         if low < 0:
             raise JobRefused(f"{name}: token id {low} is negative")
         if limits.vocab_size is not None and high >= limits.vocab_size:
             raise JobRefused(f"{name}: token id {high} is outside the vocabulary of {limits.vocab_size}")
-        return key, np.asarray(ids, dtype=np.int64)
+        return key, ids.astype(np.int64)
 
     @staticmethod
-    def _image(job: EmbedJob, limits: ModelLimits) -> np.ndarray:
-        image, name, vision = job.image, job.model, limits.spec.vision
+    def _image(job: Job, limits: ModelLimits) -> np.ndarray:
+        name, vision = job.model, limits.spec.vision
         if vision is None:
             raise JobRefused(f"{name} takes token ids, not images")
-        if job.ids:
-            raise JobRefused(f"{name}: a job has token ids or an image, not both")
-        area = image.height * image.width
-        if image.height <= 0 or image.width <= 0 or image.height % 28 or image.width % 28 or not (
-                vision.min_pixels <= area <= vision.max_pixels):
-            raise JobRefused(f"{name}: image {image.height}x{image.width} is not a size the model takes (sides "
-                             f"multiples of 28, {vision.min_pixels} to {vision.max_pixels} pixels)")
-        try:
-            pixels = base64.b64decode(image.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise JobRefused(f"{name}: image data is not base64") from None
-        if len(pixels) != image.height * image.width * 3:
-            raise JobRefused(f"{name}: image data has {len(pixels)} bytes; {image.height}x{image.width} RGB "
-                             f"needs {image.height * image.width * 3}")
-        return np.frombuffer(pixels, dtype=np.uint8).reshape(image.height, image.width, 3)
+        height, width, _ = job.value.shape
+        if height % 28 or width % 28 or not vision.min_pixels <= height * width <= vision.max_pixels:
+            raise JobRefused(f"{name}: image {height}x{width} is not a size the model takes (sides multiples of 28, "
+                             f"{vision.min_pixels} to {vision.max_pixels} pixels)")
+        return job.value
 
 
 class QueueLimit:
@@ -152,17 +146,17 @@ Item = tuple[Key, np.ndarray, float]  # ((served model, variant), engine input, 
 
 
 async def run_jobs(
-    jobs: Sequence[EmbedJob],
+    jobs: Sequence[Job],
     checker: JobChecker,
     limit: QueueLimit,
-    run: Callable[[list[Item]], Awaitable[list[str]]],
-) -> list[str]:
-    """One result string per job, in order: ``run``'s result for the jobs that pass the checks,
-    ``job_error`` for the others and for jobs whose run failed (``EngineDown``: unavailable;
+    run: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+) -> list[Result]:
+    """One result per job, in order: ``run``'s result for the jobs that pass the checks, a
+    ``JobError`` for the others and for jobs whose run failed (``EngineDown``: unavailable;
     anything else: an engine fault, logged). Raises ``ServiceUnavailable`` (503) when the call
     does not fit in ``limit``."""
     with limit.hold(len(jobs)):
-        results = [""] * len(jobs)
+        results: list = [None] * len(jobs)  # each filled below
         accepted: list[int] = []
         items: list[Item] = []
         for index, job in enumerate(jobs):
@@ -171,16 +165,45 @@ async def run_jobs(
                 items.append((key, array, job.sent_at))
                 accepted.append(index)
             except JobRefused as refused:
-                results[index] = job_error(JobFailure.INVALID, str(refused))
+                results[index] = JobError(JobFailure.INVALID, str(refused))
         if not items:
             return results
         try:
             outputs = await run(items)
         except EngineDown as exc:
-            outputs = [job_error(JobFailure.UNAVAILABLE, str(exc))] * len(items)
+            outputs = [JobError(JobFailure.UNAVAILABLE, str(exc))] * len(items)
         except Exception as exc:
             logger.exception("engine call failed for %d inputs", len(items))
-            outputs = [job_error(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(items)
+            outputs = [JobError(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(items)
         for index, output in zip(accepted, outputs, strict=True):
             results[index] = output
         return results
+
+
+async def answer_each(bodies: Sequence[bytes], checker: JobChecker, limit: QueueLimit,
+                      run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> list[bytes]:
+    """A runner's batchable ``embed_adaptive``: the answers to the calls BentoML's batching merged,
+    whose jobs run together; a body that is not a well-formed call gets one ``INVALID`` result (the
+    gateway sends one job per call there), and its batch-mates run."""
+    calls: list[list[Job] | WireError] = []
+    for body in bodies:
+        try:
+            calls.append(unpack_call(body))
+        except WireError as exc:
+            calls.append(exc)
+    results = iter(await run_jobs([job for call in calls if isinstance(call, list) for job in call], checker, limit,
+                                  run))
+    return [pack_results([next(results) for _ in call]) if isinstance(call, list)
+            else pack_results([JobError(JobFailure.INVALID, f"not an embedding call: {call}")]) for call in calls]
+
+
+async def answer(body: bytes, checker: JobChecker, limit: QueueLimit,
+                 run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> bytes:
+    """A runner's ``embed``: the answer to the call in ``body`` (``runners/engine.py``); ``BadInput``
+    (400) when ``body`` is not a well-formed call, ``ServiceUnavailable`` (503) as ``run_jobs``."""
+    try:
+        jobs = unpack_call(body)
+    except WireError as exc:
+        raise BadInput(f"not an embedding call: {exc}") from None
+    return pack_results(await run_jobs(jobs, checker, limit, run))
+

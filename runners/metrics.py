@@ -10,13 +10,30 @@ includes the gateway->runner hop; across machines it assumes synchronised clocks
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 LABELS = ("model", "variant")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+@dataclass(frozen=True)
+class KeptLabels:
+    """A labelled Prometheus metric whose children are kept: ``labels(*values)`` is one dict lookup
+    after the first call (prometheus_client's builds a key, checks it and takes a lock on every call:
+    half of what a request's metrics cost, ``bench/front_layers.py``). For label values bounded by
+    the configuration (models, variants, status codes), as every label here is."""
+
+    metric: Any
+    children: dict = field(default_factory=dict)
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:  # two threads may both make it: prometheus_client hands both the same child
+            child = self.children[values] = self.metric.labels(*values)
+        return child
 
 
 @dataclass(frozen=True)
@@ -62,16 +79,17 @@ def runner_metrics() -> RunnerMetrics:
     import prometheus_client as prom
 
     return RunnerMetrics(
-        batch_size=prom.Histogram("embedding_batch_size", "Inputs per engine call", LABELS, buckets=SIZE_BUCKETS),
-        batch_tokens=prom.Histogram(
+        batch_size=KeptLabels(prom.Histogram("embedding_batch_size", "Inputs per engine call", LABELS,
+                                             buckets=SIZE_BUCKETS)),
+        batch_tokens=KeptLabels(prom.Histogram(
             "embedding_batch_tokens", "Padded tokens per engine call", LABELS, buckets=TOKEN_BUCKETS
-        ),
-        queue_wait_seconds=prom.Histogram(
+        )),
+        queue_wait_seconds=KeptLabels(prom.Histogram(
             "embedding_queue_wait_seconds", "Gateway send to batch start, per input", LABELS, buckets=LATENCY_BUCKETS
-        ),
-        engine_seconds=prom.Histogram(
+        )),
+        engine_seconds=KeptLabels(prom.Histogram(
             "embedding_engine_duration_seconds", "Engine time per engine call", LABELS, buckets=LATENCY_BUCKETS
-        ),
+        )),
         model_info=prom.Gauge(
             "embedding_model_info", "1 per served model and variant a runner has loaded: its store version, "
             "content digest (first 12 hex digits) and execution provider",

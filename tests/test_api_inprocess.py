@@ -22,7 +22,6 @@ from gateway.routing import RoutingTable, Target
 from gateway.serving import EmbeddingServing
 from models.registry import parse_registry
 from models.store import StoreEntry
-from runners.engine import encode_array
 
 REGISTRY = """
 gateway: {max_inputs_per_request: 8, max_body_bytes: 4096, max_inflight_inputs: 8}
@@ -72,7 +71,7 @@ class FakeRunner:
             raise EngineUnavailable("The ort runner serving it is unreachable.")
         if self.gate is not None:
             await self.gate.wait()
-        return [encode_array(fake_vector(model, ids, self.dims[model])) for ids in inputs]
+        return [fake_vector(model, ids, self.dims[model]) for ids in inputs]
 
 
 @pytest.fixture()

@@ -75,26 +75,42 @@ def test_short_matrix_and_report(server: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_overhead_short_run_and_its_report(tmp_path: Path) -> None:
-    """bench/scripts/overhead.py on a server of its own: the side-by-side figures, CPU per request of
-    both workers from their process trees, the py-spy profile by stage, and its report section."""
+    """bench/scripts/overhead.py, null suite, on servers of its own: the platform (1 and 2 gateway
+    workers) beside the lean and naive references on the null-cost model (built and registered here
+    as make bench does), CPU per request of every process by role, the py-spy profile by stage, and
+    the report's section."""
+    home = own_bentoml_home(tmp_path / "home")  # the test store, with the null-cost model added
+    run(["-m", "bench.null_model"], 120)
+    run(["-m", "export", "ensure", "--profile", "bench-null"], 240, BENTOML_HOME=home)
     out = tmp_path / "overhead.json"
-    run(["-m", "bench.scripts.overhead", "--rounds", "1", "--seconds", "1", "--profile-seconds", "3",
-         "--label", "short", "--out", str(out)], 400, BENTOML_HOME=own_bentoml_home(tmp_path / "home"))
-    data = json.loads(out.read_text())["short"]
-    summary = data["summary"]
-    assert summary["errors"] == 0 and summary["bare_best_per_s"] > 0 and summary["served_64_per_s"] > 0
-    assert 0 < summary["served_over_bare_64"] < 2 and summary["served_1_p50_ms"] > 0
-    for clients in ("64", "1"):  # both workers did work for the requests
-        assert all(value > 0 for value in summary[f"cpu_ms_per_request_{clients}"].values())
-    workers = data["profile"]["workers"]
+    run(["-m", "bench.scripts.overhead", "--suites", "null", "--rounds", "1", "--seconds", "1", "--clients", "1,8",
+         "--servers", "platform,platform-2w,naive,lean", "--profile-seconds", "2", "--label", "short",
+         "--out", str(out)], 600, BENTOML_HOME=home)
+    null = json.loads(out.read_text())["short"]["null"]
+    summary = null["summary"]
+    assert summary["errors"] == 0 and not null.get("not_measured")
+    servers = summary["servers"]
+    assert set(servers) == {"platform", "platform-2w", "naive", "lean"}
+    for name, by_clients in servers.items():
+        assert set(by_clients) == {"1", "8"}
+        for cell in by_clients.values():
+            assert cell["ok_per_s"] > 0 and 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["cpu_ms_total"] > 0
+            roles = cell["cpu_ms"]
+            if name.startswith("platform"):  # every process of the platform, by role
+                assert set(roles) == {"gateway", "ort_runner", "supervisor"}
+                assert roles["gateway"] > 0 and roles["ort_runner"] > 0
+            else:
+                assert set(roles) == {"server"}
+    assert summary["platform_over_lean_64"] is None and summary["platform_2w_over_1w_64"] is None  # no 64 here
+    workers = null["profile"]["workers"]
     assert set(workers) == {"gateway", "ort_runner"} and all(w["samples"] > 0 for w in workers.values())
-    assert workers["ort_runner"]["stages"]["ONNX Runtime session.run"] > 0.2  # the runner mostly runs the engine
     assert "ONNX Runtime session.run" not in workers["gateway"]["stages"]
     doc = tmp_path / "benchmarks.md"
     run(["-m", "bench.report", "--matrix", str(tmp_path / "absent.json"), "--tuning", str(tmp_path / "absent.json"),
          "--overhead", str(out), "--doc", str(doc), "--images", str(tmp_path / "img")], 120)
     text = doc.read_text()
-    assert "### Serving overhead" in text and "| short (" in text and "Busiest frames, `short`, gateway:" in text
+    assert "### The front's cost" in text and "Run `short`" in text and "| lean: raw ASGI" in text
+    assert "the platform, 2 gateway workers" in text and "Busiest frames, `short`, gateway:" in text
 
 
 def test_a_profile_that_py_spy_cannot_take_is_reported_not_hidden(tmp_path: Path, monkeypatch) -> None:
@@ -107,13 +123,13 @@ def test_a_profile_that_py_spy_cannot_take_is_reported_not_hidden(tmp_path: Path
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    monkeypatch.setattr(overhead, "served", lambda *args: {"ok_per_s": 1.0, "p50_ms": 1.0})
-    trees = {name: [SimpleNamespace(pid=gone.pid)] for name in overhead.SERVICES}
-    profile = overhead.profile(None, "http://unused", trees, 1, tmp_path)
-    assert profile["workers"] == {} and set(profile["errors"]) == set(overhead.SERVICES)
+    monkeypatch.setattr(overhead, "measure", lambda *args: {"ok_per_s": 1.0, "p50_ms": 1.0})
+    srv = SimpleNamespace(workers=lambda role: [SimpleNamespace(pid=gone.pid)])
+    profile = overhead.profile(None, srv, 1, tmp_path)
+    assert profile["workers"] == {} and set(profile["errors"]) == {"gateway", "ort_runner"}
     assert all(error.startswith("py-spy exited ") and len(error) > len("py-spy exited 1: ")
                for error in profile["errors"].values())
-    text = report.overhead_section({"short": {"summary": {}, "rounds": [], "profile": profile}})
+    text = report.overhead_section({"short": {"null": {"summary": {}, "rounds": [], "profile": profile}}})
     assert "No profile of gateway in `short`: py-spy exited" in text
 
 

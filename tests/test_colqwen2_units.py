@@ -23,7 +23,7 @@ from gateway.parsing import parse_request
 from gateway.protocol import FilePart, ImagePart, RerankRequest
 from gateway.serving import EmbeddingServing
 from models.registry import load_registry
-from runners.engine import EmbedJob, job_payload
+from runners.engine import Job, pack_call, unpack_call
 from runners.ort.engine import token_budget_batches
 from tests.hostile_files import lying_page_tree
 
@@ -309,10 +309,9 @@ def test_rerank_request_validation():
 
 def test_image_jobs_round_trip_through_the_wire_format():
     pixels = np.random.default_rng(0).integers(0, 256, (28, 56, 3), dtype=np.uint8)
-    job = EmbedJob.model_validate(job_payload("m", pixels, 1.0))
-    assert job.ids == [] and (job.array() == pixels).all()
-    ids = EmbedJob.model_validate(job_payload("m", np.arange(5, dtype=np.int64), 1.0))
-    assert ids.image is None and ids.array().tolist() == [0, 1, 2, 3, 4]
+    page, query = unpack_call(pack_call([Job("m", None, pixels, 1.0), Job("m", None, np.arange(5), 1.0)]))
+    assert page.value.dtype == np.uint8 and (page.value == pixels).all()
+    assert query.value.tolist() == [0, 1, 2, 3, 4]
 
 
 def test_sub_batches_respect_max_rows():

