@@ -14,9 +14,9 @@ runners' workers; ``EMBED_GATEWAY_WORKERS`` overrides). Each worker parses, toke
 coalesces on its own (its own ``RunnerClient`` per runner: up to ``max_calls_in_flight`` calls each,
 so a runner sees workers x that many; its own admission bound, so the server admits up to workers x
 ``max_inflight_inputs``). What must be the same in every worker is the routing: with more than one
-worker and no ``EMBED_ROUTING_FILE``, the server gets a routing file of its own (in a temporary
-folder, removed when ``bentoml serve`` exits), so an admin change made through one worker reaches
-the others within ``gateway/routing.py``'s ``WATCH_S``.
+worker and no ``EMBED_ROUTING_FILE``, the server gets a routing file of its own (in its folder
+under the Bento home, ``hosting/home.py``, removed when ``bentoml serve`` exits), so an admin
+change made through one worker reaches the others within ``gateway/routing.py``'s ``WATCH_S``.
 
 Hardening (``hosting/``, ``gateway/edge.py``): slow and surplus connections are closed, metrics
 are labelled by route, dead workers respawn in containers too, SIGTERM drains before stopping,
@@ -27,12 +27,8 @@ and nothing outside ``/v1``, health and metrics is served. With ``server.require
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import bentoml
 
@@ -40,6 +36,7 @@ import hosting
 from gateway.auth import ApiKeys, load_admin_keys, load_keys, require_keys_if_asked
 from gateway.edge import Edge
 from gateway.routing import ROUTING_FILE_VARIABLE
+from hosting import home
 from images import image
 from models import tracing_config
 from models.registry import Engine, served
@@ -71,9 +68,7 @@ def share_routing_between_workers() -> None:
     """With several workers and no routing file configured, give this server one (see above): set
     here, in ``bentoml serve`` before it starts the workers, which inherit the environment."""
     if WORKERS > 1 and not os.environ.get(ROUTING_FILE_VARIABLE, "").strip():
-        folder = tempfile.mkdtemp(prefix="embedding-routing-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        os.environ[ROUTING_FILE_VARIABLE] = str(Path(folder) / "routing.json")
+        os.environ[ROUTING_FILE_VARIABLE] = str(home.server_dir() / "routing.json")
 
 
 share_routing_between_workers()
