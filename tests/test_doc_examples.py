@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
-from models.registry import load_registry
 from tests import doc_examples
 from tests.doc_examples import ROOT, Example, key_differences, sample_json
 
@@ -26,7 +26,7 @@ def test_every_request_example_names_its_profile():
 
 def test_every_profile_named_is_served_by_a_module_that_runs_its_examples():
     profiles = {e.profile for e in doc_examples.examples()}
-    assert profiles <= set(load_registry().profiles), profiles
+    assert profiles <= set(yaml.safe_load((ROOT / "models/registry.yaml").read_text())["profiles"]), profiles
     for profile in profiles:
         module = (ROOT / doc_examples.MODULES[profile]).read_text()
         assert f'doc_examples.examples("{profile}")' in module, (profile, doc_examples.MODULES[profile])
