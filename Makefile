@@ -205,7 +205,7 @@ bench-models: models  ## the static int8 variant (calibrated, gated: about 2 min
 	$(PY) -m bench.null_model
 	$(PY) -m export ensure --profile bench-null
 
-bench: bench-models bench-tools $(PEERS)/.installed  ## about 60 minutes (the int8 scan 20 of them); keeps partial results if interrupted
+bench: bench-models bench-tools $(PEERS)/.installed  ## about 50 minutes (the last results' steps: int8 scan 23, matrix 15, front's cost 9); keeps partial results if interrupted
 	-timeout 600 $(PY) -m bench.scripts.ort_tuning --out bench/results/ort_tuning.json
 	-timeout 1200 $(PY) -m bench.scripts.benchmark_matrix --out bench/results/matrix.json
 	-timeout 1500 $(PY) -m bench.scripts.int8_scan --out bench/results/int8_scan.json

@@ -10,6 +10,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests import doc_examples
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
@@ -162,3 +163,10 @@ def test_metrics_have_model_labels(http):
 def test_openapi_matches_the_golden_file(http):
     live = http.get("/v1/openapi.json").json()
     assert live == json.loads(GOLDEN.read_text()), "public contract changed: review it, then run make openapi"
+
+
+@pytest.mark.parametrize("example", doc_examples.examples("cpu"), ids=str)
+def test_documented_example_runs_as_written(server, example):
+    """README.md's and docs/api.md's examples for the default profile, each as a reader runs it
+    (with the test server's URL and key), answering as the doc shows (tests/doc_examples.py)."""
+    doc_examples.check(example, server, api_key=API_KEY)

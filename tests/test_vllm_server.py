@@ -23,6 +23,7 @@ import openai
 import psutil
 import pytest
 
+from tests import doc_examples
 from tests.conftest import API_KEY, ROOT, SERVER_ENV, Load, process_tree, serve_process, stop_gracefully, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -153,6 +154,13 @@ def test_metrics_label_the_vllm_model(http):
 def test_models_endpoint_lists_both_engines(client):
     engines = {m.id: m.model_extra["engine"] for m in client.models.list().data}
     assert engines == {ORT: "ort", VLLM: "vllm", "colqwen2-tiny-random": "ort"}  # the cpu-all profile
+
+
+@pytest.mark.parametrize("example", doc_examples.examples("cpu-all"), ids=str)
+def test_documented_example_runs_as_written(vllm_server, example):
+    """The docs' examples for ``make serve PROFILE=cpu-all`` (the vLLM model, ColQwen2 with a real
+    PNG), as a reader runs them (tests/doc_examples.py); before the faults below."""
+    doc_examples.check(example, vllm_server[1], api_key=API_KEY)
 
 
 def engine_cores(process) -> list:
