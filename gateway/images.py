@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 PDF_TYPE = "application/pdf"

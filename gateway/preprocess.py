@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
 from models.registry import GatewaySpec, ModelSpec
 from models.store import StoreEntry, sha256_of
 

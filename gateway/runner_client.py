@@ -53,8 +53,8 @@ import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from gateway.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
-from runners.engine import Job, JobError, JobFailure, WireError, pack_call, unpack_results
+from core.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
+from core.wire import Job, JobError, JobFailure, WireError, pack_call, unpack_results
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The engine interface every runner's engines meet (``runners/ort/``, ``runners/vllm/``).
+"""The engine interface of the ONNX Runtime runner (``runners/ort/``: ``OrtEngine``, ``ColQwen2Engine``;
+the vLLM runner's engine is asynchronous and has its own, ``runners/vllm/engine.py``).
 
 An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that
 the gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them), or,

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import InvalidRequest
+from core.wire import Job, pack_call, unpack_call
 from gateway import images
-from gateway.errors import InvalidRequest
 from gateway.parsing import parse_request
 from gateway.protocol import FilePart, ImagePart, RerankRequest
 from gateway.serving import EmbeddingServing
 from models.registry import load_registry
-from runners.engine import Job, pack_call, unpack_call
 from runners.ort.engine import token_budget_batches
 from tests.hostile_files import lying_page_tree
 

@@ -13,8 +13,8 @@ import time
 import pytest
 from PIL import Image
 
+from core.errors import InvalidRequest, Unprocessable
 from gateway import images
-from gateway.errors import InvalidRequest, Unprocessable
 from gateway.image_pool import ImagePool, RequestBudget
 from tests.hostile_files import runaway_pdf
 
@@ -173,7 +173,7 @@ def test_a_worker_that_cannot_start_names_the_fix():
 
 
 def test_too_many_waiting_parts_get_429():
-    from gateway.errors import Overloaded
+    from core.errors import Overloaded
 
     slow = part(pdf_url(runaway_pdf(2_000)), "file")  # about 1 s to render
     quick = part(image_url(Image.new("RGB", (30, 40))))

@@ -33,11 +33,11 @@ from collections import defaultdict
 
 import bentoml
 
+from core.wire import JobError, JobFailure, Result
 from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import JobError, JobFailure, Result
 from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
