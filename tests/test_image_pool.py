@@ -13,6 +13,7 @@ import time
 import pytest
 from PIL import Image
 
+from core import pages as geometry
 from core.errors import InvalidRequest, Unprocessable
 from gateway import images
 from gateway.image_pool import ImagePool, RequestBudget
@@ -20,7 +21,7 @@ from tests.hostile_files import runaway_pdf
 
 pytestmark = pytest.mark.slow
 
-GRID = images.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # the tiny ColQwen2's
+GRID = geometry.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # the tiny ColQwen2's
 LIMITS = images.ImageLimits(max_bytes=10**8, max_pixels=50_000_000)
 
 
@@ -41,7 +42,7 @@ def part(url: str, kind: str = "image", pages=None, **extra) -> images.PartTask:
 
 def resized(width: int, height: int) -> tuple[int, int, int]:
     """The array shape of a ``width`` x ``height`` image after the processor's resize."""
-    return (*images.smart_resize(height, width, GRID), 3)
+    return (*geometry.smart_resize(height, width, GRID), 3)
 
 
 def budget(pages: int = 32) -> RequestBudget:
