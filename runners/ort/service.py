@@ -1,6 +1,6 @@
 """The ONNX Runtime runner: a BentoML service serving every ``engine: ort`` model of the profile.
 
-Two APIs take calls of the binary wire format (``runners/engine.py``: jobs of served model,
+Two APIs take calls of the binary wire format (``core/wire.py``: jobs of served model,
 variant, token ids or image) and answer one float32 vector (or a job's error) per job:
 
 - ``embed``: one call's body in, its answer's body out; continuous batching (``runners/batcher.py``),
