@@ -132,7 +132,9 @@ F8, I4, F4, U1 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("u1
 
 
 def pack_call(jobs: Sequence[Job]) -> bytes:
-    """One call's body for ``jobs`` (see the module docstring)."""
+    """One call's body for ``jobs`` (see the module docstring): a job whose value has 3 dimensions is
+    an image (sent as uint8), any other a 1-D array of token ids (sent as int32: ids must fit, as
+    vocabulary ids do)."""
     targets: dict[tuple[str, str | None], int] = {}
     images: list[list[int]] = []
     target, image, offsets, sent_at = [], [], [0], []
@@ -192,7 +194,8 @@ def unpack_call(body: bytes) -> list[Job]:
 
 
 def pack_results(results: Sequence[Result]) -> bytes:
-    """One answer's body: each job's float32 vector, or its ``JobError``."""
+    """One answer's body: each job's vector (any shape, sent flat as float32; the gateway reshapes
+    it), or its ``JobError``, in job order."""
     failures, sizes, vectors = [], [], []
     for i, result in enumerate(results):
         if isinstance(result, JobError):
