@@ -26,7 +26,8 @@ holds ``{"n": jobs, "failures": [[i, kind, message], ...]}``; job ``i``'s vector
 
 This module is the whole contract (it needs numpy and orjson only, nothing of the project), so
 both sides, and any other client of a runner, share one definition of it. What a runner does with
-the jobs is its own (``runners/guard.py`` checks them, ``runners/engine.py`` is the engine interface).
+the jobs is its own (``runners/guard.py`` checks them; ``runners/ort/engine.py: EmbeddingEngine``
+is the ONNX Runtime runner's engine interface).
 """
 
 from __future__ import annotations

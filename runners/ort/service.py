@@ -39,9 +39,9 @@ from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import EmbeddingEngine
 from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each
 from runners.metrics import runner_metrics
+from runners.ort.engine import EmbeddingEngine
 from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
