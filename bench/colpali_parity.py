@@ -50,8 +50,8 @@ def dump(out: Path) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from core.pages import PageGrid, resize_page
     from export import colqwen2
-    from gateway.images import PageGrid, resize_page
     from models.registry import ModelSpec, VisionSpec
     from models.store import StoreEntry
     from runners.ort.colqwen2 import ColQwen2Engine

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--url", help="a running server: also measure requests end to end")
     args = parser.parse_args()
 
+    from core import pages as geometry
     from gateway import images
     from gateway.preprocess import VisionPreprocessor
     from models.registry import load_registry
@@ -68,7 +69,7 @@ def main() -> None:
           f"{engine.provider}, median of {args.repeat}")
     for label, size in (("A4 portrait", (595, 842)), ("A4 landscape", (842, 595)), ("square", (700, 700)),
                         ("3:1", (900, 300))):
-        pixels = images.resize_page(sample_page(size), preprocessor.grid, "x")
+        pixels = geometry.resize_page(sample_page(size), preprocessor.grid, "x")
         tokens = preprocessor.page_tokens(*pixels.shape[:2])
         one = median_ms(lambda pixels=pixels: engine.embed([pixels]), args.repeat)
         many = median_ms(lambda pixels=pixels: engine.embed([pixels] * batch), args.repeat)
@@ -82,13 +83,13 @@ def main() -> None:
     letter.save(buffer, "PNG")
     png = buffer.getvalue()
     limits = images.ImageLimits(10 << 20, 40_000_000)
-    decode = median_ms(lambda: images.resize_page(images.open_image(png, "image/png", "x", limits), preprocessor.grid,
+    decode = median_ms(lambda: geometry.resize_page(images.open_image(png, "image/png", "x", limits), preprocessor.grid,
                                                   "x"), args.repeat)
     buffer = io.BytesIO()
     letter.save(buffer, "PDF", resolution=72)
     pdf = buffer.getvalue()
     dpi = spec.vision.pdf_dpi
-    render = median_ms(lambda: images.resize_page(images.render_pdf(pdf, [1], dpi, 1, "x", limits)[0][1],
+    render = median_ms(lambda: geometry.resize_page(images.render_pdf(pdf, [1], dpi, 1, "x", limits)[0][1],
                                                   preprocessor.grid, "x"), args.repeat)
     print(f"preprocessing: PNG 612x792 decode + resize {decode:.2f} ms; PDF page render at "
           f"{spec.vision.pdf_dpi} dpi + resize {render:.2f} ms")

@@ -87,6 +87,7 @@ def cases() -> dict[str, Callable[[], Awaitable[None]]]:
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from opentelemetry.util.http import ExcludeList
 
+    from core.wire import Job, pack_call, pack_results, unpack_call, unpack_results
     from gateway.admission import Admission
     from gateway.app import create_app
     from gateway.auth import ApiKeys
@@ -98,7 +99,6 @@ def cases() -> dict[str, Callable[[], Awaitable[None]]]:
     from gateway.serving import EmbeddingServing, Prepared
     from models.registry import served
     from models.store import open_entry
-    from runners.engine import Job, pack_call, pack_results, unpack_call, unpack_results
 
     class SharedMetrics(instruments.RunnerTrafficMetricsMiddleware):
         """BentoML's request metrics; the stacks here share one set (a registry takes each name once)."""

@@ -34,7 +34,7 @@ from bench.scripts.benchmark_matrix import WORK
 
 
 def calls(size: int) -> bytes:
-    from runners.engine import Job, pack_call
+    from core.wire import Job, pack_call
 
     ids = np.asarray([101, 7592, 2088, 102], dtype=np.int64)
     return pack_call([Job("null-minilm", None, ids, time.time()) for _ in range(size)])
@@ -60,7 +60,7 @@ async def main_async(args) -> dict:
     import bentoml  # noqa: F401  (BentoML's configuration before its client)
     from _bentoml_impl.client.proxy2 import AsyncClient
 
-    from runners.engine import unpack_results
+    from core.wire import unpack_results
     from runners.ort.service import OrtRunner
 
     port = free_port()

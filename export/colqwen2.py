@@ -411,7 +411,7 @@ def check_parity(loaded: Loaded, out_dir: Path, settings: dict[str, Any], pixels
     positions) is from the reference on the same pages (information, not a limit)."""
     from PIL import Image
 
-    from gateway.images import PageGrid, resize_page
+    from core.pages import PageGrid, resize_page
     from models.registry import ModelSpec, VisionSpec
     from models.store import StoreEntry
     from runners.ort.colqwen2 import ColQwen2Engine

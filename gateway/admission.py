@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.errors import Overloaded
+from core.errors import Overloaded
 
 
 class Admission:

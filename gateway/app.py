@@ -30,8 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth import ApiKeys
-from gateway.errors import (
+from core.errors import (
     CLIENT_GONE,
     ApiError,
     Forbidden,
@@ -41,6 +40,7 @@ from gateway.errors import (
     PayloadTooLarge,
     error_response,
 )
+from gateway.auth import ApiKeys
 from gateway.metrics import NO_VARIANT, gateway_metrics
 from gateway.openapi import openapi_document
 from gateway.parsing import BodyLimits, parse_request

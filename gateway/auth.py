@@ -18,7 +18,7 @@ import hmac
 import os
 from pathlib import Path
 
-from gateway.errors import Unauthorized
+from core.errors import Unauthorized
 from models.registry import ServerSpec
 
 

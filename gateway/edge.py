@@ -26,8 +26,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from core.errors import ApiError, MethodNotAllowed, NotFound, error_response
 from gateway.auth import ApiKeys
-from gateway.errors import ApiError, MethodNotAllowed, NotFound, error_response
 from models.registry import served
 
 OPEN = frozenset({"/livez", "/healthz", "/readyz"})

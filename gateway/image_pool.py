@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import ApiError, EngineUnavailable, InvalidRequest, Overloaded, Unprocessable
+from core.errors import ApiError, EngineUnavailable, InvalidRequest, Overloaded, Unprocessable
 from gateway.image_worker import HEADER, error_from, error_message, frame
 from gateway.images import PartTask
 

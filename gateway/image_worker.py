@@ -30,7 +30,7 @@ import struct
 import sys
 from typing import Any, BinaryIO
 
-from gateway.errors import ApiError, InvalidRequest, Unprocessable
+from core.errors import ApiError, InvalidRequest, Unprocessable
 
 HEADER = struct.Struct("<Q")
 ERRORS = {cls.__name__: cls for cls in (ApiError, InvalidRequest, Unprocessable)}

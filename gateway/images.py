@@ -22,7 +22,7 @@ does): palette and CMYK images convert as Pillow converts them, and alpha is dro
 pixels keep their stored colour, as the reference processor gives them). One deliberate
 difference: 16-bit grayscale is scaled to 8 bits (``>> 8``); ``convert("RGB")`` clips it, so a
 16-bit scan would be a white page. Then each image is resized as ``ColQwen2Processor`` does
-(``resize_page``: Qwen2-VL's ``smart_resize`` keeps the aspect ratio within the registry's min/max
+(``core/pages.py: resize_page``: Qwen2-VL's ``smart_resize`` keeps the aspect ratio within the registry's min/max
 pixels in multiples of 28, then bicubic resampling). PDF pages are
 rendered with PDFium (pypdfium2) at the model's ``pdf_dpi``. PDFium is not thread-safe: a worker
 process handles one document at a time.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import os
 import re
 import signal
@@ -43,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
+from core.pages import PageGrid, resize_page
 
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 PDF_TYPE = "application/pdf"
@@ -221,50 +221,3 @@ def _render_page(document, number: int, scale: float, param: str, limits: ImageL
             if handle is not None:
                 handle.close()
 
-
-@dataclass(frozen=True)
-class PageGrid:
-    """How a vision model's pages are resized: sides multiples of ``factor`` (patch x merge, 28 for
-    Qwen2-VL) and ``min_pixels`` <= height x width <= ``max_pixels`` (registry ``vision``)."""
-
-    factor: int
-    min_pixels: int
-    max_pixels: int
-
-
-def smart_resize(height: int, width: int, grid: PageGrid) -> tuple[int, int]:
-    """(height, width) a page is resized to, computed as transformers 5.19's Qwen2-VL ``smart_resize``
-    does: each side rounded to a multiple of ``factor``, then, when that is outside the pixel
-    range, both scaled by one factor (aspect kept) and floored (too large) or ceiled (too small)
-    to multiples. ``ValueError`` when one side is over 200 times the other (as the processor)."""
-    factor = grid.factor
-    if (ratio := max(height, width) / min(height, width)) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
-    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
-    if h_bar * w_bar > grid.max_pixels:
-        beta = math.sqrt(height * width / grid.max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < grid.min_pixels:
-        beta = math.sqrt(grid.min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def resize_page(image: Image.Image, grid: PageGrid, param: str) -> np.ndarray:
-    """uint8 (height, width, 3) of an RGB ``image`` resized as the model's processor does
-    (``smart_resize``, then PIL bicubic, as ``Qwen2VLImageProcessorPil``); 400 for a page so
-    narrow that no size within the grid's pixel range keeps its aspect ratio."""
-    try:
-        height, width = smart_resize(image.height, image.width, grid)
-    except ValueError:
-        height = width = 0
-    if not height or height * width > grid.max_pixels:
-        raise InvalidRequest(
-            f"{param} is {image.width}x{image.height} pixels: too narrow to resize within "
-            f"{grid.max_pixels} pixels in multiples of {grid.factor}.", param=param, code="invalid_image",
-        )
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)

@@ -27,7 +27,7 @@ import numpy as np
 import simdjson
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
 from gateway.protocol import EmbeddingRequest
 from models.registry import GatewaySpec
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
 from models.registry import GatewaySpec, ModelSpec
 from models.store import StoreEntry, sha256_of
 
@@ -233,12 +233,12 @@ class VisionPreprocessor(TextPreprocessor):
     (its pad token 10 times, then "\\n"); truncation cuts the text, never the suffix. Token-id
     inputs are refused (they would skip that formatting). Image and file parts become uint8 pages
     resized as the model's processor does, within the registry's ``vision.min_pixels`` and
-    ``max_pixels`` (``grid``; ``gateway/images.py: resize_page``); a page of h x w pixels costs
+    ``max_pixels`` (``grid``; ``core/pages.py: resize_page``); a page of h x w pixels costs
     ``page_tokens(h, w)`` = (h/28) x (w/28) visual tokens plus the visual prompt's own in ``usage``.
     """
 
     def __init__(self, spec: ModelSpec, entry: StoreEntry, max_chars_per_token: int = DEFAULT_CHARS_PER_TOKEN) -> None:
-        from gateway.images import PageGrid
+        from core.pages import PageGrid
 
         super().__init__(spec, entry, max_chars_per_token)
         settings = entry.settings

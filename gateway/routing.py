@@ -68,8 +68,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from core.errors import ApiError, InvalidRequest, ModelNotFound
 from gateway import assignment
-from gateway.errors import ApiError, InvalidRequest, ModelNotFound
 from gateway.metrics import gateway_metrics
 from gateway.parsing import BodyLimits, parse_request, validate
 from models.registry import ModelSpec, Pooling, Registry, Served

@@ -1,7 +1,7 @@
 """Calls from the gateway to one runner service's ``embed`` (or ``embed_adaptive``) API.
 
 A call is one binary body of token ids (or images) and the answer one binary body of vectors
-(``runners/engine.py``: ``pack_call``, ``unpack_results``), sent through the typed bytes API the
+(``core/wire.py``: ``pack_call``, ``unpack_results``), sent through the typed bytes API the
 runner declares, with the client ``bentoml.depends`` put on the gateway. In adaptive mode each
 input is a call of its own in the list BentoML's batching merges (its batches count list items).
 
@@ -33,7 +33,7 @@ ends with 503 within seconds, not when the worker has been replaced or the runne
 passed; a live runner answers its probe while it computes, so long calls go on.
 A call that times out gets 504. Runner-side failures on valid input are engine faults (500,
 logged). Either way only the requests in that call fail; and a job the runner failed alone
-(``runners/engine.py``: refused, engine down, engine fault) fails only its own request.
+(``core/wire.py``: refused, engine down, engine fault) fails only its own request.
 
 Shadow calls (``embed_shadow``, ``gateway/shadow.py``) never wait and never share a call with a
 request's inputs: one goes out as a call of its own only when no input waits here and, with it
@@ -53,8 +53,8 @@ import aiohttp
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from gateway.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
-from runners.engine import Job, JobError, JobFailure, WireError, pack_call, unpack_results
+from core.errors import ApiError, EngineError, EngineUnavailable, GatewayTimeout
+from core.wire import Job, JobError, JobFailure, WireError, pack_call, unpack_results
 
 logger = logging.getLogger(__name__)
 

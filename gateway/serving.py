@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from core.errors import InvalidRequest, ModelNotFound
 from gateway import images
 from gateway.admission import Admission
-from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.image_pool import ImagePool, RequestBudget
 from gateway.metrics import gateway_metrics
 from gateway.preprocess import TextPreprocessor, VisionPreprocessor

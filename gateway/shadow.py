@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import ApiError
+from core.errors import ApiError
 from gateway.metrics import gateway_metrics
 from gateway.runner_client import ShadowDropped
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from gateway.errors import InvalidRequest, RequestTimeout, ServerBusy, http_bytes
+from core.errors import InvalidRequest, RequestTimeout, ServerBusy, http_bytes
 from models.registry import served
 
 PROTOCOL = "hosting.protocol:GuardedHTTPProtocol"

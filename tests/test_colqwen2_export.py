@@ -71,8 +71,8 @@ def test_engine_matches_the_reference_for_queries_and_pages_of_mixed_sizes(expor
     aspect ratios resized by the gateway) against the reference, item by item."""
     from PIL import Image, ImageDraw
 
+    from core.pages import resize_page
     from export.colqwen2 import Loaded, reference_pages, reference_queries, tiny_random
-    from gateway.images import resize_page
     from gateway.preprocess import VisionPreprocessor
     from models.registry import load_registry
     from models.store import StoreEntry

@@ -17,18 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import pages as geometry
+from core.errors import InvalidRequest
+from core.wire import Job, pack_call, unpack_call
 from gateway import images
-from gateway.errors import InvalidRequest
 from gateway.parsing import parse_request
 from gateway.protocol import FilePart, ImagePart, RerankRequest
 from gateway.serving import EmbeddingServing
 from models.registry import load_registry
-from runners.engine import Job, pack_call, unpack_call
 from runners.ort.engine import token_budget_batches
 from tests.hostile_files import lying_page_tree
 
 LIMITS = images.ImageLimits(max_bytes=100_000, max_pixels=1_000_000)
-GRID = images.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # colqwen2-tiny-random
+GRID = geometry.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # colqwen2-tiny-random
 # (width, height) before resizing: A4 portrait and landscape at 72 dpi, square, 3:1, US letter at
 # 300 dpi, a thumbnail, a long strip and sizes that round both ways
 SHAPES = [(595, 842), (842, 595), (700, 700), (900, 300), (2550, 3300), (40, 30), (2000, 60), (13, 1009), (97, 211)]
@@ -167,13 +168,13 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white():
 def test_smart_resize_equals_transformers(pixels):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-    grid = images.PageGrid(factor=28, min_pixels=pixels[0], max_pixels=pixels[1])
+    grid = geometry.PageGrid(factor=28, min_pixels=pixels[0], max_pixels=pixels[1])
     rng = np.random.default_rng(0)
     sizes = [(h, w) for w, h in SHAPES] + [tuple(int(v) for v in rng.integers(10, 5000, 2)) for _ in range(300)]
     for height, width in sizes:
         if max(height, width) / min(height, width) > 200:
             continue
-        assert images.smart_resize(height, width, grid) == smart_resize(height, width, 28, *pixels), (height, width)
+        assert geometry.smart_resize(height, width, grid) == smart_resize(height, width, 28, *pixels), (height, width)
 
 
 @pytest.mark.parametrize("size", SHAPES[:7])
@@ -187,7 +188,7 @@ def test_pages_are_resized_and_patched_exactly_as_the_qwen2_vl_processor(size):
     processor = Qwen2VLImageProcessorPil(min_pixels=GRID.min_pixels, max_pixels=GRID.max_pixels)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     reference = processor(images=[image], return_tensors="np")
-    pixels = images.resize_page(image, GRID, "input[0]")
+    pixels = geometry.resize_page(image, GRID, "input[0]")
     assert pixels.dtype == np.uint8 and pixels.shape[:2] == tuple(reference["image_grid_thw"][0, 1:] * 14)
     assert pixels.shape[0] * pixels.shape[1] <= GRID.max_pixels
     patches = patchify(pixels, 14, 2).reshape(-1, 3, 1, 14, 14).astype(np.float64) / 255
@@ -199,7 +200,7 @@ def test_pages_are_resized_and_patched_exactly_as_the_qwen2_vl_processor(size):
 def test_a_page_too_narrow_for_the_pixel_range_is_a_400():
     for size in ((2100, 10), (3000, 20)):  # aspect over 200; a strip 28 pixels high would exceed max_pixels
         with pytest.raises(InvalidRequest) as info:
-            images.resize_page(Image.new("RGB", size), GRID, "input[3]")
+            geometry.resize_page(Image.new("RGB", size), GRID, "input[3]")
         assert info.value.param == "input[3]" and info.value.code == "invalid_image"
         assert "too narrow" in info.value.message
 

@@ -13,14 +13,15 @@ import time
 import pytest
 from PIL import Image
 
+from core import pages as geometry
+from core.errors import InvalidRequest, Unprocessable
 from gateway import images
-from gateway.errors import InvalidRequest, Unprocessable
 from gateway.image_pool import ImagePool, RequestBudget
 from tests.hostile_files import runaway_pdf
 
 pytestmark = pytest.mark.slow
 
-GRID = images.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # the tiny ColQwen2's
+GRID = geometry.PageGrid(factor=28, min_pixels=3136, max_pixels=50176)  # the tiny ColQwen2's
 LIMITS = images.ImageLimits(max_bytes=10**8, max_pixels=50_000_000)
 
 
@@ -41,7 +42,7 @@ def part(url: str, kind: str = "image", pages=None, **extra) -> images.PartTask:
 
 def resized(width: int, height: int) -> tuple[int, int, int]:
     """The array shape of a ``width`` x ``height`` image after the processor's resize."""
-    return (*images.smart_resize(height, width, GRID), 3)
+    return (*geometry.smart_resize(height, width, GRID), 3)
 
 
 def budget(pages: int = 32) -> RequestBudget:
@@ -173,7 +174,7 @@ def test_a_worker_that_cannot_start_names_the_fix():
 
 
 def test_too_many_waiting_parts_get_429():
-    from gateway.errors import Overloaded
+    from core.errors import Overloaded
 
     slow = part(pdf_url(runaway_pdf(2_000)), "file")  # about 1 s to render
     quick = part(image_url(Image.new("RGB", (30, 40))))

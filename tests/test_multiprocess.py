@@ -21,8 +21,8 @@ import openai
 import pytest
 import yaml
 
+from core.wire import MEDIA_TYPE, Job, JobError, pack_call, unpack_results
 from deploy.stop_tree import stop_tree
-from runners.engine import MEDIA_TYPE, Job, JobError, pack_call, unpack_results
 from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, serve_process
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_gateway_by_url_answers_like_the_one_process_layout(layout, server):
 
 
 def runner_call(runner: str, jobs: list[Job]) -> httpx.Response:
-    """A call straight to a runner's ``embed``, in the wire format (runners/engine.py)."""
+    """A call straight to a runner's ``embed``, in the wire format (core/wire.py)."""
     return httpx.post(f"{runner}/embed", content=pack_call(jobs), headers={"Content-Type": MEDIA_TYPE}, timeout=30)
 
 

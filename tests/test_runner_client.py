@@ -8,10 +8,10 @@ import aiohttp
 import numpy as np
 import pytest
 
+from core.errors import EngineError, EngineUnavailable, GatewayTimeout
+from core.wire import JobError, JobFailure, pack_results, unpack_call
 from gateway import runner_client
-from gateway.errors import EngineError, EngineUnavailable, GatewayTimeout
 from gateway.runner_client import RunnerClient
-from runners.engine import JobError, JobFailure, pack_results, unpack_call
 
 MODELS = ["m", "m0", "m1", "big", "small"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -35,6 +36,25 @@ from runners.pooling import normalize, pool
 TEXT_OPT_TOKENS = 128  # the sequence length TensorRT tunes its kernels for (any length up to max_tokens runs)
 
 logger = logging.getLogger(__name__)
+
+
+class EmbeddingEngine(Protocol):
+    """The engine of one model in the ONNX Runtime runner (``OrtEngine``; ``runners/ort/colqwen2.py:
+    ColQwen2Engine``). It never sees text: inputs are token ids that the gateway has already
+    validated (ids inside the vocabulary, at most ``max_tokens`` of them), or, for vision models,
+    images the gateway has already decoded and resized as the model's processor does (any size its
+    registry ``vision`` section allows; ``core/pages.py``). They reach the runner in the wire format
+    of ``core/wire.py``; ``runners/guard.py`` checks them again."""
+
+    spec: ModelSpec
+
+    def embed(self, inputs: Sequence[np.ndarray], labels: tuple[str, str] | None = None) -> list[np.ndarray]:
+        """int64 token ids ``(tokens,)`` (or, for vision models, uint8 ``(height, width, 3)``
+        images as the gateway resized them) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
+        in input order. Raises only for engine faults (inputs are pre-validated). ``labels``: the
+        (served model, variant) its engine metrics count the call under (default: ``(spec.name,
+        "default")``)."""
+        ...
 
 
 def token_budget_batches(

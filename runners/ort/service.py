@@ -1,6 +1,6 @@
 """The ONNX Runtime runner: a BentoML service serving every ``engine: ort`` model of the profile.
 
-Two APIs take calls of the binary wire format (``runners/engine.py``: jobs of served model,
+Two APIs take calls of the binary wire format (``core/wire.py``: jobs of served model,
 variant, token ids or image) and answer one float32 vector (or a job's error) per job:
 
 - ``embed``: one call's body in, its answer's body out; continuous batching (``runners/batcher.py``),
@@ -39,9 +39,9 @@ from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import EmbeddingEngine
 from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each
 from runners.metrics import runner_metrics
+from runners.ort.engine import EmbeddingEngine
 from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The vLLM runner: a BentoML service serving every ``engine: vllm`` model of the profile.
 
-Same wire contract as the ONNX Runtime runner (``runners/engine.py``): ``embed`` takes one binary
+Same wire contract as the ONNX Runtime runner (``core/wire.py``): ``embed`` takes one binary
 call of jobs (served model, variant, token ids) and returns one float32 vector per job, in order; a
 job runs on the engine of its variant's registry model (one per model the profile's variants name,
 all started at start-up).
@@ -33,11 +33,11 @@ from collections import defaultdict
 
 import bentoml
 
+from core.wire import JobError, JobFailure, Result
 from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import Engine, served
 from models.topology import runner_models
-from runners.engine import JobError, JobFailure, Result
 from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options

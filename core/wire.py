@@ -1,5 +1,4 @@
-"""The contract between the gateway and the runners: the binary wire format of one call, and the
-engine interface behind it.
+"""The contract between the gateway and the runners: the binary wire format of one call.
 
 One call carries the inputs ("jobs") of any requests and models; its answer has one result per job,
 in job order: a vector (float32 ``(dim,)``, or ``(tokens, dim)`` for multi-vector models: the gateway
@@ -25,13 +24,10 @@ gateway took the job (unix seconds; the runner reports queue wait from it). The 
 holds ``{"n": jobs, "failures": [[i, kind, message], ...]}``; job ``i``'s vector is the next
 ``sizes[i]`` values (0 for a failed job).
 
-This module is the whole contract (it needs numpy and orjson only), so both sides, and any other
-client of a runner, share one definition of it.
-
-An ``EmbeddingEngine`` computes results for one model. It never sees text: inputs are token ids that
-the gateway has already validated (ids inside the vocabulary, at most ``max_tokens`` of them), or,
-for vision models, images the gateway has already decoded and resized as the model's processor does
-(any size its registry ``vision`` section allows).
+This module is the whole contract (it needs numpy and orjson only, nothing of the project), so
+both sides, and any other client of a runner, share one definition of it. What a runner does with
+the jobs is its own (``runners/guard.py`` checks them; ``runners/ort/engine.py: EmbeddingEngine``
+is the ONNX Runtime runner's engine interface).
 """
 
 from __future__ import annotations
@@ -40,12 +36,9 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import orjson
-
-from models.registry import ModelSpec
 
 CALL_MAGIC, RESULTS_MAGIC = b"EMBC", b"EMBR"
 MEDIA_TYPE = "application/octet-stream"
@@ -140,7 +133,9 @@ F8, I4, F4, U1 = np.dtype("<f8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("u1
 
 
 def pack_call(jobs: Sequence[Job]) -> bytes:
-    """One call's body for ``jobs`` (see the module docstring)."""
+    """One call's body for ``jobs`` (see the module docstring): a job whose value has 3 dimensions is
+    an image (sent as uint8), any other a 1-D array of token ids (sent as int32: ids must fit, as
+    vocabulary ids do)."""
     targets: dict[tuple[str, str | None], int] = {}
     images: list[list[int]] = []
     target, image, offsets, sent_at = [], [], [0], []
@@ -200,7 +195,8 @@ def unpack_call(body: bytes) -> list[Job]:
 
 
 def pack_results(results: Sequence[Result]) -> bytes:
-    """One answer's body: each job's float32 vector, or its ``JobError``."""
+    """One answer's body: each job's vector (any shape, sent flat as float32; the gateway reshapes
+    it), or its ``JobError``, in job order."""
     failures, sizes, vectors = [], [], []
     for i, result in enumerate(results):
         if isinstance(result, JobError):
@@ -234,14 +230,3 @@ def unpack_results(body: bytes) -> list[np.ndarray | JobError]:
         raise WireError("'failures' is not a list of [job, kind, message]") from None
     return results
 
-
-class EmbeddingEngine(Protocol):
-    spec: ModelSpec
-
-    def embed(self, inputs: Sequence[np.ndarray], labels: tuple[str, str] | None = None) -> list[np.ndarray]:
-        """int64 token ids ``(tokens,)`` (or, for vision models, uint8 ``(height, width, 3)``
-        images as the gateway resized them) per input -> float32 ``(dim,)`` or ``(tokens, dim)`` per input,
-        in input order. Raises only for engine faults (inputs are pre-validated). ``labels``: the
-        (served model, variant) its engine metrics count the call under (default: ``(spec.name,
-        "default")``)."""
-        ...

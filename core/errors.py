@@ -1,7 +1,7 @@
 """One error hierarchy for the API and its single mapping to an HTTP response.
 
 Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}`` (the
-OpenAI shape) with the status of its class. Handlers raise; ``app.py`` converts in one place.
+OpenAI shape) with the status of its class. Handlers raise; ``gateway/app.py`` converts in one place.
 Errors answered below the ASGI app (a connection that sends its request too slowly, one too
 many connections) are written by ``hosting/protocol.py`` as raw HTTP with ``http_bytes``.
 """
