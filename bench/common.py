@@ -26,8 +26,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+import corpora
+
 ROOT = Path(__file__).resolve().parent.parent
-DATASET = ROOT / "bench" / "datasets" / "sample_queries.jsonl"
+DATASET = corpora.SAMPLE_QUERIES
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "bodies.lua"
 MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256

@@ -670,7 +670,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--percentile", type=float, default=99.999, help="with --method percentile")
     cal.add_argument("--texts", type=_positive_int, default=128, help="calibration texts (the set's first N)")
     cal.add_argument("--calibration-set", help="a JSONL file of {\"text\": ...} rows (default: the project's "
-                     "bench/datasets/calibration.jsonl)")
+                     "corpora/calibration.jsonl)")
     cal.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                      help="one weight scale per output channel")
     cal.add_argument("--keep-fp32", action="append", default=[], metavar="NODE",

@@ -6,7 +6,7 @@
 The full sensitivity scan and the full quality gate (``make bench`` runs it; docs/benchmarks.md):
 
 1. calibration (``export/calibration.py``) on the first ``--texts`` texts of
-   ``bench/datasets/calibration.jsonl`` by min-max, entropy and percentile (each timed);
+   ``corpora/calibration.jsonl`` by min-max, entropy and percentile (each timed);
 2. the per-layer sensitivity scan: each MatMul quantized alone (static, percentile ranges), the
    mean 1 - cosine to fp32 on the calibration texts;
 3. the variants: dynamic int8 (the registry's earlier int8), dynamic with the FFN
