@@ -153,7 +153,7 @@ def tensorrt_spec(cache: Path, **options) -> object:
 
 
 def test_trt_int8_table_location_follows_the_provider_options(tmp_path: Path) -> None:
-    from export.__main__ import trt_table_problem
+    from export.commands.ensure import trt_table_problem
 
     assert calibration.trt_int8_table(tensorrt_spec(tmp_path)) is None
     spec = tensorrt_spec(tmp_path, trt_int8_enable=True, trt_int8_calibration_table_name="m.flatbuffers")
