@@ -1,4 +1,7 @@
-"""What the benchmark scripts share: the text sets, servers, the wrk driver, the machine's name.
+"""The one benchmark harness: the text sets, servers (started, waited for, stopped with their
+process tree), free ports, the wrk driver, CPU-time sampling, results files, the machine's name.
+Scripts under ``bench/`` compose these; the process-tree stop (``deploy/stop_tree.py``) and the
+free port (``tests/conftest.py``) are the project's shared ones.
 
 Units everywhere: seconds for durations, milliseconds for latencies (``*_ms``), throughput as
 requests/s, inputs/s and tokens/s, where tokens are the model's tokens of each input after
@@ -14,7 +17,6 @@ import platform
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,8 +28,12 @@ from pathlib import Path
 import httpx
 import psutil
 
+import corpora
+from deploy.stop_tree import stop_tree
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-DATASET = ROOT / "bench" / "datasets" / "sample_queries.jsonl"
+DATASET = corpora.SAMPLE_QUERIES
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "bodies.lua"
 MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256
@@ -62,28 +68,6 @@ def machine() -> dict[str, str | int]:
         "os": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_tree(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the process and everything it started (BentoML workers run in their own
-    sessions, so the whole psutil tree), SIGKILL what is left after ``timeout`` s."""
-    tree = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    process.wait()
 
 
 def own_home(path: Path) -> str:
@@ -128,7 +112,43 @@ def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | Non
             time.sleep(0.5)
         yield process
     finally:
-        stop_tree(process)
+        stop_tree(process.pid)  # SIGTERM to the whole tree (BentoML's workers run in sessions of their own)
+        process.wait()
+
+
+def bentoml_argv(target: str, port: int) -> list[str]:
+    """``bentoml serve target`` on ``127.0.0.1:port`` with this Python."""
+    return [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1"]
+
+
+@contextlib.contextmanager
+def bentoml_serve(env: dict[str, str], log: Path, target: str = "service:Gateway",
+                  timeout: float = 240) -> Iterator[str]:
+    """``bentoml serve target`` on a free port with ``env`` until the block ends; yields its base
+    URL once ``/readyz`` answers 200 (``server``'s errors otherwise)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with server(bentoml_argv(target, port), f"{url}/readyz", log, env=env, timeout=timeout):
+        yield url
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds the processes ``procs`` have used so far (one that has exited counts 0)."""
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented JSON to ``path`` (its folder made), through a temporary file, so
+    an interrupted run leaves the previous file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
 @dataclass
@@ -154,6 +174,11 @@ class LoadResult:
     @property
     def ok_per_s(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def failed(self) -> int:
+        """Requests without a 2xx answer: other statuses, socket errors and timeouts."""
+        return self.requests - self.ok + self.socket_errors + self.timeouts
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok, "ok_per_s": self.ok_per_s}

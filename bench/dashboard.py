@@ -44,9 +44,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.common import ROOT, log, machine
-from deploy.stop_tree import stop_tree
-from tests.conftest import bentoml_server, free_port, own_bentoml_home
+from bench.common import ROOT, bentoml_serve, free_port, log, machine, own_home, server
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/embedding.json"
 PROMETHEUS_DIR = ROOT / "deploy/prometheus"
@@ -103,15 +101,11 @@ def prometheus(target: str, tmp: Path):
         shutil.copy(PROMETHEUS_DIR / rules, tmp / rules)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with (tmp / "prometheus.log").open("wb") as out:
-        process = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                                    f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    argv = ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}"]
+    with server(argv, f"{base}/-/ready", tmp / "prometheus.log", timeout=60):
         deadline = time.monotonic() + 60
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(tmp / 'prometheus.log').read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 targets = httpx.get(f"{base}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
                 if targets and all(t["health"] == "up" for t in targets):
@@ -120,8 +114,6 @@ def prometheus(target: str, tmp: Path):
                 raise RuntimeError("Prometheus did not scrape the server within 60 s")
             time.sleep(0.5)
         yield base
-    finally:
-        stop_tree(process.pid, grace=10)
 
 
 # ---- queries ----
@@ -302,9 +294,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="embedding-dashboard-") as folder:
         tmp = Path(folder)
         env = {"EMBED_PROFILE": args.profile, "EMBED_MAX_INFLIGHT_INPUTS": "256", "EMBED_MAX_INPUTS_PER_REQUEST": "64",
-               "BENTOML_HOME": own_bentoml_home(tmp / "home")}
+               "BENTOML_HOME": own_home(tmp / "home")}
         log(f"serving profile {args.profile} ...")
-        with bentoml_server(env, tmp / "serve.log") as url, prometheus(url.removeprefix("http://"), tmp) as prom:
+        with bentoml_serve(env, tmp / "serve.log") as url, prometheus(url.removeprefix("http://"), tmp) as prom:
             models = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
             log(f"server {url} serves {', '.join(models)}; Prometheus {prom} scrapes it every {SCRAPE_S} s")
             time.sleep(2 * SCRAPE_S)

@@ -29,7 +29,7 @@ import aiohttp
 import numpy as np
 import psutil
 
-from bench.common import ROOT, free_port, log, server
+from bench.common import ROOT, bentoml_argv, cpu_seconds, free_port, log, server
 from bench.scripts.benchmark_matrix import WORK
 
 
@@ -52,10 +52,6 @@ async def drive(send, body: bytes, count: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def cpu(procs: list[psutil.Process]) -> float:
-    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
-
-
 async def main_async(args) -> dict:
     import bentoml  # noqa: F401  (BentoML's configuration before its client)
     from _bentoml_impl.client.proxy2 import AsyncClient
@@ -65,7 +61,7 @@ async def main_async(args) -> dict:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "bentoml", "serve", "bench.hop_route:OrtRunner", "--port", str(port)]
+    argv = bentoml_argv("bench.hop_route:OrtRunner", port)
     results: dict = {}
     with server(argv, f"{url}/readyz", WORK / "hop-transport.log", env={"EMBED_PROFILE": args.profile}) as process:
         worker = psutil.Process(process.pid)
@@ -90,10 +86,10 @@ async def main_async(args) -> dict:
         for r in range(args.rounds):
             for case, (body, concurrency) in cases.items():
                 for name in (ways if r % 2 == 0 else list(ways)[::-1]):
-                    client, runner = time.process_time(), cpu(tree)
+                    client, runner = time.process_time(), cpu_seconds(tree)
                     wall = await drive(ways[name], body, args.calls, concurrency)
                     row = {"client_cpu_us": (time.process_time() - client) / args.calls * 1e6,
-                           "runner_cpu_us": (cpu(tree) - runner) / args.calls * 1e6,
+                           "runner_cpu_us": (cpu_seconds(tree) - runner) / args.calls * 1e6,
                            "wall_us": wall / args.calls * 1e6}
                     results.setdefault(case, {}).setdefault(name, []).append(row)
                     log(f"round {r + 1} {case} {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()))

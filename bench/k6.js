@@ -1,5 +1,5 @@
 // k6 load test for any OpenAI-compatible /v1/embeddings deployment: the scenario of
-// bench/locustfile.py (closed loop, texts of bench/datasets/sample_queries.jsonl, every answer
+// bench/locustfile.py (closed loop, texts of corpora/sample_queries.jsonl, every answer
 // checked) in a native load generator, with pass/fail thresholds on p95 latency and error rate.
 //
 //   make k6 K6_URL=http://HOST:3000                         (installs k6: make k6-tools)
@@ -37,13 +37,13 @@ const P95_MS = parseFloat(__ENV.K6_P95_MS || "1000");
 const MAX_ERROR_RATE = parseFloat(__ENV.K6_MAX_ERROR_RATE || "0.01");
 
 const TEXTS = new SharedArray("texts", () => {
-  const texts = open("./datasets/sample_queries.jsonl")
+  const texts = open("../corpora/sample_queries.jsonl")
     .split("\n")
     .filter((line) => line.trim() !== "")
     .map((line) => JSON.parse(line))
     .filter((row) => row.set === SET)
     .map((row) => row.text);
-  if (texts.length === 0) throw new Error(`EMBED_SET=${SET} names no set of bench/datasets/sample_queries.jsonl`);
+  if (texts.length === 0) throw new Error(`EMBED_SET=${SET} names no set of corpora/sample_queries.jsonl`);
   return texts;
 });
 

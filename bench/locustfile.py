@@ -4,7 +4,7 @@
         --csv .cache/locust
 
 Environment: ``EMBED_MODEL`` (default all-MiniLM-L6-v2), ``EMBED_API_KEY`` (sent as a Bearer
-token when set), ``EMBED_SET`` (a set of ``bench/datasets/sample_queries.jsonl``: query, p32,
+token when set), ``EMBED_SET`` (a set of ``corpora/sample_queries.jsonl``: query, p32,
 p128, p512 or mixed; default query), ``EMBED_INPUTS`` (inputs per request, default 1),
 ``EMBED_PATH`` (default /v1/embeddings; infinity-emb serves /embeddings).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, task
 
-DATASET = Path(__file__).resolve().parent / "datasets" / "sample_queries.jsonl"
+DATASET = Path(__file__).resolve().parents[1] / "corpora" / "sample_queries.jsonl"  # corpora.SAMPLE_QUERIES
 MODEL = os.environ.get("EMBED_MODEL", "all-MiniLM-L6-v2")
 INPUTS = int(os.environ.get("EMBED_INPUTS", "1"))
 PATH = os.environ.get("EMBED_PATH", "/v1/embeddings")

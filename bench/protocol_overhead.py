@@ -15,6 +15,7 @@ request there is; a real /v1/embeddings request costs milliseconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -24,12 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402  (after the path is set)
+from bench.common import free_port, server  # noqa: E402  (after the path is set)
 
 SERVER = """
 import sys, uvicorn
@@ -48,19 +47,11 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), http=protocol, log_lev
 """
 
 
-def start(kind: str, port: int, core: int) -> subprocess.Popen:
-    code = SERVER.format(root=str(ROOT))
-    process = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", code, kind, str(port)],
-                               env={**os.environ, "EMBED_PROFILE": "cpu"})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return process
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{kind} server did not start") from None
-            time.sleep(0.2)
+def start(kind: str, port: int, core: int) -> contextlib.AbstractContextManager:
+    """The ``kind`` server (stock or guarded) on ``port``, pinned to ``core``, until the block ends."""
+    argv = ["taskset", "-c", str(core), sys.executable, "-c", SERVER.format(root=str(ROOT)), kind, str(port)]
+    return server(argv, f"http://127.0.0.1:{port}/", ROOT / ".cache" / "bench" / f"protocol-{kind}.log",
+                  env={"EMBED_PROFILE": "cpu"}, timeout=30)
 
 
 def wrk(port: int, seconds: int, clients: int, core: int) -> float:
@@ -77,9 +68,10 @@ def main() -> None:
     args = parser.parse_args()
     server_core, load_core = 1, 0
     ports = {"stock": free_port(), "guarded": free_port()}
-    servers = {kind: start(kind, port, server_core) for kind, port in ports.items()}
     rps: dict[str, list[float]] = {kind: [] for kind in ports}
-    try:
+    with contextlib.ExitStack() as stack:
+        for kind, port in ports.items():
+            stack.enter_context(start(kind, port, server_core))
         for port in ports.values():  # warm-up
             wrk(port, 1, args.clients, load_core)
         for round_ in range(args.rounds):
@@ -88,10 +80,6 @@ def main() -> None:
                 rps[kind].append(wrk(port, args.seconds, args.clients, load_core))
             print(f"round {round_ + 1}: stock {rps['stock'][-1]:.0f} req/s, guarded {rps['guarded'][-1]:.0f} req/s",
                   flush=True)
-    finally:
-        for process in servers.values():
-            process.terminate()
-            process.wait(10)
     stock, guarded = statistics.median(rps["stock"]), statistics.median(rps["guarded"])
     ratios = [g / s for g, s in zip(rps["guarded"], rps["stock"], strict=True)]
     print(f"\n{platform.node()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, {args.rounds} interleaved "

@@ -350,7 +350,7 @@ def int8_table(scan: dict) -> str:
         f"of {scan.get('rounds')} rounds fp32 and every variant make one call on the same inputs, one after the "
         "other; inputs/s from the median call, the ratio is the median over rounds of fp32's call time / the "
         "variant's in the same round. Calibration: "
-        f"{scan.get('calibration_texts')} texts of `bench/datasets/calibration.jsonl` ({calibrated})."]
+        f"{scan.get('calibration_texts')} texts of `corpora/calibration.jsonl` ({calibrated})."]
     return table(header, rows) + "\n\n" + "\n".join(notes)
 
 
@@ -552,7 +552,7 @@ def render(d: Data, images: list[str]) -> str:
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, VNNI: {m.get('vnni')}, "
         f"GPU: {m.get('gpu')}; {m.get('os')}, Python {m.get('python')}. Model all-MiniLM-L6-v2 "
         "(fp32 unless marked int8). Load from `wrk` (one thread; its CPU time is in every row), one "
-        "distinct text set per cell (`bench/datasets/sample_queries.jsonl`). Other processes may have "
+        "distinct text set per cell (`corpora/sample_queries.jsonl`). Other processes may have "
         "shared the machine: compare rows of this run only, not with other runs.",
         "",
         "### Targets",

@@ -9,7 +9,8 @@ registry name: its own ONNX Runtime session, the same cost), and the shadow set 
 ``/v1/admin/routing`` between measurements, so the modes share the server and the machine's
 noise: each round runs every mode (in a rotated order) at both client counts; the table gives
 the median over rounds, and per mode how many shadows were compared or dropped (the runner was
-busy). Load: ``wrk`` and ``bench/wrk/embeddings.lua`` (one text per request, no ``user``).
+busy). Load: ``wrk`` with one text of ``corpora/sample_queries.jsonl``'s ``query`` set per request,
+no ``user`` (``bench/common.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.load_check import wrk  # noqa: E402
-from tests.conftest import bentoml_server, own_bentoml_home  # noqa: E402
+from bench.common import MODEL, LoadResult, bentoml_serve, load_sets, own_home, write_bodies, wrk  # noqa: E402
 
-MODEL = "all-MiniLM-L6-v2"
 ADMIN = {"Authorization": "Bearer bench-admin"}
 MODES = {"off": None, "10%": 0.1, "100%": 1.0}
 
@@ -70,24 +69,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    results: dict[tuple[str, int], list[LoadResult]] = {}
     shadows: dict[str, dict[str, float]] = {mode: {} for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         env = {"EMBED_REGISTRY": str(registry(Path(tmp))), "EMBED_PROFILE": "shadow-bench",
-               "EMBED_ADMIN_API_KEYS": "bench-admin", "BENTOML_HOME": own_bentoml_home(Path(tmp) / "home")}
-        with bentoml_server(env, Path(tmp) / "serve.log") as url:
-            wrk(url, 8, 3)  # warm-up
+               "EMBED_ADMIN_API_KEYS": "bench-admin", "BENTOML_HOME": own_home(Path(tmp) / "home")}
+        bodies = Path(tmp) / "bodies.jsonl"
+        write_bodies(bodies, load_sets()["query"], 1, MODEL, count=512)
+        with bentoml_serve(env, Path(tmp) / "serve.log") as url:
+            wrk(f"{url}/v1/embeddings", bodies, 8, 3)  # warm-up
             names = list(MODES)
             for round_ in range(args.rounds):
                 for mode in names[round_ % len(names):] + names[:round_ % len(names)]:
                     set_shadow(url, MODES[mode])
                     before = shadow_counts(url)
                     for clients in (1, 32):
-                        r = wrk(url, clients, args.seconds)
+                        r = wrk(f"{url}/v1/embeddings", bodies, clients, args.seconds)
                         results.setdefault((mode, clients), []).append(r)
-                        print(f"round {round_ + 1}, shadow {mode}, {clients} clients: {r['rps']:.0f} req/s, "
-                              f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']:.0f}, "
-                              f"non-2xx {r['non2xx']:.0f}", flush=True)
+                        print(f"round {round_ + 1}, shadow {mode}, {clients} clients: {r.ok_per_s:.0f} req/s, "
+                              f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.1f} ms, errors + non-2xx {r.failed}", flush=True)
                     time.sleep(1)  # the last shadows finish
                     after = shadow_counts(url)
                     for outcome, count in after.items():
@@ -98,11 +98,11 @@ def main() -> None:
           "| shadows compared / dropped |\n|---|---|---|---|---|---|---|")
     for mode in MODES:
         one, many = results[(mode, 1)], results[(mode, 32)]
-        bad = sum(r["errors"] + r["non2xx"] for r in one + many)
+        bad = sum(r.failed for r in one + many)
         counts = shadows[mode]
-        print(f"| {mode} | {statistics.median(r['p50_ms'] for r in one):.2f} | "
-              f"{statistics.median(r['rps'] for r in one):.0f} | {statistics.median(r['rps'] for r in many):.0f} | "
-              f"{statistics.median(r['p99_ms'] for r in many):.0f} | {bad:.0f} | "
+        print(f"| {mode} | {statistics.median(r.p50_ms for r in one):.2f} | "
+              f"{statistics.median(r.ok_per_s for r in one):.0f} | {statistics.median(r.ok_per_s for r in many):.0f} | "
+              f"{statistics.median(r.p99_ms for r in many):.0f} | {bad:.0f} | "
               f"{counts.get('compared', 0):.0f} / {counts.get('dropped', 0):.0f} |")
 
 

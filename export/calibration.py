@@ -22,7 +22,7 @@ Everything here is ONNX Runtime's own quantization tooling (``onnxruntime.quanti
   table the provider reads), ``calibration.cache`` and ``calibration.json``; each value is the
   tensor's dynamic range, max(|lowest|, |highest|). ``read_trt_table`` reads the flatbuffers file back.
 
-Texts come from ``bench/datasets/calibration.jsonl`` unless a JSONL file of ``{"text": ...}``
+Texts come from ``corpora/calibration.jsonl`` unless a JSONL file of ``{"text": ...}``
 rows is given; a text that is also in the quality gate's retrieval set is refused, so the gate
 never measures on what calibration saw.
 """
@@ -39,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+import corpora
 from export import ExportError
 from models.registry import Int8Spec, ModelSpec
 
-CALIBRATION_SET = Path(__file__).resolve().parents[1] / "bench" / "datasets" / "calibration.jsonl"
+CALIBRATION_SET = corpora.CALIBRATION
 TRT_TABLE = "calibration.flatbuffers"  # the file TensorRT's execution provider reads (ORT's format)
 TRT_FILES = (TRT_TABLE, "calibration.cache", "calibration.json")
 MINMAX_TEXTS_PER_RUN = 16  # min-max reduces each tensor in the graph: texts of any length mix in one collect

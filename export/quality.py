@@ -1,7 +1,7 @@
 """The quality gate of a reduced-precision graph, on the task metric: does it retrieve as well as fp32?
 
-The labelled retrieval set ``bench/datasets/retrieval.jsonl`` (2,000 standard-library docstrings,
-500 queries with one relevant docstring each; ``bench/datasets/make_datasets.py``) is embedded by
+The labelled retrieval set ``corpora/retrieval.jsonl`` (2,000 standard-library docstrings,
+500 queries with one relevant docstring each; ``corpora/make.py``) is embedded by
 both graphs exactly as the runner embeds (tokenizer without padding, truncation at
 ``max_tokens``, the registry's pooling and normalisation). The candidate passes when
 
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+import corpora
 from export import ExportError
 from models.registry import Pooling
 from runners.pooling import normalize, pool
 
-RETRIEVAL_SET = Path(__file__).resolve().parents[1] / "bench" / "datasets" / "retrieval.jsonl"
+RETRIEVAL_SET = corpora.RETRIEVAL
 TOP_K = 10
 MAX_RELATIVE_LOSS = 0.01  # nDCG@10 and MRR@10 at most 1% below fp32's
 MIN_TOP10_OVERLAP = 0.95

@@ -10,6 +10,7 @@ and the entry records its content (every file's sha256) for pins.
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,11 @@ from bentoml.exceptions import NotFound
 
 from export import ExportError
 from models.store import BENTOML_FILES, CONTENT, content_digest, content_files, content_version, entry_content
+
+
+def exporter_versions() -> dict[str, str]:
+    """The versions that produced an ONNX export (recorded in the store entry's metadata)."""
+    return {dist: importlib.metadata.version(dist) for dist in ("torch", "transformers", "onnx", "onnxruntime")}
 
 
 def check_tag(tag: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import corpora
 from bench.common import load_sets
 from tests.conftest import API_KEY, ROOT, own_bentoml_home
 
@@ -172,7 +173,7 @@ def test_datasets_have_the_promised_shape() -> None:
     sets = load_sets()
     assert {name: len(texts) for name, texts in sets.items()} == {
         "query": 512, "p32": 512, "p128": 512, "p512": 512, "mixed": 512}
-    rows = [json.loads(line) for line in (ROOT / "bench/datasets/sample_queries.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in corpora.SAMPLE_QUERIES.read_text().splitlines()]
     tokens = {name: [r["tokens"] for r in rows if r["set"] == name] for name in sets}
     assert set(tokens["p32"]) == {32} and set(tokens["p128"]) == {128} and set(tokens["p512"]) == {512}
     assert min(tokens["mixed"]) >= 8 and max(tokens["mixed"]) <= 256

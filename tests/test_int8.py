@@ -19,12 +19,10 @@ import onnx
 import pytest
 import yaml
 
+import corpora
 from export import ExportError, calibration, quality
 from models.registry import Int8Spec, parse_registry
 from tests.test_export import cli, entries, run, tiny_bert
-
-DATASETS = Path(__file__).resolve().parents[1] / "bench" / "datasets"
-
 
 # ---- the gate's arithmetic ------------------------------------------------------------------
 
@@ -97,7 +95,7 @@ def test_subset_keeps_each_query_with_its_relevant_passage() -> None:
 # ---- the data sets --------------------------------------------------------------------------
 
 def test_retrieval_set_is_labelled_deduplicated_and_apart_from_calibration() -> None:
-    rows = [json.loads(line) for line in (DATASETS / "retrieval.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in corpora.RETRIEVAL.read_text().splitlines()]
     docs = [r for r in rows if r["kind"] == "doc"]
     queries = [r for r in rows if r["kind"] == "query"]
     assert len(docs) >= 2000 and len(queries) >= 500
@@ -106,7 +104,7 @@ def test_retrieval_set_is_labelled_deduplicated_and_apart_from_calibration() -> 
     assert {q["relevant"] for q in queries} <= {d["id"] for d in docs}
     assert len({q["relevant"] for q in queries}) == len(queries)  # one query per passage at most
     assert all(r["source"] for r in rows)
-    calibration_texts = {json.loads(line)["text"] for line in (DATASETS / "calibration.jsonl").read_text().splitlines()}
+    calibration_texts = {json.loads(line)["text"] for line in corpora.CALIBRATION.read_text().splitlines()}
     assert len(calibration_texts) >= 512
     assert not calibration_texts & {r["text"] for r in rows}
 
@@ -155,7 +153,7 @@ def tensorrt_spec(cache: Path, **options) -> object:
 
 
 def test_trt_int8_table_location_follows_the_provider_options(tmp_path: Path) -> None:
-    from export.__main__ import trt_table_problem
+    from export.commands.ensure import trt_table_problem
 
     assert calibration.trt_int8_table(tensorrt_spec(tmp_path)) is None
     spec = tensorrt_spec(tmp_path, trt_int8_enable=True, trt_int8_calibration_table_name="m.flatbuffers")
@@ -218,7 +216,7 @@ def test_calibrate_registers_static_int8_with_settings_gate_and_table(
     assert metadata["precision"] == "int8"
     assert metadata["int8"] == {**Int8Spec(quantization="static").model_dump(mode="json", exclude_none=True),
                                 "calibration_texts": 20}
-    texts = [json.loads(line)["text"] for line in (DATASETS / "calibration.jsonl").read_text().splitlines()][:20]
+    texts = [json.loads(line)["text"] for line in corpora.CALIBRATION.read_text().splitlines()][:20]
     assert metadata["calibration"]["texts"] == 20
     assert metadata["calibration"]["texts_sha256"] == calibration.texts_sha256(texts)
     gate = metadata["quality"]

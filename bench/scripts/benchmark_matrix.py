@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import statistics
 import subprocess
@@ -47,6 +46,7 @@ from bench.common import (
     MAX_TOKENS,
     MODEL,
     ROOT,
+    bentoml_argv,
     drain,
     free_port,
     load_sets,
@@ -55,6 +55,7 @@ from bench.common import (
     own_home,
     server,
     write_bodies,
+    write_json,
     wrk,
 )
 
@@ -84,11 +85,8 @@ class Results:
         self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        write_json(self.path, self.data)
 
 
 def progress(total: int, desc: str):
@@ -164,7 +162,7 @@ def platform_server(profile: str, log_name: str, env: dict[str, str] | None = No
     ``(url, context manager)``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "bentoml", "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"]
+    argv = bentoml_argv("service:Gateway", port)
     home = own_home(WORK / "homes" / log_name.removesuffix(".log"))
     return url, server(argv, f"{url}/readyz", WORK / log_name, cwd=cwd,
                        env={"EMBED_PROFILE": profile, "EMBED_API_KEYS": "", "BENTOML_HOME": home, **(env or {})})

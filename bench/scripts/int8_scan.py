@@ -6,7 +6,7 @@
 The full sensitivity scan and the full quality gate (``make bench`` runs it; docs/benchmarks.md):
 
 1. calibration (``export/calibration.py``) on the first ``--texts`` texts of
-   ``bench/datasets/calibration.jsonl`` by min-max, entropy and percentile (each timed);
+   ``corpora/calibration.jsonl`` by min-max, entropy and percentile (each timed);
 2. the per-layer sensitivity scan: each MatMul quantized alone (static, percentile ranges), the
    mean 1 - cosine to fp32 on the calibration texts;
 3. the variants: dynamic int8 (the registry's earlier int8), dynamic with the FFN
@@ -26,7 +26,6 @@ cases. Prints a markdown table; ``bench/report.py`` puts it in docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, load_sets, log, machine
+from bench.common import ROOT, load_sets, log, machine, write_json
 
 CASES = ("query x32", "p128 x32")
 MIN_SPEEDUP = 1.8
@@ -197,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "int8_scan.json")
     args = parser.parse_args(argv)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(int8_table(result))
     return 0
 

@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.common import ROOT, load_sets, log, machine
+from bench.common import ROOT, load_sets, log, machine, write_json
 
 # (step, relative to which step, OrtOptions changed, graph variant, predicted effect): the predictions
 # were written and committed before the first measurement.
@@ -114,7 +114,7 @@ def run(seconds: float, rounds: int, work: Path, out: Path) -> dict:
                 samples[step][f"{set_name}x{batch}"].append(
                     inprocess.bare(engine, inputs[set_name], batch, seconds).__dict__)
         result = summarize(samples, variants, seconds, r + 1)
-        out.write_text(json.dumps(result, indent=2))
+        write_json(out, result)
     return result
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import MODEL, ROOT, load_sets, log, machine, server
+from bench.common import MODEL, ROOT, cpu_seconds, load_sets, log, machine, server, write_json
 from bench.scripts.benchmark_matrix import (
     INFLIGHT_GAUGE,
     WORK,
@@ -126,15 +126,6 @@ class Server:
         """The BentoML worker processes of ``role`` (not their children)."""
         return [p for p in psutil.Process(self.pid).children(recursive=True)
                 if "--service-name" in (args := p.cmdline()) and args[args.index("--service-name") + 1] == role]
-
-
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def measure(cell: Cell, srv: Server, clients: int, seconds: float | None = None) -> dict:
@@ -399,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
     data[args.label] = report
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    write_json(args.out, data)
     print(json.dumps({"label": args.label, **{suite: report[suite]["summary"] for suite in ("null", "real")
                                               if suite in report}}, indent=1))
     return 0

@@ -1,6 +1,6 @@
-"""Write the benchmark's text sets (deterministic; re-run only to change them).
+"""Write the project's text sets (``corpora/__init__.py`` names them; deterministic: re-run only to change them).
 
-    python bench/datasets/make_datasets.py
+    .venv/bin/python -m corpora.make
 
 - ``sample_queries.jsonl``: one JSON object per line, ``{"set": S, "text": T, "tokens": N}``, where
   ``N`` counts all-MiniLM-L6-v2's tokens including [CLS]/[SEP] (before truncation at 256). Sets:
@@ -36,7 +36,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from corpora import CALIBRATION, RETRIEVAL, SAMPLE_QUERIES
+
 SEED = 20261127
 PER_SET = 512
 
@@ -319,10 +320,10 @@ def write(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     counter = Counter()
-    write(HERE / "sample_queries.jsonl", sample_queries(random.Random(SEED), counter))
+    write(SAMPLE_QUERIES, sample_queries(random.Random(SEED), counter))
     retrieval, calibration = retrieval_and_calibration(random.Random(SEED + 1), counter)
-    write(HERE / "retrieval.jsonl", retrieval)
-    write(HERE / "calibration.jsonl", calibration)
+    write(RETRIEVAL, retrieval)
+    write(CALIBRATION, calibration)
 
 
 if __name__ == "__main__":
