@@ -1,7 +1,7 @@
 """The one benchmark harness: the text sets, servers (started, waited for, stopped with their
 process tree), free ports, the wrk driver, CPU-time sampling, results files, the machine's name.
-Scripts under ``bench/`` compose these; the process-tree stop (``deploy/stop_tree.py``) and the
-free port (``tests/conftest.py``) are the project's shared ones.
+Scripts under ``bench/`` compose these; the process-tree stop and the free port are the project's
+shared ones (``deploy/processes.py``).
 
 Units everywhere: seconds for durations, milliseconds for latencies (``*_ms``), throughput as
 requests/s, inputs/s and tokens/s, where tokens are the model's tokens of each input after
@@ -29,8 +29,7 @@ import httpx
 import psutil
 
 import corpora
-from deploy.stop_tree import stop_tree
-from tests.conftest import free_port
+from deploy.processes import free_port, stop_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = corpora.SAMPLE_QUERIES

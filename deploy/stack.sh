@@ -41,7 +41,7 @@ start() {
 stop() {
     for name in server prometheus; do
         if [[ -f $state/$name.pid ]]; then
-            $py deploy/stop_tree.py "$(cat "$state/$name.pid")" 30 && echo "$name stopped"
+            $py deploy/processes.py "$(cat "$state/$name.pid")" 30 && echo "$name stopped"
             rm -f "$state/$name.pid"
         fi
     done

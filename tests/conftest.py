@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import httpx
 import psutil
 import pytest
 
+from deploy.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-123"
 SERVER_ENV = {
@@ -33,12 +34,6 @@ SERVER_ENV = {
     "EMBED_API_KEYS": API_KEY,
     "EMBED_MAX_INFLIGHT_INPUTS": "2048",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from core.wire import MEDIA_TYPE, Job, JobError, pack_call, unpack_results
-from deploy.stop_tree import stop_tree
+from deploy.processes import stop_tree
 from tests.conftest import API_KEY, ROOT, bentoml_server, free_port, serve_process
 
 pytestmark = pytest.mark.slow

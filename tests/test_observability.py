@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from deploy.stop_tree import stop_tree
+from deploy.processes import stop_tree
 from tests.conftest import API_KEY, ROOT, bentoml_server, free_port
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ case $backend in
         stop_container() {
             # buildah run leaves the server's workers behind when signalled: stop the whole tree
             echo "stopping the container's processes (tree of $pid) ..."
-            .venv/bin/python deploy/stop_tree.py "$pid" 30 || return 1
+            .venv/bin/python deploy/processes.py "$pid" 30 || return 1
             if pgrep -f "bentoml serve --port $port" >/dev/null; then
                 echo "FAIL: processes left: $(pgrep -af "bentoml serve --port $port")"; return 1
             fi

@@ -1,18 +1,29 @@
-"""Stop a process and every descendant: SIGTERM to all, then SIGKILL to what is left after a grace.
+"""The project's process helpers, shared by deploy/, bench/ and the tests: a free port, and the
+stop of a process and every descendant (SIGTERM to all, then SIGKILL to what is left after a grace).
 
-    python deploy/stop_tree.py PID [GRACE_SECONDS]
+    python deploy/processes.py PID [GRACE_SECONDS]    # stop a tree
 
 BentoML starts its workers in sessions of their own, so signalling the process group of
 ``bentoml serve`` (or of ``buildah run`` around it) leaves workers behind: the whole tree is
 collected first. Exit status 0 when nothing of the tree is left.
 """
 
+import socket
 import sys
 
 import psutil
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice; another process may
+    still take it before the caller binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stop_tree(pid: int, grace: float = 30) -> list[psutil.Process]:
+    """Stop ``pid`` and its descendants; returns what is still running after the grace and a kill."""
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
