@@ -416,3 +416,12 @@ def test_settings_from_sentence_transformers_formats(
     with pytest.raises(ExportError, match="unsupported sentence-transformers pooling"):
         resolve_settings(tmp_path)
     assert resolve_settings(tmp_path, pooling="mean").pooling == "mean"
+
+
+def test_list_names_each_model_the_profile_serves_that_the_store_lacks(home: Path, tmp_path: Path) -> None:
+    """An empty store: ``list`` names the cpu-ab profile's two missing models (its A/B variants), once each."""
+    result = cli(tmp_path / "empty-home", "list", "--profile", "cpu-ab")
+    assert result.returncode == 0, result.stderr
+    missing = [line for line in result.stdout.splitlines() if line.startswith("missing: ")]
+    assert [line.split()[1] for line in missing] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-vllm"], result.stdout
+    assert all("`python -m export ensure`" in line for line in missing)

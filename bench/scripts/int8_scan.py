@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-set", choices=("full", "quick"), default="full")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "int8_scan.json")
     args = parser.parse_args(argv)
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the speed ratios' quartiles need two rounds")
     result = run(args)
     write_json(args.out, result)
     print(int8_table(result))

@@ -62,7 +62,7 @@ def list_entries(as_json: bool, profile: str | None) -> int:
         print(f"  {row['tag'].split(':')[1]}  {row['created'][:19]}  {row['content_digest'][:19]}...  "
               f"{'; '.join(marks) or '-'}")
         print(f"      {describe(row['metadata'])}")
-    for spec in dict.fromkeys(lacking):
+    for spec in {spec.name: spec for spec in lacking}.values():  # a model may serve several variants
         state = f"pinned to {spec.pin.digest[:19]}..." if spec.pin else "unpinned"
         print(f"missing: {spec.name} ({state}) is served in {selection.profile} but the store lacks it: "
               "`python -m export ensure`")
