@@ -39,7 +39,8 @@ from gateway.routing import ROUTING_FILE_VARIABLE
 from hosting import home
 from images import image
 from models import tracing_config
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.store import declare_store_models
 from models.topology import runner_routes
 from runners.extras import require_engines

@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.registry import Engine, ProfileSpec, RegistryError, load_registry  # noqa: E402
+from models.registry import load_registry  # noqa: E402
+from models.schema import Engine, ProfileSpec, RegistryError  # noqa: E402
 
 CPU_VENV, GPU_VENV = ".venv", ".venv-gpu"
 NVIDIA_INDEX = "https://pypi.nvidia.com"

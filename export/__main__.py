@@ -51,7 +51,7 @@ from pathlib import Path
 import bentoml
 
 from export import ExportError, hub, quality, sources, store
-from models.registry import Int8Spec
+from models.schema import Int8Spec
 from models.store import LANGUAGE_GRAPH, VISION_GRAPH, OutdatedEntry, StoreError, open_entry, runner_files, sha256_of
 
 STEPS = 5
@@ -384,7 +384,8 @@ def ensure(profile: str | None) -> int:
     again as a new version when the registry names no version; a corrupt one, or an outdated pinned
     one, is an error."""
     from export.pins import reproduced, warn_unpinned
-    from models.registry import Engine, Pooling, RegistryError, served
+    from models.registry import served
+    from models.schema import Engine, Pooling, RegistryError
     from models.store import CONTENT, find_pinned
 
     try:
@@ -453,7 +454,7 @@ def ensure(profile: str | None) -> int:
 def export_spec(spec, revision: str | None = None) -> bentoml.Model:
     """Export or import registry model ``spec`` from its ``source`` with the registry's settings, at
     ``revision`` (default: the registry's; ``ExportError`` when it cannot)."""
-    from models.registry import Engine
+    from models.schema import Engine
 
     if not spec.source:
         raise ExportError("the registry gives no source")
@@ -504,7 +505,8 @@ def calibrate_registry_model(name: str, profile: str | None, scan: int, enforce_
     (a new store version); a TensorRT model with ``trt_int8_enable`` gets its calibration table,
     computed from its fp32 store entry, where its provider options say. ``ExportError`` otherwise."""
     from export import calibration
-    from models.registry import Engine, RegistryError, served
+    from models.registry import served
+    from models.schema import Engine, RegistryError
 
     try:
         spec = served(profile).find(name)
@@ -543,7 +545,8 @@ def calibrate_registry_model(name: str, profile: str | None, scan: int, enforce_
 
 def pin_command(names: list[str], profile: str | None, version: str | None) -> int:
     from export.pins import pin
-    from models.registry import RegistryError, load_registry, registry_path, served
+    from models.registry import load_registry, registry_path, served
+    from models.schema import RegistryError
 
     try:
         registry = load_registry()
@@ -562,7 +565,8 @@ def list_entries(as_json: bool, profile: str | None) -> int:
     figures, which registry models pin it and as which served name/variant the profile serves it;
     then the profile's models that the store lacks. ``as_json``: one JSON array of entries."""
     from export.pins import describe
-    from models.registry import RegistryError, load_registry, served
+    from models.registry import load_registry, served
+    from models.schema import RegistryError
     from models.store import StoreError, content_digest, entry_content, store_model
 
     try:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from export import ExportError
-from models.registry import Int8Spec, ModelSpec
+from models.schema import Int8Spec, ModelSpec
 
 CALIBRATION_SET = Path(__file__).resolve().parents[1] / "bench" / "datasets" / "calibration.jsonl"
 TRT_TABLE = "calibration.flatbuffers"  # the file TensorRT's execution provider reads (ORT's format)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from export import ExportError
-from models.registry import Pooling
+from models.schema import Pooling
 from runners.pooling import normalize, pool
 
 RETRIEVAL_SET = Path(__file__).resolve().parents[1] / "bench" / "datasets" / "retrieval.jsonl"

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from gateway.errors import Unauthorized
-from models.registry import ServerSpec
+from models.schema import ServerSpec
 
 
 def load_admin_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:

@@ -1,6 +1,6 @@
 """Which variant of a served name answers a request, and changing that while the server runs.
 
-Each served name has variants (``models/registry.py: RouteSpec``; a name without a ``routing``
+Each served name has variants (``models/schema.py: RouteSpec``; a name without a ``routing``
 entry has one, ``default``), each a registry model that its engine's runner loaded at start. A
 request goes to:
 
@@ -72,7 +72,7 @@ from gateway import assignment
 from gateway.errors import ApiError, InvalidRequest, ModelNotFound
 from gateway.metrics import gateway_metrics
 from gateway.parsing import BodyLimits, parse_request, validate
-from models.registry import ModelSpec, Pooling, Registry, Served
+from models.schema import ModelSpec, Pooling, Registry, Served
 
 logger = logging.getLogger(__name__)
 

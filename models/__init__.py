@@ -1,4 +1,5 @@
-"""What is served: the model registry (``registry.py``) and the Bento model store (``store.py``)."""
+"""What is served: the model registry (``schema.py`` its shape, ``registry.py`` its loading, ``checks.py`` its
+checks across sections) and the Bento model store (``store.py``)."""
 
 import logging
 import os

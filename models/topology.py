@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from models.registry import Engine, ModelSpec, RegistryError, Served
+from models.schema import Engine, ModelSpec, RegistryError, Served
 
 
 @dataclass(frozen=True)

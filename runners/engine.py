@@ -45,7 +45,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
-from models.registry import ModelSpec
+from models.schema import ModelSpec
 
 CALL_MAGIC, RESULTS_MAGIC = b"EMBC", b"EMBR"
 MEDIA_TYPE = "application/octet-stream"
@@ -63,7 +63,7 @@ class Job:
     the one it chose, since the admin endpoint can change the default), its engine input (int ids
     ``(tokens,)``, or a uint8 ``(height, width, 3)`` image for a page of a vision model), and when
     the gateway sent it (unix seconds). A runner runs the job on the registry model the profile
-    lists for that variant (``models/registry.py: Routing``)."""
+    lists for that variant (``models/schema.py: Routing``)."""
 
     model: str
     variant: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from models.registry import Engine, Served
+from models.schema import Engine, Served
 
 # engine -> (import name that must be installed, requirements file of the extra)
 EXTRAS = {

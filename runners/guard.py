@@ -28,7 +28,7 @@ import numpy as np
 from bentoml.exceptions import BadInput, ServiceUnavailable
 from bentoml.validators import ContentType
 
-from models.registry import DEFAULT_VARIANT, ModelSpec, Routing, Variant
+from models.schema import DEFAULT_VARIANT, ModelSpec, Routing, Variant
 from runners.engine import MEDIA_TYPE, Job, JobError, JobFailure, Result, WireError, pack_results, unpack_call
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BadInput, ServiceUnavailable
 
-from models.registry import ModelSpec, Routing, Variant
+from models.schema import ModelSpec, Routing, Variant
 from runners.engine import Job, JobError, JobFailure, pack_call, unpack_results
 from runners.guard import EngineDown, JobChecker, JobRefused, ModelLimits, QueueLimit, answer, answer_each, run_jobs
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from export import ExportError, calibration, quality
-from models.registry import Int8Spec, parse_registry
+from models.registry import parse_registry
+from models.schema import Int8Spec
 from tests.test_export import cli, entries, run, tiny_bert
 
 DATASETS = Path(__file__).resolve().parents[1] / "bench" / "datasets"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from models.registry import Engine, Pooling, RegistryError, load_registry, parse_registry
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, Pooling, RegistryError
 
 MINIMAL = """
 models:

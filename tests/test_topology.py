@@ -4,7 +4,8 @@ engine, or one engine's models split over several URLs; bad settings fail at imp
 import pytest
 import yaml
 
-from models.registry import Engine, RegistryError, load_registry, parse_registry
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, RegistryError
 from models.topology import runner_models, runner_routes
 from tests.conftest import ROOT
 

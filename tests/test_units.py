@@ -10,7 +10,7 @@ from gateway.auth import ApiKeys, load_keys
 from gateway.errors import InvalidRequest, Overloaded, Unauthorized
 from gateway.parsing import parse_request
 from gateway.protocol import RerankRequest
-from models.registry import Pooling
+from models.schema import Pooling
 from runners.engine import Job, JobError, JobFailure, WireError, pack_call, pack_results, unpack_call, unpack_results
 from runners.ort.engine import token_budget_batches
 from runners.pooling import normalize, pool

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Engine, RegistryError, load_registry, parse_registry
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, RegistryError
 from models.store import StoreEntry
 from runners.extras import require_engines
 from runners.vllm.engine import engine_args

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.registry import DEFAULT_VARIANT, ModelSpec, Pooling
+from models.schema import DEFAULT_VARIANT, ModelSpec, Pooling
 from models.store import StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers

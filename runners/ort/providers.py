@@ -55,7 +55,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.registry import CACHE_PATH_OPTIONS, GPU_PROVIDERS, ModelSpec, ProviderSpec, cache_dir
+from models.registry import cache_dir
+from models.schema import CACHE_PATH_OPTIONS, GPU_PROVIDERS, ModelSpec, ProviderSpec
 from models.store import sha256_of
 from runners.ort import engine_cache
 

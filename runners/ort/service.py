@@ -37,7 +37,8 @@ import bentoml
 
 from hosting import drain
 from hosting.metrics import serve_metrics_port
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.topology import runner_models
 from runners.engine import EmbeddingEngine
 from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each

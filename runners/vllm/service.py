@@ -35,7 +35,8 @@ import bentoml
 
 from hosting import drain
 from hosting.metrics import serve_metrics_port
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.topology import runner_models
 from runners.engine import JobError, JobFailure, Result
 from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
