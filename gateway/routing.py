@@ -68,6 +68,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from core.settings import settings
 from gateway import assignment
 from gateway.errors import ApiError, InvalidRequest, ModelNotFound
 from gateway.metrics import gateway_metrics
@@ -446,11 +447,7 @@ def _require_callers(weights: Mapping[str, float]) -> None:
         raise InvalidRequest("The weights would add up to 0: some variant must take the callers.", param="weights")
 
 
-ROUTING_FILE_VARIABLE = "EMBED_ROUTING_FILE"
-
-
 def routing_file() -> Path | None:
     """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas (and workers), or None."""
-    value = os.environ.get(ROUTING_FILE_VARIABLE, "").strip()
-    return Path(value) if value else None
+    return settings().routing_file
 

@@ -7,12 +7,14 @@ sections ``models/checks.py``, and its pins live in ``registry.lock`` beside it.
 ``load_registry()`` validates the whole file into frozen pydantic objects and raises
 ``RegistryError`` naming the offending field (``models.foo.pooling: ...``) on a bad file.
 ``served()`` resolves the active profile (``EMBED_PROFILE``, default ``cpu``) into a
-``Served`` object: the models, their alias map and the runner settings. Gateway limits can be
-and server settings can be overridden by environment variables ``EMBED_<FIELD>`` (for example
-``EMBED_MAX_BODY_BYTES``, ``EMBED_READ_TIMEOUT_S``).
+``Served`` object: the models, their alias map and the runner settings. The environment's
+overrides (``core/settings.py``) are laid over the file: each gateway limit and server setting by
+``EMBED_<FIELD>`` (for example ``EMBED_MAX_BODY_BYTES``, ``EMBED_READ_TIMEOUT_S``), and every
+profile's ``gateway_workers`` by ``EMBED_GATEWAY_WORKERS``; an error that an override causes names
+the variable.
 
 This module is imported by the BentoML service definitions at import time, so it stays light:
-pydantic and PyYAML only.
+pydantic, pydantic-settings and PyYAML only.
 """
 
 from __future__ import annotations
@@ -25,37 +27,45 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from core.settings import Settings, settings, variable
 from models.checks import check_registry
-from models.schema import GatewaySpec, Registry, RegistryError, Served, ServerSpec
+from models.schema import Registry, RegistryError, Served
 
 DEFAULT_REGISTRY = Path(__file__).with_name("registry.yaml")
-DEFAULT_PROFILE = "cpu"
 
 
-def cache_dir() -> Path:
-    """Where runners keep caches they build (TensorRT engines and timing caches):
-    ``EMBED_CACHE_DIR``, default ``~/.cache/embedding-platform``. Always absolute."""
-    return Path(os.environ.get("EMBED_CACHE_DIR") or "~/.cache/embedding-platform").expanduser().resolve()
+OVERRIDDEN_SECTIONS = ("gateway", "server")
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
+def _format_validation_error(source: str, error: ValidationError, config: Settings) -> str:
+    """One line per error: ``<file>: <field path>: <what>``, or, where an environment override
+    is the cause, ``EMBED_<FIELD>=<value>: <what>`` naming the file's field it overrides."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {item['msg']}")
+        loc = item["loc"]
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        overrides = config.registry_overrides(str(loc[0])) if loc and loc[0] in OVERRIDDEN_SECTIONS else {}
+        if len(loc) > 1 and loc[1] in overrides:
+            lines.append(f"{variable(str(loc[1]))}={overrides[loc[1]]!r}: {item['msg']} (it overrides {source}: "
+                         f"{where}); change or unset it")
+        elif overrides:
+            given = ", ".join(f"{variable(name)}={value!r}" for name, value in overrides.items())
+            lines.append(f"{source}: {where}: {item['msg']} (with {given} from the environment)")
+        else:
+            lines.append(f"{source}: {where}: {item['msg']}")
     return "\n".join(lines)
 
 
-def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
-    """``EMBED_<FIELD>`` from the environment over the file's ``gateway`` and ``server`` sections."""
+def _env_overrides(data: dict[str, Any], config: Settings) -> dict[str, Any]:
+    """The environment's overrides over the file: ``EMBED_<FIELD>`` over the ``gateway`` and
+    ``server`` sections, ``EMBED_GATEWAY_WORKERS`` over every profile's ``gateway_workers``."""
     data = dict(data)
-    for section, spec in (("gateway", GatewaySpec), ("server", ServerSpec)):
-        values = dict(data.get(section) or {})
-        for field in spec.model_fields:
-            value = os.environ.get(f"EMBED_{field.upper()}")
-            if value is not None:
-                values[field] = value
-        data[section] = values
+    for section in OVERRIDDEN_SECTIONS:
+        data[section] = {**dict(data.get(section) or {}), **config.registry_overrides(section)}
+    profiles = data.get("profiles")
+    if config.gateway_workers is not None and isinstance(profiles, dict):
+        data["profiles"] = {name: {**profile, "gateway_workers": config.gateway_workers}
+                            if isinstance(profile, dict) else profile for name, profile in profiles.items()}
     return data
 
 
@@ -81,10 +91,11 @@ def parse_registry(text: str, source: str = "registry", lock: str | None = None,
                                 "the entry or pin again (`python -m export pin`)")
         data = {**data, "models": {name: {**value, "pin": pins[name]} if name in pins and isinstance(value, dict)
                                    else value for name, value in models.items()}}
+    config = settings()
     try:
-        registry = Registry.model_validate(_env_overrides(data))
+        registry = Registry.model_validate(_env_overrides(data, config))
     except ValidationError as exc:
-        raise RegistryError(_format_validation_error(source, exc)) from None
+        raise RegistryError(_format_validation_error(source, exc, config)) from None
     try:
         check_registry(registry)
     except ValueError as exc:
@@ -110,7 +121,7 @@ def parse_lock(text: str, source: str = "registry.lock") -> dict[str, dict[str, 
 
 def registry_path() -> Path:
     """The registry file: ``EMBED_REGISTRY``, else ``models/registry.yaml``."""
-    return Path(os.environ.get("EMBED_REGISTRY") or DEFAULT_REGISTRY)
+    return settings().registry or DEFAULT_REGISTRY
 
 
 def lock_path(registry: str | os.PathLike[str] | None = None) -> Path:
@@ -136,4 +147,9 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
 @functools.cache
 def served(profile: str | None = None) -> Served:
     """The active profile (``EMBED_PROFILE``, default ``cpu``) of the configured registry."""
-    return load_registry().served(profile or os.environ.get("EMBED_PROFILE") or DEFAULT_PROFILE)
+    registry = load_registry()
+    name = profile or settings().profile
+    if profile is None and name not in registry.profiles:
+        raise RegistryError(f"EMBED_PROFILE={name!r}: not a profile of {registry_path()}; set it to one of "
+                            f"{', '.join(registry.profiles)}")
+    return registry.served(name)

@@ -20,15 +20,16 @@ pydantic only.
 from __future__ import annotations
 
 import enum
-import os
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.settings import ConfigError
 
-class RegistryError(ValueError):
+
+class RegistryError(ConfigError):
     """The registry file is missing, unreadable or invalid, or a profile cannot be served as
     configured; the message names the field (or the variable) and the fix."""
 
@@ -54,7 +55,7 @@ class Pooling(enum.StrEnum):
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 GPU_PROVIDERS = ("tensorrt", "cuda")
-# TensorRT provider options that name a folder: a relative one is resolved against cache_dir()
+# TensorRT provider options that name a folder: a relative one is resolved against settings().cache_dir
 CACHE_PATH_OPTIONS = ("trt_engine_cache_path", "trt_timing_cache_path")
 
 
@@ -62,7 +63,7 @@ class ProviderSpec(_Frozen):
     """One ONNX Runtime execution provider, in priority order, with its provider options.
 
     ``trt_engine_cache_path`` and ``trt_timing_cache_path`` may be relative: they are then resolved
-    against ``cache_dir()`` (``EMBED_CACHE_DIR``), never against the runner's working directory."""
+    against ``EMBED_CACHE_DIR`` (``core/settings.py``), never against the runner's working directory."""
 
     name: ProviderName
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -639,11 +640,8 @@ class Registry(_Frozen):
             variants = tuple(Variant(name, units[v.model or model], v.weight) for name, v in route.variants.items())
             routes[model] = Routing(model, variants, route.default or variants[0].name, route.shadow)
         runners = {engine: spec.runners.get(engine, RunnerSpec()) for engine in {m.engine for m in units.values()}}
-        workers = os.environ.get("EMBED_GATEWAY_WORKERS", "").strip() or spec.gateway_workers
-        if workers != "auto" and not (isinstance(workers, int) or workers.isdigit() and int(workers) >= 1):
-            raise RegistryError(f"EMBED_GATEWAY_WORKERS: {workers!r} is not a number of workers (1 or more) or 'auto'")
         served = Served(profile=profile, models=models, runners=runners, gateway=self.gateway, server=self.server,
-                        routes=routes, gpu=spec.gpu, gateway_workers=workers if workers == "auto" else int(workers))
+                        routes=routes, gpu=spec.gpu, gateway_workers=spec.gateway_workers)
         total = sum(served.gpu_memory_shares().values())
         if total > 1 + 1e-9:
             raise RegistryError(

@@ -5,6 +5,7 @@ provider choice, API keys and admission."""
 import numpy as np
 import pytest
 
+from core.settings import Settings
 from gateway.admission import Admission
 from gateway.auth import ApiKeys, load_keys
 from gateway.errors import InvalidRequest, Overloaded, Unauthorized
@@ -197,7 +198,7 @@ def test_a_call_whose_arrays_disagree_with_its_header_is_a_wire_error():
 def test_api_keys(tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text("# team keys\nfile-key\n\n")
-    keys = ApiKeys(load_keys({"EMBED_API_KEYS": "env-key, other", "EMBED_API_KEYS_FILE": str(keyfile)}))
+    keys = ApiKeys(load_keys(Settings(api_keys="env-key, other", api_keys_file=keyfile)))
     for good in ("Bearer env-key", "bearer other", "Bearer file-key"):
         keys.check(good)
     for bad in (None, "", "Bearer", "Bearer wrong", "Basic env-key", "env-key"):

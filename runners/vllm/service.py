@@ -33,6 +33,7 @@ from collections import defaultdict
 
 import bentoml
 
+from core.settings import refusing_to_start
 from hosting import drain
 from hosting.metrics import serve_metrics_port
 from models.registry import served
@@ -45,8 +46,9 @@ from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
 
-SERVED = served()
-MODELS = runner_models(SERVED, Engine.VLLM)  # the vllm models of the profile's variants, or EMBED_RUNNER_MODELS
+with refusing_to_start("vllm runner"):
+    SERVED = served()
+    MODELS = runner_models(SERVED, Engine.VLLM)  # the vllm models of the profile's variants, or EMBED_RUNNER_MODELS
 
 
 # one worker: one set of engines per runner; a second worker would load every model again
