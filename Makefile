@@ -45,9 +45,9 @@ setup: $(READER)/.installed
 
 setup-cpu: $(VENV)/.installed extras
 
-$(READER)/.installed: constraints.txt Makefile
+$(READER)/.installed: constraints.txt requirements-reader.txt
 	test -x $(READER)/bin/python || $(PYTHON) -m venv $(READER)
-	$(READER)/bin/python -m pip install --quiet PyYAML pydantic pydantic-settings nvidia-ml-py -c constraints.txt
+	$(READER)/bin/python -m pip install --quiet -r requirements-reader.txt -c constraints.txt
 	touch $@
 
 # The GPU stack: the GPU image's lock exactly (no resolution, wheels only; PIP_EXTRA_INDEX_URL dropped, so a

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ import annotated_types
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+logger = logging.getLogger("core.settings")
 
 PREFIX = "EMBED_"
 RUNNER_URL_PREFIX = "EMBED_RUNNER_URL_"
@@ -334,14 +337,26 @@ def _describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def unknown_variables() -> list[str]:
+    """``EMBED_*`` variables of this environment that are no setting (a typo, or another tool's)."""
+    known = {variable(name) for name in Settings.model_fields}
+    return sorted(name for name in os.environ
+                  if name.startswith(PREFIX) and name not in known and not name.startswith(RUNNER_URL_PREFIX))
+
+
 @functools.cache
 def settings() -> Settings:
     """This process's settings, read from the environment at the first call; ``SettingsError``
-    naming each invalid variable. ``settings.cache_clear()`` makes the next call read again."""
+    naming each invalid variable; a warning naming each ``EMBED_*`` variable that is no setting.
+    ``settings.cache_clear()`` makes the next call read again."""
     try:
-        return Settings()
+        config = Settings()
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    if unknown := unknown_variables():
+        logger.warning("%s: not a setting of the platform, ignored (the settings: core/settings.py, the README's "
+                       "configuration table)", ", ".join(unknown))
+    return config
 
 
 def hand_to_workers(name: str, value: str) -> None:

@@ -19,8 +19,8 @@ CUDA wheels:
 Each step is printed (number, what, the command, what it installs or fetches) before it runs; with
 ``--dry-run`` (``make serve DRY_RUN=1``) every step is printed and nothing is installed or run, and a
 GPU profile's memory plan is shown. This runs before any stack exists, in a small environment of its
-own (the Makefile's ``.cache/registry-reader``: PyYAML, pydantic, pydantic-settings and nvidia-ml-py, to read the
-registry and ask NVML), so only the standard library and those are imported.
+own (the Makefile's ``.cache/registry-reader``: ``requirements-reader.txt``, to read the registry and
+ask NVML), so only the standard library and those are imported.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import logging
 
 from core.settings import settings
 
-PLATFORM_LOGGERS = ("gateway", "runners", "models", "service", "hosting")
+PLATFORM_LOGGERS = ("core", "gateway", "runners", "models", "service", "hosting")
 
 
 def tracing_config(*paths: str) -> dict:

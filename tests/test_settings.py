@@ -111,6 +111,12 @@ def test_an_invalid_value_names_its_variable_and_the_fix(monkeypatch, name, valu
     assert str(failed.value) == message
 
 
+def test_a_variable_that_is_no_setting_is_named_in_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("EMBED_MAX_INPUT_PER_REQUEST", "8")  # a typo of EMBED_MAX_INPUTS_PER_REQUEST
+    settings()
+    assert "EMBED_MAX_INPUT_PER_REQUEST: not a setting of the platform, ignored" in caplog.text
+
+
 def test_hand_to_workers_sets_the_variable_and_reads_again(monkeypatch):
     monkeypatch.delenv("EMBED_ROUTING_FILE", raising=False)
     assert settings().routing_file is None
