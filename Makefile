@@ -14,7 +14,7 @@ PORT    ?= 3000
 PROFILE ?= $(or $(EMBED_PROFILE),cpu)
 export EMBED_PROFILE := $(PROFILE)
 
-.PHONY: serve test lint setup setup-cpu extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry bench bench-front bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
+.PHONY: serve test lint setup setup-cpu extras models build clean lock lock-gpu openapi image image-check test-tools image-tools stack-up stack-down smoke k8s-registry docs-config bench bench-front bench-tools bench-models k6-tools k6 compose-tools compose-up compose-smoke compose-down compose-test docs-tools docs-architecture docs-dashboard readme-bench docs-images
 
 # The registry is read before any stack exists: by deploy/workstation.py in a small venv of its own.
 READER := .cache/registry-reader
@@ -45,9 +45,9 @@ setup: $(READER)/.installed
 
 setup-cpu: $(VENV)/.installed extras
 
-$(READER)/.installed: constraints.txt
+$(READER)/.installed: constraints.txt requirements-reader.txt
 	test -x $(READER)/bin/python || $(PYTHON) -m venv $(READER)
-	$(READER)/bin/python -m pip install --quiet PyYAML pydantic nvidia-ml-py -c constraints.txt
+	$(READER)/bin/python -m pip install --quiet -r requirements-reader.txt -c constraints.txt
 	touch $@
 
 # The GPU stack: the GPU image's lock exactly (no resolution, wheels only; PIP_EXTRA_INDEX_URL dropped, so a
@@ -171,6 +171,9 @@ docs-architecture: docs-tools  ## docs/img/architecture.svg from docs/architectu
 
 docs-dashboard: models test-tools k6-tools  ## docs/img/dashboard.png: the dashboard's queries on a real Prometheus after a load run (about 2 minutes)
 	$(PY) -m bench.dashboard --out docs/img/dashboard.png
+
+docs-config: $(VENV)/.installed  ## README.md's configuration table from the settings (core/settings.py)
+	$(PY) -m core.settings --write-readme README.md
 
 readme-bench: setup  ## README.md's benchmark table from bench/results/matrix.json (after make bench)
 	$(PY) -m bench.readme_table

@@ -25,11 +25,12 @@ in the image (``BENTOML_DO_NOT_TRACK``, a service env of the gateway: ``service.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from bentoml.images import Image
+
+from core.settings import ConfigError, settings
 
 ROOT = Path(__file__).resolve().parent
 # Serving a built bento (`bentoml serve TAG`, the image's entrypoint) imports service.py from the
@@ -49,32 +50,34 @@ IMAGE_INFO = "$VIRTUAL_ENV/embedding-image.json"  # runners/ort/providers.py: im
 
 
 def image(variant: str | None = None) -> Image:
-    variant = variant or os.environ.get("EMBED_IMAGE", "cpu")
+    """The image of ``variant`` (default ``EMBED_IMAGE``); ``ConfigError`` for a TensorRT choice the
+    variant cannot take."""
+    config = settings()
+    variant = variant or config.image
     if variant not in VARIANTS:
-        raise RuntimeError(f"EMBED_IMAGE={variant!r}: expected one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"image variant {variant!r}: expected one of {', '.join(VARIANTS)}")
     base, requirements = VARIANTS[variant]
     if IN_BUILT_BENTO:
-        return Image(base_image=os.environ.get("EMBED_BASE_IMAGE") or base, python_version="3.11", distro="prebuilt")
+        return Image(base_image=config.base_image or base, python_version="3.11", distro="prebuilt")
     lines = requirement_lines(ROOT / requirements)
     if variant == "cpu":
         lines = locked(lines, ROOT / "constraints.txt")
-    tensorrt = os.environ.get("EMBED_IMAGE_TENSORRT", "1" if variant == "gpu" else "0")
-    if tensorrt not in ("0", "1"):
-        raise RuntimeError(f"EMBED_IMAGE_TENSORRT={tensorrt!r}: expected 1 (TensorRT, the gpu default) or 0")
-    if tensorrt == "1" and variant != "gpu":
-        raise RuntimeError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only)")
+    tensorrt = variant == "gpu" if config.image_tensorrt is None else config.image_tensorrt
+    if tensorrt and variant != "gpu":
+        raise ConfigError("EMBED_IMAGE_TENSORRT=1 needs EMBED_IMAGE=gpu (TensorRT runs on the GPU image only): set "
+                          "EMBED_IMAGE=gpu or unset EMBED_IMAGE_TENSORRT")
     built = Image(
-        base_image=os.environ.get("EMBED_BASE_IMAGE") or base,
+        base_image=config.base_image or base,
         python_version="3.11",
         distro="prebuilt",  # a distro outside BentoML's table skips its `apt-get install build-essential git`
         lock_python_packages=False,  # pinned here: `locked` (cpu), the lock file (gpu)
     )
-    if tensorrt == "1":  # the first step: a build that cannot get TensorRT fails in seconds, not after the lock
+    if tensorrt:  # the first step: a build that cannot get TensorRT fails in seconds, not after the lock
         built.run(tensorrt_probe())
     built.python_packages(*lines)
     if variant == "gpu":
         built.build_include(TENSORRT_REQUIREMENTS, TENSORRT_STEP)
-        step = (f"install --requirements ./src/{TENSORRT_REQUIREMENTS}" if tensorrt == "1" else "absent")
+        step = (f"install --requirements ./src/{TENSORRT_REQUIREMENTS}" if tensorrt else "absent")
         built.run(f"python ./src/{TENSORRT_STEP} {step} --image-info {IMAGE_INFO}")
     return built
 

@@ -22,24 +22,29 @@ Hardening (``hosting/``, ``gateway/edge.py``): slow and surplus connections are 
 are labelled by route, dead workers respawn in containers too, SIGTERM drains before stopping,
 and nothing outside ``/v1``, health and metrics is served. With ``server.require_api_keys``
 (``EMBED_REQUIRE_API_KEYS=1``) the server refuses to start without a key.
+
+A configuration that cannot work (an invalid ``EMBED_*`` variable or registry field, required keys
+missing, an engine's package missing) stops ``bentoml serve`` at this import with one line per
+problem on stderr, naming the variable or the field and the fix, and exit status 2
+(``core.settings.refusing_to_start``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import bentoml
 
 import hosting
+from core.settings import hand_to_workers, refusing_to_start, settings
 from gateway.auth import ApiKeys, load_admin_keys, load_keys, require_keys_if_asked
 from gateway.edge import Edge
-from gateway.routing import ROUTING_FILE_VARIABLE
 from hosting import home
 from images import image
 from models import tracing_config
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.store import declare_store_models
 from models.topology import runner_routes
 from runners.extras import require_engines
@@ -47,28 +52,30 @@ from runners.extras import require_engines
 logger = logging.getLogger(__name__)
 
 hosting.install()  # before BentoML builds its watchers, its apps and its uvicorn servers
-SERVED = served()
-require_engines(SERVED)  # an engine's optional package missing: fail here, naming the extra
-KEYS = require_keys_if_asked(SERVED.server, load_keys())  # read here: fail at `bentoml serve`, not in a worker
-ADMIN_KEYS = load_admin_keys() or KEYS
-RUNNER_SERVICES = {}
-if Engine.ORT in SERVED.runners:
-    from runners.ort.service import OrtRunner
+with refusing_to_start("gateway"):
+    SERVED = served()
+    require_engines(SERVED)  # an engine's optional package missing: fail here, naming the extra
+    KEYS = require_keys_if_asked(SERVED.server, load_keys())  # read here: fail at `bentoml serve`, not in a worker
+    ADMIN_KEYS = load_admin_keys() or KEYS
+    RUNNER_SERVICES = {}
+    if Engine.ORT in SERVED.runners:
+        from runners.ort.service import OrtRunner
 
-    RUNNER_SERVICES[Engine.ORT] = OrtRunner
-if Engine.VLLM in SERVED.runners:
-    from runners.vllm.service import VllmRunner  # imports no vllm: engines start in its start hook
+        RUNNER_SERVICES[Engine.ORT] = OrtRunner
+    if Engine.VLLM in SERVED.runners:
+        from runners.vllm.service import VllmRunner  # imports no vllm: engines start in its start hook
 
-    RUNNER_SERVICES[Engine.VLLM] = VllmRunner
-ROUTES = runner_routes(SERVED)
-WORKERS = SERVED.gateway_workers()
+        RUNNER_SERVICES[Engine.VLLM] = VllmRunner
+    ROUTES = runner_routes(SERVED)
+    WORKERS = SERVED.gateway_workers()
+    IMAGE = image()
 
 
 def share_routing_between_workers() -> None:
     """With several workers and no routing file configured, give this server one (see above): set
     here, in ``bentoml serve`` before it starts the workers, which inherit the environment."""
-    if WORKERS > 1 and not os.environ.get(ROUTING_FILE_VARIABLE, "").strip():
-        os.environ[ROUTING_FILE_VARIABLE] = str(home.server_dir() / "routing.json")
+    if WORKERS > 1 and settings().routing_file is None:
+        hand_to_workers("routing_file", str(home.server_dir() / "routing.json"))
 
 
 share_routing_between_workers()
@@ -104,7 +111,7 @@ V1 = DeferredApp()
     traffic={"timeout": SERVED.request_timeout_s + 5},
     logging={"access": {"enabled": False}},
     tracing=tracing_config("/v1/embeddings", "/v1/rerank"),
-    image=image(),
+    image=IMAGE,
     envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],  # no usage reports from the image (or its workers)
 )
 @declare_store_models(SERVED.units)

@@ -52,7 +52,7 @@ def dump(out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from core.pages import PageGrid, resize_page
     from export import colqwen2
-    from models.registry import ModelSpec, VisionSpec
+    from models.schema import ModelSpec, VisionSpec
     from models.store import StoreEntry
     from runners.ort.colqwen2 import ColQwen2Engine
 

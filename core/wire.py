@@ -56,7 +56,7 @@ class Job:
     the one it chose, since the admin endpoint can change the default), its engine input (int ids
     ``(tokens,)``, or a uint8 ``(height, width, 3)`` image for a page of a vision model), and when
     the gateway sent it (unix seconds). A runner runs the job on the registry model the profile
-    lists for that variant (``models/registry.py: Routing``)."""
+    lists for that variant (``models/schema.py: Routing``)."""
 
     model: str
     variant: str | None

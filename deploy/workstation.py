@@ -19,8 +19,8 @@ CUDA wheels:
 Each step is printed (number, what, the command, what it installs or fetches) before it runs; with
 ``--dry-run`` (``make serve DRY_RUN=1``) every step is printed and nothing is installed or run, and a
 GPU profile's memory plan is shown. This runs before any stack exists, in a small environment of its
-own (the Makefile's ``.cache/registry-reader``: PyYAML, pydantic and nvidia-ml-py, to read the
-registry and ask NVML), so only the standard library and those are imported.
+own (the Makefile's ``.cache/registry-reader``: ``requirements-reader.txt``, to read the registry and
+ask NVML), so only the standard library and those are imported.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.registry import Engine, ProfileSpec, RegistryError, load_registry  # noqa: E402
+from core.settings import ConfigError, settings  # noqa: E402
+from models.registry import load_registry  # noqa: E402
+from models.schema import Engine, ProfileSpec  # noqa: E402
 
 CPU_VENV, GPU_VENV = ".venv", ".venv-gpu"
 NVIDIA_INDEX = "https://pypi.nvidia.com"
@@ -121,7 +123,7 @@ def gpu_steps(name: str, profile: ProfileSpec, command: str, port: int) -> list[
                           "each TensorRT model as its runner will", [python, "-m", "runners.ort.preflight", "--profile",
                                                                     name, "--build"],
                           [f"engines of {', '.join(built) or 'no model'} into "
-                           f"{os.environ.get('EMBED_CACHE_DIR') or '~/.cache/embedding-platform'}/tensorrt, one folder "
+                           f"{settings().cache_dir}/tensorrt, one folder "
                            "per TensorRT version, GPU and content"]))
         steps.append(Step(f"serve on port {port} (each runner first checks its share of the card is free)",
                           [f"{GPU_VENV}/bin/bentoml", "serve", "service:Gateway", "--port", str(port)], replace=True))
@@ -173,14 +175,15 @@ def check_host(name: str, profile: ProfileSpec) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python deploy/workstation.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("setup", "models", "serve"))
-    parser.add_argument("--profile", default=os.environ.get("EMBED_PROFILE") or "cpu")
+    parser.add_argument("--profile", default=None, help="the registry profile (default: EMBED_PROFILE, else cpu)")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--dry-run", action="store_true", help="print every step; install and run nothing")
     args = parser.parse_args(argv)
     try:
+        args.profile = args.profile or settings().profile
         registry = load_registry()
         registry.served(args.profile)
-    except RegistryError as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     profile = registry.profiles[args.profile]

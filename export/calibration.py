@@ -41,7 +41,7 @@ import numpy as np
 
 import corpora
 from export import ExportError
-from models.registry import Int8Spec, ModelSpec
+from models.schema import Int8Spec, ModelSpec
 
 CALIBRATION_SET = corpora.CALIBRATION
 TRT_TABLE = "calibration.flatbuffers"  # the file TensorRT's execution provider reads (ORT's format)

@@ -412,7 +412,7 @@ def check_parity(loaded: Loaded, out_dir: Path, settings: dict[str, Any], pixels
     from PIL import Image
 
     from core.pages import PageGrid, resize_page
-    from models.registry import ModelSpec, VisionSpec
+    from models.schema import ModelSpec, VisionSpec
     from models.store import StoreEntry
     from runners.ort.colqwen2 import ColQwen2Engine
 

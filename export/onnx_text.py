@@ -31,7 +31,7 @@ import torch
 import transformers
 
 from export import ExportError
-from models.registry import Pooling
+from models.schema import Pooling
 from runners.pooling import pool
 
 POOLINGS = ("mean", "cls", "last")

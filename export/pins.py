@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from export import ExportError
-from models.registry import LOCK_FORMAT, ModelSpec, Registry, Served, lock_path, parse_lock
+from models.registry import LOCK_FORMAT, lock_path, parse_lock
+from models.schema import ModelSpec, Registry, Served
 from models.store import (
     CONTENT,
     content_difference,

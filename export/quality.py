@@ -26,7 +26,7 @@ import numpy as np
 
 import corpora
 from export import ExportError
-from models.registry import Pooling
+from models.schema import Pooling
 from runners.pooling import normalize, pool
 
 RETRIEVAL_SET = corpora.RETRIEVAL

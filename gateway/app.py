@@ -47,7 +47,7 @@ from gateway.parsing import BodyLimits, parse_request
 from gateway.protocol import EmbeddingRequest, ModelCard, ModelList, RerankRequest, VariantCard
 from gateway.routing import VARIANT_HEADER, LiveRoute, RoutingChange, Target
 from gateway.serving import EmbeddingResult, EmbeddingServing
-from models.registry import ModelSpec
+from models.schema import ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -15,30 +15,36 @@ The admin endpoint (``/v1/admin/routing``: who gets which model variant) takes t
 from __future__ import annotations
 
 import hmac
-import os
-from pathlib import Path
 
 from core.errors import Unauthorized
-from models.registry import ServerSpec
+from core.settings import ConfigError, Settings, settings
+from models.schema import ServerSpec
 
 
-def load_admin_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:
+def load_admin_keys(config: Settings | None = None) -> tuple[bytes, ...]:
     """``EMBED_ADMIN_API_KEYS``: the keys of the admin endpoint (none: it takes the API keys)."""
-    return tuple(k.strip().encode() for k in environ.get("EMBED_ADMIN_API_KEYS", "").split(",") if k.strip())
+    return tuple(k.encode() for k in (config or settings()).admin_api_keys)
 
 
-def load_keys(environ: os._Environ[str] | dict[str, str] = os.environ) -> tuple[bytes, ...]:
-    keys = [k.strip() for k in environ.get("EMBED_API_KEYS", "").split(",")]
-    if path := environ.get("EMBED_API_KEYS_FILE"):
-        for line in Path(path).read_text().splitlines():
-            keys.append(line.split("#", 1)[0].strip())
+def load_keys(config: Settings | None = None) -> tuple[bytes, ...]:
+    """The API keys: ``EMBED_API_KEYS`` and the lines of ``EMBED_API_KEYS_FILE``; ``ConfigError``
+    when the file cannot be read."""
+    config = config or settings()
+    keys = list(config.api_keys)
+    if path := config.api_keys_file:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"EMBED_API_KEYS_FILE={str(path)!r}: cannot read it ({exc.strerror}); name a "
+                              "readable file with one key per line, or unset it") from None
+        keys.extend(line.split("#", 1)[0].strip() for line in text.splitlines())
     return tuple(k.encode() for k in keys if k)
 
 
 def require_keys_if_asked(server: ServerSpec, keys: tuple[bytes, ...]) -> tuple[bytes, ...]:
-    """``keys``, or ``RuntimeError`` when none are configured and ``server.require_api_keys``."""
+    """``keys``, or ``ConfigError`` when none are configured and ``server.require_api_keys``."""
     if server.require_api_keys and not keys:
-        raise RuntimeError(
+        raise ConfigError(
             "EMBED_REQUIRE_API_KEYS is set but no API key is configured: set EMBED_API_KEYS (comma-separated) "
             "or EMBED_API_KEYS_FILE (one key per line), or unset EMBED_REQUIRE_API_KEYS to serve without keys"
         )

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.errors import InvalidRequest
 from gateway.protocol import EmbeddingRequest
-from models.registry import GatewaySpec
+from models.schema import GatewaySpec
 
 INPUT_SHAPES = (
     "a string, an array of strings, an array of token ids, an array of token-id arrays, or (vision models) "

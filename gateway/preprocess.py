@@ -30,7 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from core.errors import InvalidRequest
-from models.registry import GatewaySpec, ModelSpec
+from models.schema import GatewaySpec, ModelSpec
 from models.store import StoreEntry, sha256_of
 
 DEFAULT_CHARS_PER_TOKEN = GatewaySpec.model_fields["max_chars_per_token"].default

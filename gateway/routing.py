@@ -1,6 +1,6 @@
 """Which variant of a served name answers a request, and changing that while the server runs.
 
-Each served name has variants (``models/registry.py: RouteSpec``; a name without a ``routing``
+Each served name has variants (``models/schema.py: RouteSpec``; a name without a ``routing``
 entry has one, ``default``), each a registry model that its engine's runner loaded at start. A
 request goes to:
 
@@ -69,10 +69,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from core.errors import ApiError, InvalidRequest, ModelNotFound
+from core.settings import settings
 from gateway import assignment
 from gateway.metrics import gateway_metrics
 from gateway.parsing import BodyLimits, parse_request, validate
-from models.registry import ModelSpec, Pooling, Registry, Served
+from models.schema import ModelSpec, Pooling, Registry, Served
 
 logger = logging.getLogger(__name__)
 
@@ -446,11 +447,7 @@ def _require_callers(weights: Mapping[str, float]) -> None:
         raise InvalidRequest("The weights would add up to 0: some variant must take the callers.", param="weights")
 
 
-ROUTING_FILE_VARIABLE = "EMBED_ROUTING_FILE"
-
-
 def routing_file() -> Path | None:
     """``EMBED_ROUTING_FILE``: the routing file shared by the gateway replicas (and workers), or None."""
-    value = os.environ.get(ROUTING_FILE_VARIABLE, "").strip()
-    return Path(value) if value else None
+    return settings().routing_file
 

@@ -34,7 +34,7 @@ from gateway.preprocess import TextPreprocessor, VisionPreprocessor
 from gateway.protocol import EmbeddingRequest, FilePart, ImagePart, RerankRequest
 from gateway.routing import LiveRoute, RoutingTable, Target
 from gateway.shadow import ShadowJob, Shadows
-from models.registry import ModelSpec, Pooling, Served
+from models.schema import ModelSpec, Pooling, Served
 from runners.pooling import normalize
 
 INLINE_CHARS = 4096  # texts up to this many characters in all tokenize on the event loop (tens of microseconds)

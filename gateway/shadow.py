@@ -1,6 +1,6 @@
 """Shadow traffic: a candidate variant embeds what another variant answered, and the two are compared.
 
-A served name's routing may name a shadow variant and a fraction (``models/registry.py:
+A served name's routing may name a shadow variant and a fraction (``models/schema.py:
 ShadowSpec``; changed live through ``/v1/admin/routing``). That fraction of its
 ``/v1/embeddings`` requests answered by another variant (one random draw per request) carries a
 ``ShadowJob``; the job starts only after the primary's answer has gone out (``gateway/app.py`` runs

@@ -39,9 +39,10 @@ from typing import Any
 
 import psutil
 
+from core.settings import hand_to_workers, settings
+
 logger = logging.getLogger(__name__)
 
-SERVER_DIR_ENV = "EMBED_SERVER_DIR"
 SERVER_FILE = "server.json"  # the serving process: {"pid", "started"}
 RECORD_GLOB = "processes-*.json"
 
@@ -80,7 +81,7 @@ def _running(pid: int, started: float, name: str | None = None) -> psutil.Proces
 def server_dir() -> Path:
     """This server's folder: ``EMBED_SERVER_DIR`` in its workers (set by the serving process), the
     serving process's own in it; created if missing."""
-    folder = Path(os.environ.get(SERVER_DIR_ENV) or _run_root() / _folder_name(os.getpid()))
+    folder = settings().server_dir or _run_root() / _folder_name(os.getpid())
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -100,7 +101,7 @@ def claim() -> Path:
     mine.mkdir(parents=True, exist_ok=True)
     pid, started, _ = describe(psutil.Process())
     (mine / SERVER_FILE).write_text(json.dumps({"pid": pid, "started": started}))
-    os.environ[SERVER_DIR_ENV] = str(mine)
+    hand_to_workers("server_dir", str(mine))
     BentoMLContainer.prometheus_multiproc_dir.set(str(mine / "prometheus"))
     atexit.register(shutil.rmtree, mine, True)  # a server that stops cleanly leaves nothing behind
     return mine

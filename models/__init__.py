@@ -1,9 +1,11 @@
-"""What is served: the model registry (``registry.py``) and the Bento model store (``store.py``)."""
+"""What is served: the model registry (``schema.py`` its shape, ``registry.py`` its loading, ``checks.py`` its
+checks across sections) and the Bento model store (``store.py``)."""
 
 import logging
-import os
 
-PLATFORM_LOGGERS = ("gateway", "runners", "models", "service", "hosting")
+from core.settings import settings
+
+PLATFORM_LOGGERS = ("core", "gateway", "runners", "models", "service", "hosting")
 
 
 def tracing_config(*paths: str) -> dict:
@@ -11,7 +13,7 @@ def tracing_config(*paths: str) -> dict:
 
     BentoML's OpenTelemetry middleware builds a span per request even when nothing samples it
     (the default sample rate is 0): 23% of the gateway's CPU under load (docs/benchmarks.md)."""
-    if os.environ.get("EMBED_TRACING", "").lower() in ("1", "true"):
+    if settings().tracing:
         return {}
     return {"excluded_urls": ",".join(paths)}
 
@@ -19,6 +21,5 @@ def tracing_config(*paths: str) -> dict:
 def configure_logging() -> None:
     """Let the platform's INFO logs through (BentoML sets the root logger to WARNING);
     ``EMBED_LOG_LEVEL`` changes the level."""
-    level = os.environ.get("EMBED_LOG_LEVEL", "INFO").upper()
     for name in PLATFORM_LOGGERS:
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(settings().log_level)

@@ -46,7 +46,8 @@ import argparse
 import math
 from dataclasses import dataclass, field
 
-from models.registry import Engine, GpuSpec, ModelSpec, NetworkShape, Registry, Served, load_registry
+from models.registry import load_registry
+from models.schema import Engine, GpuSpec, ModelSpec, NetworkShape, Registry, Served
 
 GIB = 1 << 30
 # A process's CUDA context and the libraries' handles and workspaces it creates at start (cuBLAS,

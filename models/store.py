@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.registry import Int8Spec, ModelSpec
+from models.schema import Int8Spec, ModelSpec
 
 
 class StoreError(RuntimeError):

@@ -17,11 +17,11 @@ any service starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from models.registry import Engine, ModelSpec, RegistryError, Served
+from core.settings import RUNNER_URL_PREFIX, settings
+from models.schema import Engine, ModelSpec, RegistryError, Served
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class RunnerRoute:
 
 
 def url_variable(engine: Engine) -> str:
-    return f"EMBED_RUNNER_URL_{engine.value.upper()}"
+    return RUNNER_URL_PREFIX + engine.value.upper()
 
 
 def _check_url(variable: str, url: str) -> str:
@@ -42,13 +42,15 @@ def _check_url(variable: str, url: str) -> str:
     return url.rstrip("/")
 
 
-def runner_routes(served: Served, environ: Mapping[str, str] = os.environ) -> tuple[RunnerRoute, ...]:
-    """One route per runner the gateway talks to, in engine order of the profile."""
+def runner_routes(served: Served, urls: Mapping[str, str] | None = None) -> tuple[RunnerRoute, ...]:
+    """One route per runner the gateway talks to, in engine order of the profile; ``urls``: engine ->
+    ``EMBED_RUNNER_URL_<ENGINE>``'s value (default: the settings')."""
+    urls = settings().runner_urls if urls is None else urls
     routes: list[RunnerRoute] = []
     for engine in served.runners:
         names = tuple(m.name for m in served.for_engine(engine))
         variable = url_variable(engine)
-        value = environ.get(variable, "").strip()
+        value = urls.get(engine.value, "").strip()
         if not value:
             routes.append(RunnerRoute(engine.value, engine, None, names))
         elif "=" not in value:
@@ -72,11 +74,11 @@ def runner_routes(served: Served, environ: Mapping[str, str] = os.environ) -> tu
     return tuple(routes)
 
 
-def runner_models(served: Served, engine: Engine, environ: Mapping[str, str] = os.environ) -> tuple[ModelSpec, ...]:
+def runner_models(served: Served, engine: Engine, wanted: tuple[str, ...] | None = None) -> tuple[ModelSpec, ...]:
     """The models one runner process loads: its engine's models of the profile (the registry models
-    its variants name), or the subset named in ``EMBED_RUNNER_MODELS`` (comma-separated)."""
+    its variants name), or the subset ``wanted`` (default: ``EMBED_RUNNER_MODELS``'s)."""
     specs = served.for_engine(engine)
-    wanted = [name.strip() for name in environ.get("EMBED_RUNNER_MODELS", "").split(",") if name.strip()]
+    wanted = settings().runner_models if wanted is None else wanted
     if not wanted:
         return specs
     chosen = [served.unit(name) for name in wanted]

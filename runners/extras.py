@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from models.registry import Engine, Served
+from core.settings import ConfigError
+from models.schema import Engine, Served
 
 # engine -> (import name that must be installed, requirements file of the extra)
 EXTRAS = {
@@ -19,12 +20,12 @@ EXTRAS = {
 
 
 def require_engines(served: Served) -> None:
-    """Raise ``RuntimeError`` naming the extra to install for every engine of the profile whose
+    """Raise ``ConfigError`` naming the extra to install for every engine of the profile whose
     package cannot be imported."""
     missing = [engine for engine in served.runners if importlib.util.find_spec(EXTRAS[engine][0]) is None]
     if missing:
         installs = " and ".join(f"`pip install -r {EXTRAS[e][1]} -c constraints.txt`" for e in missing)
-        raise RuntimeError(
+        raise ConfigError(
             f"profile {served.profile!r} serves models on the {', '.join(e.value for e in missing)} engine, "
             f"which is not installed here: run {installs} (`make serve PROFILE={served.profile}` "
             "installs it), or serve another profile"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from models.registry import Served
+from models.schema import Served
 
 logger = logging.getLogger(__name__)
 GIB = 1 << 30

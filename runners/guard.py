@@ -29,7 +29,7 @@ from bentoml.exceptions import BadInput, ServiceUnavailable
 from bentoml.validators import ContentType
 
 from core.wire import MEDIA_TYPE, Job, JobError, JobFailure, Result, WireError, pack_results, unpack_call
-from models.registry import DEFAULT_VARIANT, ModelSpec, Routing, Variant
+from models.schema import DEFAULT_VARIANT, ModelSpec, Routing, Variant
 
 if TYPE_CHECKING:
     from models.store import StoreEntry

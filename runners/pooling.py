@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.registry import Pooling
+from models.schema import Pooling
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling) -> np.ndarray:

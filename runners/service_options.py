@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hosting
 from models import tracing_config
-from models.registry import Engine, Served
+from models.schema import Engine, Served
 
 hosting.install()
 

@@ -137,6 +137,17 @@ def stop_gracefully(process: subprocess.Popen, tree: list[psutil.Process], timeo
     return described
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads the ``EMBED_*`` settings of its own environment (``core/settings.py``): a
+    test that sets a variable with ``monkeypatch`` sees it, and the next test does not."""
+    from core.settings import settings
+
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[str]:
     """The session's server lives while other modules start and stop servers of their own on the

@@ -18,7 +18,7 @@ from core.errors import InvalidRequest
 from gateway.parsing import BodyLimits, parse_request
 from gateway.preprocess import TextPreprocessor
 from gateway.protocol import EmbeddingRequest, RerankRequest
-from models.registry import GatewaySpec, ModelSpec
+from models.schema import GatewaySpec, ModelSpec
 from models.store import StoreEntry
 
 LIMITS = BodyLimits.of(GatewaySpec())

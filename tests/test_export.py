@@ -127,7 +127,7 @@ def minilm(home: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
 def onnx_embed(entry_path: Path, texts: list[str]) -> np.ndarray:
     """Embed like the runner: entry tokenizer without its fixed padding, ONNX, pooling from
     embedding.json; returns float32 [len(texts), dimensions], L2-normalised."""
-    from models.registry import Pooling
+    from models.schema import Pooling
     from runners.pooling import pool
 
     settings = json.loads((entry_path / "embedding.json").read_text())

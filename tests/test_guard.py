@@ -9,7 +9,7 @@ import pytest
 from bentoml.exceptions import BadInput, ServiceUnavailable
 
 from core.wire import Job, JobError, JobFailure, pack_call, unpack_results
-from models.registry import ModelSpec, Routing, Variant
+from models.schema import ModelSpec, Routing, Variant
 from runners.guard import EngineDown, JobChecker, JobRefused, ModelLimits, QueueLimit, answer, answer_each, run_jobs
 
 TEXT = ModelSpec(name="text", engine="ort", store_tag="t", pooling="mean", max_tokens=8, dimensions=4)

@@ -18,7 +18,7 @@ from hosting import home
 def bento_home(tmp_path, monkeypatch):
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    monkeypatch.setenv(home.SERVER_DIR_ENV, "")  # restored after the test: claim() sets it
+    monkeypatch.setenv("EMBED_SERVER_DIR", "")  # restored after the test: claim() sets it
     BentoMLContainer.bentoml_home.set(str(tmp_path))
     yield tmp_path
     BentoMLContainer.bentoml_home.reset()

@@ -21,7 +21,8 @@ import yaml
 
 import corpora
 from export import ExportError, calibration, quality
-from models.registry import Int8Spec, parse_registry
+from models.registry import parse_registry
+from models.schema import Int8Spec
 from tests.test_export import cli, entries, run, tiny_bert
 
 # ---- the gate's arithmetic ------------------------------------------------------------------

@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from models.registry import Engine, parse_registry
+from models.registry import parse_registry
+from models.schema import Engine
 from models.topology import url_variable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 import kubernetes_validate
 import yaml
 
-from models.registry import CACHE_PATH_OPTIONS, Engine, parse_registry
+from models.registry import parse_registry
+from models.schema import CACHE_PATH_OPTIONS, Engine
 from tests.test_k8s import VERSION, of_kind
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,8 @@ import httpx
 import numpy as np
 import pytest
 
-from models.registry import ProviderSpec, RegistryError, load_registry, parse_registry, served
+from models.registry import load_registry, parse_registry, served
+from models.schema import ProviderSpec, RegistryError
 from runners.ort import engine_cache, providers
 from runners.ort.providers import EngineSource, ProviderError, create_session, provider_arguments
 from tests.conftest import serve_process

@@ -2,7 +2,9 @@
 
 import pytest
 
-from models.registry import Engine, Pooling, RegistryError, load_registry, parse_registry
+from core.settings import SettingsError, settings
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, Pooling, RegistryError
 
 MINIMAL = """
 models:
@@ -81,7 +83,15 @@ def test_gateway_limits_from_environment(monkeypatch):
     monkeypatch.setenv("EMBED_MAX_BODY_BYTES", "1234")
     assert parse_registry(MINIMAL).gateway.max_body_bytes == 1234
     monkeypatch.setenv("EMBED_MAX_INFLIGHT_INPUTS", "10")
-    with pytest.raises(RegistryError, match="max_inflight_inputs"):
+    settings.cache_clear()
+    with pytest.raises(RegistryError, match=r"^registry: gateway: .*max_inflight_inputs must admit one request of "
+                       r"max_inputs_per_request \(with EMBED_MAX_BODY_BYTES=1234, EMBED_MAX_INFLIGHT_INPUTS=10 from "
+                       r"the environment\)$"):
+        parse_registry(MINIMAL)
+    monkeypatch.setenv("EMBED_MAX_INPUTS_PER_REQUEST", "abc")  # the variable is named, not registry.yaml
+    settings.cache_clear()
+    with pytest.raises(SettingsError, match=r"^EMBED_MAX_INPUTS_PER_REQUEST='abc': Input should be a valid integer, "
+                       r"unable to parse string as an integer; set it to integer > 0 or unset it$"):
         parse_registry(MINIMAL)
 
 
@@ -94,12 +104,15 @@ def test_gateway_workers_per_profile_auto_from_the_cores_and_from_the_environmen
     assert load_registry().served("rtx4090").gateway_workers(16) == 14  # the GPU profile: auto, 2 runners
     assert load_registry().served("cpu").gateway_workers(16) == 1
     monkeypatch.setenv("EMBED_GATEWAY_WORKERS", "3")
+    settings.cache_clear()
     assert parse_registry(MINIMAL).served("p").gateway_workers() == 3
     for bad in ("0", "many"):
         monkeypatch.setenv("EMBED_GATEWAY_WORKERS", bad)
-        with pytest.raises(RegistryError, match="EMBED_GATEWAY_WORKERS"):
+        settings.cache_clear()
+        with pytest.raises(SettingsError, match=f"EMBED_GATEWAY_WORKERS='{bad}': not a number of workers"):
             parse_registry(MINIMAL).served("p")
     monkeypatch.delenv("EMBED_GATEWAY_WORKERS")
+    settings.cache_clear()
     with pytest.raises(RegistryError, match="gateway_workers"):
         parse_registry(MINIMAL.replace("p: {models: [m]}", "p: {models: [m], gateway_workers: 0}"))
 

@@ -4,7 +4,8 @@ engine, or one engine's models split over several URLs; bad settings fail at imp
 import pytest
 import yaml
 
-from models.registry import Engine, RegistryError, load_registry, parse_registry
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, RegistryError
 from models.topology import runner_models, runner_routes
 from tests.conftest import ROOT
 
@@ -24,13 +25,13 @@ def test_default_is_local():
 
 
 def test_one_url_per_engine():
-    (route,) = runner_routes(REGISTRY.served("cpu"), {"EMBED_RUNNER_URL_ORT": "http://ort-runner:3000/"})
+    (route,) = runner_routes(REGISTRY.served("cpu"), {"ort": "http://ort-runner:3000/"})
     assert (route.key, route.url) == ("ort", "http://ort-runner:3000")
 
 
 def test_models_split_over_urls_by_name_or_alias():
-    env = {"EMBED_RUNNER_URL_ORT": "sentence-transformers/all-MiniLM-L6-v2=http://a:1 minilm-b=http://b:2"}
-    routes = runner_routes(split_profile(), env)
+    urls = {"ort": "sentence-transformers/all-MiniLM-L6-v2=http://a:1 minilm-b=http://b:2"}
+    routes = runner_routes(split_profile(), urls)
     assert [(r.key, r.url, r.models) for r in routes] == [
         ("ort_1", "http://a:1", ("all-MiniLM-L6-v2",)),
         ("ort_2", "http://b:2", ("minilm-b",)),
@@ -47,13 +48,22 @@ def test_models_split_over_urls_by_name_or_alias():
 )
 def test_bad_runner_urls_fail_with_the_variable_named(value, message):
     with pytest.raises(RegistryError, match="EMBED_RUNNER_URL_ORT") as failed:
-        runner_routes(split_profile(), {"EMBED_RUNNER_URL_ORT": value})
+        runner_routes(split_profile(), {"ort": value})
     assert message in str(failed.value)
 
 
 def test_runner_models_subset():
     served = split_profile()
-    assert [m.name for m in runner_models(served, Engine.ORT, {})] == ["all-MiniLM-L6-v2", "minilm-b"]
-    assert [m.name for m in runner_models(served, Engine.ORT, {"EMBED_RUNNER_MODELS": "minilm-b"})] == ["minilm-b"]
+    assert [m.name for m in runner_models(served, Engine.ORT, ())] == ["all-MiniLM-L6-v2", "minilm-b"]
+    assert [m.name for m in runner_models(served, Engine.ORT, ("minilm-b",))] == ["minilm-b"]
     with pytest.raises(RegistryError, match="EMBED_RUNNER_MODELS: nope"):
-        runner_models(served, Engine.ORT, {"EMBED_RUNNER_MODELS": "minilm-b,nope"})
+        runner_models(served, Engine.ORT, ("minilm-b", "nope"))
+
+
+def test_the_settings_read_runner_urls_and_models_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EMBED_RUNNER_URL_ORT", "http://ort-runner:3000/")
+    monkeypatch.setenv("EMBED_RUNNER_MODELS", " minilm-b, ")
+    served = split_profile()
+    (route,) = runner_routes(served)
+    assert (route.key, route.url, route.models) == ("ort", "http://ort-runner:3000", ("all-MiniLM-L6-v2", "minilm-b"))
+    assert [m.name for m in runner_models(served, Engine.ORT)] == ["minilm-b"]

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from core.errors import InvalidRequest, Overloaded, Unauthorized
+from core.settings import Settings
 from core.wire import Job, JobError, JobFailure, WireError, pack_call, pack_results, unpack_call, unpack_results
 from gateway.admission import Admission
 from gateway.auth import ApiKeys, load_keys
 from gateway.parsing import parse_request
 from gateway.protocol import RerankRequest
-from models.registry import Pooling
+from models.schema import Pooling
 from runners.ort.engine import token_budget_batches
 from runners.pooling import normalize, pool
 
@@ -197,7 +198,7 @@ def test_a_call_whose_arrays_disagree_with_its_header_is_a_wire_error():
 def test_api_keys(tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text("# team keys\nfile-key\n\n")
-    keys = ApiKeys(load_keys({"EMBED_API_KEYS": "env-key, other", "EMBED_API_KEYS_FILE": str(keyfile)}))
+    keys = ApiKeys(load_keys(Settings(api_keys="env-key, other", api_keys_file=keyfile)))
     for good in ("Bearer env-key", "bearer other", "Bearer file-key"):
         keys.check(good)
     for bad in (None, "", "Bearer", "Bearer wrong", "Basic env-key", "env-key"):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Engine, RegistryError, load_registry, parse_registry
+from core.settings import ConfigError
+from models.registry import load_registry, parse_registry
+from models.schema import Engine, RegistryError
 from models.store import StoreEntry
 from runners.extras import require_engines
 from runners.vllm.engine import engine_args
@@ -130,6 +132,6 @@ def test_missing_vllm_extra_fails_start_up_naming_it(monkeypatch):
     served = load_registry().served("cpu-all")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    with pytest.raises(RuntimeError, match=r"vllm engine, which is not installed.*requirements-vllm\.txt"):
+    with pytest.raises(ConfigError, match=r"vllm engine, which is not installed.*requirements-vllm\.txt"):
         require_engines(served)
     require_engines(load_registry().served("cpu"))  # the ORT-only profile does not need it

@@ -311,7 +311,8 @@ def vllm_available() -> str | None:
     """None when the vLLM runner can be measured, else why not."""
     if importlib.util.find_spec("vllm") is None:
         return "not measured: vLLM extra not installed"
-    from models.registry import RegistryError, load_registry
+    from models.registry import load_registry
+    from models.schema import RegistryError
 
     try:
         registry = load_registry()

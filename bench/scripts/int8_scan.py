@@ -101,7 +101,8 @@ def interleaved_calls(engines: dict, cases: dict[str, list], rounds: int) -> dic
 def run(args) -> dict:
     from bench import inprocess
     from export import calibration, quality
-    from models.registry import Int8Spec, served
+    from models.registry import served
+    from models.schema import Int8Spec
     from models.store import open_entry
 
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")

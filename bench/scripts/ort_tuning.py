@@ -60,7 +60,8 @@ def build_variants(folder: Path) -> dict[str, dict]:
     import onnxruntime
 
     from export import calibration, ort_variants, quality
-    from models.registry import Int8Spec, served
+    from models.registry import served
+    from models.schema import Int8Spec
     from models.store import open_entry
 
     spec = served("cpu").find("all-MiniLM-L6-v2")

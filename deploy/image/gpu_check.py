@@ -111,7 +111,8 @@ def main(repo: Path) -> int:
 def provider_check(repo: Path, tensorrt_installed: bool) -> None:
     import numpy as np
 
-    from models.registry import ProviderSpec, served
+    from models.registry import served
+    from models.schema import ProviderSpec
     from runners.ort.engine import text_profile
     from runners.ort.providers import EngineSource, ProviderError, create_session
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from export import ExportError, quality
 from export.commands.onnx import TRT_BATCH, export_model, trt_table
 from export.steps import Steps
-from models.registry import Int8Spec
+from models.schema import Int8Spec
 from models.store import open_entry
 
 
@@ -51,7 +51,8 @@ def calibrate_registry_model(name: str, profile: str | None, scan: int, enforce_
     (a new store version); a TensorRT model with ``trt_int8_enable`` gets its calibration table,
     computed from its fp32 store entry, where its provider options say. ``ExportError`` otherwise."""
     from export import calibration
-    from models.registry import Engine, RegistryError, served
+    from models.registry import RegistryError, served
+    from models.schema import Engine
 
     try:
         spec = served(profile).find(name)

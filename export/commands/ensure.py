@@ -30,7 +30,8 @@ def ensure(profile: str | None) -> int:
     again as a new version when the registry names no version; a corrupt one, or an outdated pinned
     one, is an error."""
     from export.pins import reproduced, warn_unpinned
-    from models.registry import Engine, Pooling, RegistryError, served
+    from models.registry import RegistryError, served
+    from models.schema import Engine, Pooling
     from models.store import CONTENT, find_pinned
 
     try:
@@ -99,7 +100,7 @@ def ensure(profile: str | None) -> int:
 def export_spec(spec, revision: str | None = None) -> bentoml.Model:
     """Export or import registry model ``spec`` from its ``source`` with the registry's settings, at
     ``revision`` (default: the registry's; ``ExportError`` when it cannot)."""
-    from models.registry import Engine
+    from models.schema import Engine
 
     if not spec.source:
         raise ExportError("the registry gives no source")

@@ -14,7 +14,7 @@ import bentoml
 from export import ExportError, quality, sources, store
 from export.steps import Steps
 from export.store import exporter_versions
-from models.registry import Int8Spec
+from models.schema import Int8Spec
 from models.store import sha256_of
 
 STEPS = 5

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import DEFAULT_VARIANT, ModelSpec
+from models.schema import DEFAULT_VARIANT, ModelSpec
 from models.store import LANGUAGE_GRAPH, VISION_GRAPH, StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers

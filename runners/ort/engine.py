@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.registry import DEFAULT_VARIANT, ModelSpec, Pooling
+from models.schema import DEFAULT_VARIANT, ModelSpec, Pooling
 from models.store import StoreEntry
 from runners.metrics import runner_metrics
 from runners.ort import providers

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.registry import Engine, ModelSpec, RegistryError, Served
+from models.schema import Engine, ModelSpec, RegistryError, Served
 from models.store import StoreEntry, StoreError
 from runners.gpu_check import GpuMemoryShort, memory_problem
 from runners.ort.providers import ProviderError

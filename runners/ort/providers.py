@@ -29,7 +29,7 @@ TensorRT, never built while serving:
 - its engines live in a folder named by their key (``runners/ort/engine_cache.py``: TensorRT
   version, GPU compute capability, ONNX Runtime version, the store entry's content, the build
   settings) under the registry's ``trt_engine_cache_path`` (and timing cache path), resolved against
-  ``cache_dir()`` (``EMBED_CACHE_DIR``); the engine cache is always on;
+  ``settings().cache_dir`` (``EMBED_CACHE_DIR``); the engine cache is always on;
 - ``engines.build`` (``python -m runners.ort.preflight --build``: ``make serve``, the image's
   entrypoint, the Kubernetes init container) builds a missing folder under a lock; a runner only
   loads one, and refuses to start, naming that command, where it is missing;
@@ -46,7 +46,6 @@ import ctypes
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -55,7 +54,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.registry import CACHE_PATH_OPTIONS, GPU_PROVIDERS, ModelSpec, ProviderSpec, cache_dir
+from core.settings import settings
+from models.schema import CACHE_PATH_OPTIONS, GPU_PROVIDERS, ModelSpec, ProviderSpec
 from models.store import sha256_of
 from runners.ort import engine_cache
 
@@ -105,7 +105,7 @@ def image_info() -> dict:
     """What the image this runs in says about itself (``images.py`` writes it at build time:
     ``{"variant": "gpu", "tensorrt": "10.16.1.11" | null, ...}``), or ``{}`` outside an image.
     ``EMBED_IMAGE_INFO`` names another file."""
-    path = Path(os.environ.get("EMBED_IMAGE_INFO") or Path(sys.prefix) / "embedding-image.json")
+    path = settings().image_info or Path(sys.prefix) / "embedding-image.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -142,7 +142,7 @@ def provider_arguments(
     ``profile``: (min, opt, max) input shapes of the graph; given, TensorRT gets them as its
     optimisation profile (one engine for the whole range instead of one per shape). ``caps``:
     per provider name, options that bound its memory (they replace the registry's). TensorRT's engine
-    cache is always on; its cache options are the base folders (absolute under ``cache_dir()``)
+    cache is always on; its cache options are the base folders (absolute under ``settings().cache_dir``)
     that ``create_session`` puts the engine's key folder in."""
     arguments = []
     for spec in specs:
@@ -155,7 +155,7 @@ def provider_arguments(
                 options.setdefault("trt_timing_cache_path", options["trt_engine_cache_path"])
             for key in CACHE_PATH_OPTIONS:
                 if key in options:
-                    options[key] = str(cache_dir() / options[key])  # an absolute option stays as it is
+                    options[key] = str(settings().cache_dir / options[key])  # an absolute option stays as it is
             if profile is not None:
                 for key, shapes in zip(("min", "opt", "max"), profile, strict=True):
                     options[f"trt_profile_{key}_shapes"] = shape_string(shapes)

@@ -35,9 +35,11 @@ from collections import defaultdict
 
 import bentoml
 
+from core.settings import refusing_to_start
 from hosting import drain
 from hosting.metrics import serve_metrics_port
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.topology import runner_models
 from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each
 from runners.metrics import runner_metrics
@@ -46,9 +48,10 @@ from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
 
-SERVED = served()
-SETTINGS = SERVED.runner(Engine.ORT)
-MODELS = runner_models(SERVED, Engine.ORT)  # the ort models of the profile's variants, or EMBED_RUNNER_MODELS
+with refusing_to_start("ort runner"):
+    SERVED = served()
+    SETTINGS = SERVED.runner(Engine.ORT)
+    MODELS = runner_models(SERVED, Engine.ORT)  # the ort models of the profile's variants, or EMBED_RUNNER_MODELS
 
 
 @bentoml.service(**runner_service_options(

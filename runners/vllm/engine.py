@@ -44,7 +44,7 @@ import numpy as np
 import psutil
 
 from hosting import home
-from models.registry import ModelSpec
+from models.schema import ModelSpec
 from models.store import StoreEntry
 from runners.guard import EngineDown
 

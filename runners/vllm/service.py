@@ -33,10 +33,12 @@ from collections import defaultdict
 
 import bentoml
 
+from core.settings import refusing_to_start
 from core.wire import JobError, JobFailure, Result
 from hosting import drain
 from hosting.metrics import serve_metrics_port
-from models.registry import Engine, served
+from models.registry import served
+from models.schema import Engine
 from models.topology import runner_models
 from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
 from runners.metrics import runner_metrics
@@ -44,8 +46,9 @@ from runners.service_options import runner_service_options
 
 logger = logging.getLogger(__name__)
 
-SERVED = served()
-MODELS = runner_models(SERVED, Engine.VLLM)  # the vllm models of the profile's variants, or EMBED_RUNNER_MODELS
+with refusing_to_start("vllm runner"):
+    SERVED = served()
+    MODELS = runner_models(SERVED, Engine.VLLM)  # the vllm models of the profile's variants, or EMBED_RUNNER_MODELS
 
 
 # one worker: one set of engines per runner; a second worker would load every model again
