@@ -1,0 +1,1 @@
+"""``bench/``: the harness's short runs and k6."""

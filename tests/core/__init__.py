@@ -1,0 +1,1 @@
+"""``core/``: the wire format and the settings."""

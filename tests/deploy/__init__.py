@@ -1,0 +1,1 @@
+"""``deploy/``, ``images.py``, ``bentofile.yaml`` and the CI workflows."""

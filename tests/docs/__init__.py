@@ -1,0 +1,1 @@
+"""``docs/`` and the README: pictures, tables, rooms, and the examples that run."""

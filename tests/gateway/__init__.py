@@ -1,0 +1,1 @@
+"""``gateway/``: parsing, routing, the runner client, images and hostile input."""

@@ -1,0 +1,1 @@
+"""``hosting/``: the server home, faults and the drain on real servers."""

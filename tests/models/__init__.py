@@ -1,0 +1,1 @@
+"""``models/``: the registry, its checks, the topology, the memory plan, the store."""

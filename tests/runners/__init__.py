@@ -1,0 +1,1 @@
+"""``runners/``: the runners' checks, providers, GPU start checks, batching, vLLM."""

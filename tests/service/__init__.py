@@ -1,0 +1,1 @@
+"""``service.py``: the composed service on real servers (the OpenAI client, load, layouts, metrics)."""
