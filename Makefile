@@ -99,7 +99,7 @@ lock-gpu: $(VENV)/.installed  ## after changing requirements-gpu.txt: resolve th
 	$(PY) deploy/image/gpu_lock.py write
 
 openapi: setup  ## after a deliberate change of the public contract
-	$(PY) -m gateway.openapi > tests/golden/openapi.json
+	$(PY) -m gateway.openapi > tests/service/golden/openapi.json
 
 # System packages, installed by the project itself (Debian or Ubuntu; as root, or through sudo, as on
 # GitHub's runners). The tests need prometheus (a real Prometheus server scrapes a test server);
@@ -166,8 +166,10 @@ k8s-registry:  ## after editing models/registry.yaml or pinning (registry.lock):
 docs-tools:  ## graphviz (dot), for the architecture picture
 	@command -v dot >/dev/null || { $(APT_INSTALL) graphviz; }
 
-docs-architecture: docs-tools  ## docs/img/architecture.svg from docs/architecture.dot
+docs-architecture: docs-tools $(VENV)/.installed  ## docs/img/architecture.svg from docs/architecture.dot; the rooms picture from the code's imports
 	dot -Tsvg docs/architecture.dot -o docs/img/architecture.svg
+	$(PY) docs/rooms.py --dot --check
+	dot -Tsvg docs/rooms.dot -o docs/img/rooms.svg
 
 docs-dashboard: models test-tools k6-tools  ## docs/img/dashboard.png: the dashboard's queries on a real Prometheus after a load run (about 2 minutes)
 	$(PY) -m bench.dashboard --out docs/img/dashboard.png
