@@ -18,7 +18,7 @@ the fix; ``refusing_to_start`` turns such a configuration error, raised while a 
 into one line on stderr and exit status 2 instead of a traceback.
 
 ``python -m core.settings --markdown`` prints the configuration table of the README (``make
-docs-config`` writes it between the README's markers; ``tests/test_settings.py`` fails when they
+docs-config`` writes it between the README's markers; ``tests/core/test_settings.py`` fails when they
 differ).
 """
 
@@ -67,7 +67,7 @@ def variable(field: str) -> str:
 
 def _registry(section: str, default: Any, description: str, **constraints: Any) -> Any:
     """A field that overrides the registry's ``<section>.<field>`` (``models/schema.py``) when set;
-    ``default`` is the schema's default, shown in the table (tests/test_settings.py keeps it equal)."""
+    ``default`` is the schema's default, shown in the table (tests/core/test_settings.py keeps it equal)."""
     return Field(default=None, description=description, **constraints,
                  json_schema_extra={"registry": section, "registry_default": default})
 

@@ -1,6 +1,6 @@
 """The OpenAPI document of ``/v1``, generated from the protocol models.
 
-Served at ``GET /v1/openapi.json``; ``tests/golden/openapi.json`` pins it so that any change to
+Served at ``GET /v1/openapi.json``; ``tests/service/golden/openapi.json`` pins it so that any change to
 the public contract shows up in review.
 """
 
@@ -106,7 +106,7 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # `make openapi` refreshes tests/golden/openapi.json from this
+if __name__ == "__main__":  # `make openapi` refreshes tests/service/golden/openapi.json from this
     import json
 
     print(json.dumps(openapi_document(), indent=2, sort_keys=True))

@@ -69,7 +69,7 @@ def parse_request(
     try:
         document = simdjson.Parser().parse(body)
     except (ValueError, RuntimeError) as exc:  # syntax, invalid UTF-8, a number outside 64 bits (RuntimeError
-        # BIGINT_ERROR for an integer past 64 bits, found by tests/test_fuzz.py), deeper than 1024 levels
+        # BIGINT_ERROR for an integer past 64 bits, found by tests/gateway/test_fuzz.py), deeper than 1024 levels
         if str(exc).startswith(("NUMBER_ERROR", "BIGINT_ERROR")):
             raise _number_error(body) from None
         raise not_json from None
@@ -107,7 +107,7 @@ def _number_field(body: bytes) -> str | None:
     """The top-level field of ``body`` whose value simdjson refuses for a number, or None. Without
     building Python objects (Python's json takes seconds on 16 MiB of ids): a vectorised scan finds
     the top-level object's members (':', ',' and '}' outside strings at depth 1), then simdjson parses
-    each value alone, the largest last and only if the others pass (tests/test_bounded_input.py)."""
+    each value alone, the largest last and only if the others pass (tests/gateway/test_bounded_input.py)."""
     data = np.frombuffer(body, dtype=np.uint8)
     quotes = data == ord('"')
     backslashes = np.flatnonzero(data == ord("\\"))

@@ -16,7 +16,7 @@ import of a service module (``service.py``, ``runners/*/service.py``), before Be
   process records) is in a folder of its own, so servers sharing a home leave each other alone.
 
 Each is a plain assignment to one name BentoML or uvicorn reads at run time; nothing is copied
-from them. ``tests/test_faults.py`` checks each behaviour on a real server.
+from them. ``tests/hosting/test_faults.py`` checks each behaviour on a real server.
 """
 
 from __future__ import annotations

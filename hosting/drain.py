@@ -33,7 +33,7 @@ at once: from then on the kernel refuses connections (a client whose request was
 about 1 s later and is refused). A Unix socket refuses new connections as soon as it is shut down
 and keeps its queue acceptable, so it is shut down first and then emptied. So from SIGTERM a client
 gets an answer or a refused connection, never an accepted connection that is reset
-(``tests/test_drain.py`` counts it). What remains: a connection kept alive and idle through the whole
+(``tests/hosting/test_drain.py`` counts it). What remains: a connection kept alive and idle through the whole
 drain, whose client sends on it just as uvicorn closes it (HTTP/1.1's own race; clients retry
 idempotent requests, and readiness turns 503 at SIGTERM).
 

@@ -27,7 +27,7 @@ from bentoml._internal.server.http import instruments
 
 UNMATCHED = "unmatched"
 SYSTEM_ROUTES = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
-# gateway/app.py's routes under /v1 (tests/test_faults.py checks they agree)
+# gateway/app.py's routes under /v1 (tests/hosting/test_faults.py checks they agree)
 V1_ROUTES = frozenset({"/v1/embeddings", "/v1/rerank", "/v1/models", "/v1/openapi.json", "/v1/admin/routing"})
 V1_MODEL = "/v1/models/{model}"
 _REAL_PATH = "embedding.real_path"

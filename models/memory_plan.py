@@ -31,7 +31,7 @@ what the plan gives it; an ORT runner whose ``gpu_memory_share`` is; a decoder w
 KV cache, or one too small for ``max_model_len``; a GPU model without ``memory`` sizes.
 
 The plan also gives what the processes need besides the card, for the Kubernetes manifests
-(``kubernetes()``; ``tests/test_k8s_gpu.py`` compares them): host memory (a process's own, the
+(``kubernetes()``; ``tests/deploy/test_k8s_gpu.py`` compares them): host memory (a process's own, the
 checkpoint or graphs it reads, TensorRT's engines and, while it builds, the builder's copy) and the
 time a runner takes to start from built engines (reading at ``STORE_READ_BYTES_PER_S`` plus a fixed
 start per engine). ``ort_caps()`` turns the ORT runner's share into the hard limits its sessions get.
