@@ -67,8 +67,9 @@ $(GPU_VENV)/.installed-tensorrt: $(GPU_VENV)/.installed requirements-tensorrt.tx
 
 # Optional engines: the vLLM extra only when the profile serves an `engine: vllm` model.
 extras: $(VENV)/.installed
-	@if $(PY) -c 'import sys; from models.registry import Engine, served; sys.exit(Engine.VLLM not in served().runners)'; \
-	then $(MAKE) --no-print-directory $(VENV)/.installed-vllm; fi
+	@needs=$$($(PY) -c 'from models.registry import served; from models.schema import Engine; print(Engine.VLLM in served().runners)') \
+	|| { echo "make extras: cannot read the profile's engines (above)"; exit 1; }; \
+	if [ "$$needs" = True ]; then $(MAKE) --no-print-directory $(VENV)/.installed-vllm; fi
 
 $(VENV)/.installed-vllm: $(VENV)/.installed requirements-vllm.txt
 	@echo "installing the vLLM extra (requirements-vllm.txt; about 2 minutes the first time)"
