@@ -121,7 +121,7 @@ def prometheus(server, shadowed_server, tmp_path_factory):
     shutil.copy(PROMETHEUS_DIR / "alerts.yml", tmp / "alerts.yml")
     api = f"http://127.0.0.1:{prom_port}/api/v1"
     with (
-        running([sys.executable, "-m", "tests.fake_nvml", str(gpu_port)], tmp / "fake_nvml.log"),
+        running([sys.executable, "-m", "tests.support.fake_nvml", str(gpu_port)], tmp / "fake_nvml.log"),
         running(["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                  f"--web.listen-address=127.0.0.1:{prom_port}"], tmp / "prometheus.log") as process,
     ):

@@ -67,8 +67,10 @@ def test_a_routing_change_through_one_worker_reaches_the_other(two_workers):
     _, server = two_workers
     state = httpx.get(f"{server}/v1/admin/routing", headers=ADMIN, timeout=10).json()
     assert state["file"] is not None  # the server's own routing file, shared by its workers
-    changed = httpx.post(f"{server}/v1/admin/routing", headers=ADMIN, timeout=10,
-                         json={"model": "all-MiniLM-L6-v2", "weights": {"default": 3}}).json()
+    answer = httpx.post(f"{server}/v1/admin/routing", headers=ADMIN, timeout=10,
+                        json={"model": "all-MiniLM-L6-v2", "weights": {"default": 3}})
+    assert answer.status_code == 200, answer.text
+    changed = answer.json()
     deadline = time.monotonic() + 10
     seen: set[int] = set()
     while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """A stand-in for ``pynvml`` reporting two GPUs, to exercise ``runners/gpu_metrics.py`` where no
-GPU is. ``python -m tests.fake_nvml PORT`` serves the runner's real GPU gauges, filled from it,
+GPU is. ``python -m tests.support.fake_nvml PORT`` serves the runner's real GPU gauges, filled from it,
 on http://127.0.0.1:PORT/metrics until killed (the Prometheus scrape test scrapes it)."""
 
 from __future__ import annotations
