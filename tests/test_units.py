@@ -217,3 +217,48 @@ def test_admission_bounds_inflight_inputs():
                     pass
             assert info.value.status == 429 and info.value.headers == {"Retry-After": "2"}
     assert admission.inflight == 0
+
+
+def test_direct_routes_go_from_the_connection_to_their_handler_counted(monkeypatch):
+    """hosting/protocol.py: a POST to a path given to ``serve_directly`` skips the stack below the
+    connection but is counted by BentoML's request metrics; any other request, or any request
+    before BentoML built its stack (no metrics middleware yet), goes down the whole stack."""
+    import asyncio
+
+    from hosting import protocol, routes
+
+    calls = []
+
+    async def direct(scope, receive, send):
+        calls.append(("direct", scope["path"]))
+
+    async def stack(scope, receive, send):
+        calls.append(("stack", scope["method"], scope["path"]))
+
+    class Metrics:
+        async def count(self, scope, receive, send, endpoint, app):
+            calls.append(("counted", endpoint))
+            await app(scope, receive, send)
+
+    monkeypatch.setattr(protocol, "_direct", {})
+    protocol.serve_directly("/v1/embeddings", direct)
+    lane = protocol._Lane(stack)
+    monkeypatch.setattr(routes, "installed", lambda: Metrics())
+    for method, path in [("POST", "/v1/embeddings"), ("GET", "/v1/embeddings"), ("POST", "/v1/models")]:
+        asyncio.run(lane({"type": "http", "method": method, "path": path}, None, None))
+    monkeypatch.setattr(routes, "installed", lambda: None)
+    asyncio.run(lane({"type": "http", "method": "POST", "path": "/v1/embeddings"}, None, None))
+    assert calls == [("counted", "/v1/embeddings"), ("direct", "/v1/embeddings"), ("stack", "GET", "/v1/embeddings"),
+                     ("stack", "POST", "/v1/models"), ("stack", "POST", "/v1/embeddings")]
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+def test_the_gateway_serves_its_hot_routes_directly_only_with_tracing_off(monkeypatch, tracing):
+    """With EMBED_TRACING=1 the hot routes keep BentoML's OpenTelemetry middleware (their spans)."""
+    from gateway.edge import DIRECT, Edge
+    from hosting import protocol
+
+    monkeypatch.setattr(protocol, "_direct", {})
+    monkeypatch.setattr("gateway.edge.settings", lambda: Settings(tracing=tracing))
+    edge = Edge(None, ApiKeys(()), v1=object())
+    assert protocol._direct == ({} if tracing else {path: edge for path in DIRECT})
