@@ -242,11 +242,12 @@ def runs_table(o: dict) -> str:
 
 def profile_section(o: dict) -> list[str]:
     parts = []
-    for label, run in o.items():
-        for worker, error in (run.get("null", {}).get("profile") or {}).get("errors", {}).items():
+    # py-spy's profile; a run with --profile-seconds 0 has only the registry profile's name there
+    sampled = {label: p for label, run in o.items() if isinstance(p := run.get("null", {}).get("profile"), dict)}
+    for label, profile in sampled.items():
+        for worker, error in profile.get("errors", {}).items():
             parts += ["", f"No profile of {worker} in `{label}`: {error}"]
-    profiled = {label: run["null"]["profile"] for label, run in o.items()
-                if run.get("null", {}).get("profile", {}).get("workers")}
+    profiled = {label: profile for label, profile in sampled.items() if profile.get("workers")}
     if not profiled:
         return parts
     columns = [(label, worker) for label, profile in profiled.items() for worker in profile["workers"]]

@@ -17,6 +17,9 @@ BentoML's own metrics and timeout middlewares):
   app (``gateway/app.py``: ``app.state.direct``), past BentoML's context middleware, its router and
   mount and the ``/v1`` app's own Starlette middleware and router, none of which these requests
   need: that stack cost about a fifth of the gateway's CPU per request (docs/benchmarks.md).
+  With tracing off (``EMBED_TRACING``), ``Edge`` also registers them with the connection itself
+  (``hosting/protocol.py: serve_directly``), which then skips OpenTelemetry and BentoML's request
+  timeout above this middleware too (62 us a request); the handlers keep their own 504.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from typing import Any
 from starlette.requests import Request
 
 from core.errors import ApiError, MethodNotAllowed, NotFound, error_response
+from core.settings import settings
 from gateway.auth import ApiKeys
+from hosting.protocol import serve_directly
 from models.registry import served
 
 OPEN = frozenset({"/livez", "/healthz", "/readyz"})
+DIRECT = frozenset({"/v1/embeddings", "/v1/rerank"})  # POST routes handed straight to their handlers
 
 
 class Edge:
@@ -43,16 +49,18 @@ class Edge:
         server = served().server
         self.metrics_here = server.metrics_port is None
         self.metrics_key = server.metrics_require_key
+        if v1 is not None and not settings().tracing:
+            for path in DIRECT:
+                serve_directly(path, self)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if scope["method"] == "POST" and self.v1 is not None and self.v1.app is not None and path.startswith("/v1/"):
-            endpoint = self.v1.app.state.direct.get(path[3:])
-            if endpoint is not None:  # it answers every error in the OpenAI shape itself
-                response = await endpoint(Request(scope, receive, send))
-                return await response(scope, receive, send)
+        if scope["method"] == "POST" and self.v1 is not None and self.v1.app is not None and path in DIRECT:
+            endpoint = self.v1.app.state.direct[path[3:]]  # it answers every error in the OpenAI shape itself
+            response = await endpoint(Request(scope, receive, send))
+            return await response(scope, receive, send)
         try:
             if path not in OPEN and path != "/v1" and not path.startswith("/v1/"):
                 if path != "/metrics" or not self.metrics_here:

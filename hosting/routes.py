@@ -57,10 +57,21 @@ class _RealPath:
         await self.app(scope, receive, send)
 
 
+_installed: TemplatedTrafficMetrics | None = None
+
+
+def installed() -> TemplatedTrafficMetrics | None:
+    """This process's request-metrics middleware, once its service's app is built (BentoML builds
+    the middleware stack on the first request); None before, or with BentoML's metrics off."""
+    return _installed
+
+
 class TemplatedTrafficMetrics(_Original):
     def __init__(self, app: Any, **options: Any) -> None:
+        global _installed
         super().__init__(_RealPath(app), **options)
         self._children: dict[tuple, Any] = {}
+        _installed = self
 
     def _child(self, metric: Any, **labels: Any) -> Any:
         """``metric.labels(**labels, <this service's labels>)``, made once per label values."""
@@ -81,6 +92,12 @@ class TemplatedTrafficMetrics(_Original):
         scope = {**scope, "path": endpoint, _REAL_PATH: scope["path"]}
         if endpoint == "/metrics":
             return await self.app(scope, receive, send)
+        await self.count(scope, receive, send, endpoint, self.app)
+
+    async def count(self, scope: dict, receive: Any, send: Any, endpoint: str, app: Any) -> None:
+        """Run ``app`` on an HTTP request, counted under route template ``endpoint``."""
+        if not self._is_setup:
+            self._setup()
         if not endpoint.startswith(tuple(self.skip_paths)):
             self._child(self.metrics_last_request_timestamp).set_to_current_time()
         started = default_timer()
@@ -97,7 +114,7 @@ class TemplatedTrafficMetrics(_Original):
             await send(message)
 
         with self._child(self.metrics_request_in_progress, endpoint=endpoint).track_inprogress():
-            await self.app(scope, receive, counted)
+            await app(scope, receive, counted)
 
 
 def install() -> None:

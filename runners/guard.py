@@ -18,12 +18,14 @@ requests. So each runner, before batching:
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
+import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, ServiceUnavailable
 from bentoml.validators import ContentType
@@ -39,6 +41,26 @@ logger = logging.getLogger(__name__)
 
 # a runner's `embed` API takes and returns one body of the wire format, as raw bytes
 CallBody = Annotated[bytes, ContentType(MEDIA_TYPE)]
+
+
+def input_schema_once(service: bentoml.Service, api: str = "embed") -> None:
+    """Keep the JSON schema of ``service``'s root-input ``api`` instead of building it on every call.
+
+    BentoML 1.4.40 (pinned in constraints.txt) reads a root input (``CallBody``) with
+    ``IORootModel.model_validate_json``, which builds the input's JSON schema (a pydantic
+    ``TypeAdapter``) on every call just to see whether it is a string: 290 us of the 380 us it
+    spends per call (docs/benchmarks.md), what a lone request pays in full. This replaces that
+    class's ``model_json_schema`` (a private ``_bentoml_sdk`` class, reached through the public
+    ``Service.apis``) with the first schema it built, a copy each time; other arguments still
+    build it. ``tests/runners/test_guard.py`` checks the schema is kept and the API still reads bodies."""
+    spec = service.apis[api].input_spec
+    schema = spec.model_json_schema()
+    build = spec.model_json_schema
+
+    def kept(*args: object, **kwargs: object) -> dict:
+        return copy.deepcopy(schema) if not args and not kwargs else build(*args, **kwargs)
+
+    spec.model_json_schema = kept
 
 
 class JobRefused(ValueError):

@@ -41,7 +41,17 @@ from hosting.metrics import serve_metrics_port
 from models.registry import served
 from models.schema import Engine
 from models.topology import runner_models
-from runners.guard import CallBody, Item, JobChecker, Key, ModelLimits, QueueLimit, answer, answer_each
+from runners.guard import (
+    CallBody,
+    Item,
+    JobChecker,
+    Key,
+    ModelLimits,
+    QueueLimit,
+    answer,
+    answer_each,
+    input_schema_once,
+)
 from runners.metrics import runner_metrics
 from runners.ort.engine import EmbeddingEngine
 from runners.service_options import runner_service_options
@@ -124,3 +134,6 @@ class OrtRunner:
 
     async def _run_in_thread(self, items: list[Item]) -> list:
         return await asyncio.to_thread(self._run, items)
+
+
+input_schema_once(OrtRunner)

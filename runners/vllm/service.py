@@ -40,7 +40,17 @@ from hosting.metrics import serve_metrics_port
 from models.registry import served
 from models.schema import Engine
 from models.topology import runner_models
-from runners.guard import CallBody, EngineDown, Item, JobChecker, Key, ModelLimits, QueueLimit, answer
+from runners.guard import (
+    CallBody,
+    EngineDown,
+    Item,
+    JobChecker,
+    Key,
+    ModelLimits,
+    QueueLimit,
+    answer,
+    input_schema_once,
+)
 from runners.metrics import runner_metrics
 from runners.service_options import runner_service_options
 
@@ -134,3 +144,6 @@ class VllmRunner:
 
         await asyncio.gather(*(run(key, indices) for key, indices in by_key.items()))
         return results
+
+
+input_schema_once(VllmRunner)

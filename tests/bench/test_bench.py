@@ -176,3 +176,10 @@ def test_datasets_have_the_promised_shape() -> None:
     tokens = {name: [r["tokens"] for r in rows if r["set"] == name] for name in sets}
     assert set(tokens["p32"]) == {32} and set(tokens["p128"]) == {128} and set(tokens["p512"]) == {512}
     assert min(tokens["mixed"]) >= 8 and max(tokens["mixed"]) <= 256
+
+
+def test_the_report_skips_a_run_measured_without_py_spy():
+    """``--profile-seconds 0`` leaves the registry profile's name where py-spy's profile would be."""
+    from bench.report import profile_section
+
+    assert profile_section({"quick": {"null": {"profile": "bench-null"}}}) == []

@@ -157,7 +157,9 @@ def test_metrics_have_model_labels(http):
         "embedding_inflight_inputs",
     ):
         assert line in text, line
-    assert "bentoml_service_request_total" in text  # BentoML's own metrics stay
+    # BentoML's own metrics stay, the hot route's too (hosting/protocol.py serves it directly)
+    assert 'bentoml_service_request_total{endpoint="/v1/embeddings",http_response_code="200"' in text
+    assert 'bentoml_service_request_total{endpoint="/v1/embeddings",http_response_code="404"' in text
 
 
 def test_openapi_matches_the_golden_file(http):
