@@ -3,6 +3,7 @@ and the stand-in GPU driver libraries."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,20 @@ from tests.support.servers import ROOT, SERVER_ENV, bentoml_server
 @pytest.fixture(autouse=True)
 def fresh_settings() -> Iterator[None]:
     """Each test reads the ``EMBED_*`` settings of its own environment (``core/settings.py``): a
-    test that sets a variable with ``monkeypatch`` sees it, and the next test does not."""
+    test that sets a variable with ``monkeypatch`` sees it, and the next test does not. A test that
+    leaves an ``EMBED_*`` variable changed fails here: every server a later test starts would
+    inherit it (a leaked ``EMBED_ROUTING_FILE`` once made unrelated servers share one routing)."""
     from core.settings import settings
 
+    before = embed_variables()
     settings.cache_clear()
     yield
     settings.cache_clear()
+    assert embed_variables() == before, "this test left EMBED_* variables changed in the test process"
+
+
+def embed_variables() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("EMBED_")}
 
 
 @pytest.fixture(scope="session")

@@ -117,12 +117,15 @@ def test_a_variable_that_is_no_setting_is_named_in_a_warning(monkeypatch, caplog
     assert "EMBED_MAX_INPUT_PER_REQUEST: not a setting of the platform, ignored" in caplog.text
 
 
-def test_hand_to_workers_sets_the_variable_and_reads_again(monkeypatch):
+def test_hand_to_workers_sets_the_variable_and_reads_again(monkeypatch, tmp_path):
     monkeypatch.delenv("EMBED_ROUTING_FILE", raising=False)
     assert settings().routing_file is None
-    hand_to_workers("routing_file", "/tmp/routing.json")  # monkeypatch restores the environment after the test
-    monkeypatch.setenv("EMBED_ROUTING_FILE", os.environ["EMBED_ROUTING_FILE"])
-    assert str(settings().routing_file) == "/tmp/routing.json"
+    path = tmp_path / "routing.json"
+    try:
+        hand_to_workers("routing_file", str(path))
+        assert settings().routing_file == path
+    finally:  # servers that later tests start inherit this process's environment: leave nothing behind
+        os.environ.pop("EMBED_ROUTING_FILE", None)
 
 
 def test_a_refusal_is_one_line_per_problem_and_status_2(capsys):
