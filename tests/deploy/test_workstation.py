@@ -136,3 +136,13 @@ profiles:
     assert "[1/4] install the CPU stack into .venv" in done.stdout and "[2/4] export" in done.stdout
     assert "source '/nonexistent/model': no such folder" in done.stderr
     assert "step 2 failed (exit 1)" in done.stderr and "[3/4]" not in done.stdout  # never served
+
+
+def test_make_extras_stops_when_it_cannot_read_the_profiles_engines():
+    """`make extras` decides on the vLLM extra from the profile; a profile it cannot read stops make
+    with the reason, instead of silently meaning "no vLLM" (as a broken import once did)."""
+    done = subprocess.run(["make", "--no-print-directory", "-s", "extras"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "EMBED_PROFILE": "no-such-profile"}, timeout=120)
+    assert done.returncode != 0
+    assert "EMBED_PROFILE='no-such-profile': not a profile" in done.stderr + done.stdout
+    assert "make extras: cannot read the profile's engines" in done.stdout + done.stderr
